@@ -1,0 +1,37 @@
+//! The compute engine: f32 buffers, GEMM, seeded randomness and the parallel helpers every layer
+//! uses. This is the only place that knows how compute runs on the CPU (rayon + the `gemm`
+//! crate); a CUDA backend replaces the functions of `gemm.rs` and `par.rs` behind the same
+//! signatures.
+
+pub mod gemm;
+pub mod par;
+pub mod rng;
+pub mod vec;
+
+/// Grow `v` to `n` elements (zero-filled) if it is smaller; never shrinks, so after the first
+/// step of a given batch size no layer allocates again.
+#[inline]
+pub fn ensure(v: &mut Vec<f32>, n: usize) {
+    if v.len() < n {
+        v.resize(n, 0.0);
+    }
+}
+
+/// Set the number of compute threads for the whole process (once, before any work).
+pub fn init_threads(n: usize) {
+    let n = if n == 0 { default_threads() } else { n };
+    let _ = rayon::ThreadPoolBuilder::new()
+        .num_threads(n)
+        .build_global();
+}
+
+/// One thread per core the process may use.
+pub fn default_threads() -> usize {
+    std::thread::available_parallelism()
+        .map(|n| n.get())
+        .unwrap_or(1)
+}
+
+pub fn threads() -> usize {
+    rayon::current_num_threads()
+}

@@ -1,0 +1,103 @@
+//! Parallel loops with results that do not depend on the number of threads: work is cut into
+//! fixed-size pieces and every reduction runs in a fixed order.
+
+use rayon::prelude::*;
+
+/// A raw pointer that may cross threads; the caller guarantees disjoint writes.
+#[derive(Clone, Copy)]
+pub struct SendPtr(pub *mut f32);
+unsafe impl Send for SendPtr {}
+unsafe impl Sync for SendPtr {}
+
+impl SendPtr {
+    /// The pointer (a method, so closures capture the `Send` wrapper, not the raw field).
+    #[inline]
+    pub fn ptr(self) -> *mut f32 {
+        self.0
+    }
+
+    /// # Safety
+    /// The range must be inside the allocation and not written by another thread concurrently.
+    #[inline]
+    pub unsafe fn slice(self, off: usize, len: usize) -> &'static mut [f32] {
+        std::slice::from_raw_parts_mut(self.0.add(off), len)
+    }
+}
+
+/// Rows per parallel task for row-wise kernels: enough work per task to amortise scheduling.
+fn rows_per_task(cols: usize) -> usize {
+    (16384 / cols.max(1)).max(1)
+}
+
+/// Run `f(row_index, out_row)` over the rows of `out` (`cols` wide) in parallel.
+pub fn for_rows<F>(out: &mut [f32], cols: usize, f: F)
+where
+    F: Fn(usize, &mut [f32]) + Sync,
+{
+    let per = rows_per_task(cols);
+    out.par_chunks_mut(per * cols)
+        .enumerate()
+        .for_each(|(ci, chunk)| {
+            for (ri, row) in chunk.chunks_mut(cols).enumerate() {
+                f(ci * per + ri, row);
+            }
+        });
+}
+
+/// Run `f(row_index, a_row, b_row)` over two row-aligned outputs in parallel.
+pub fn for_rows2<F>(a: &mut [f32], acols: usize, b: &mut [f32], bcols: usize, f: F)
+where
+    F: Fn(usize, &mut [f32], &mut [f32]) + Sync,
+{
+    let per = rows_per_task(acols);
+    a.par_chunks_mut(per * acols)
+        .zip(b.par_chunks_mut(per * bcols))
+        .enumerate()
+        .for_each(|(ci, (ca, cb))| {
+            for (ri, (ra, rb)) in ca.chunks_mut(acols).zip(cb.chunks_mut(bcols)).enumerate() {
+                f(ci * per + ri, ra, rb);
+            }
+        });
+}
+
+/// Elementwise map over equal-length slices in parallel.
+pub fn map2<F>(out: &mut [f32], x: &[f32], f: F)
+where
+    F: Fn(&mut [f32], &[f32]) + Sync,
+{
+    const CH: usize = 16384;
+    out.par_chunks_mut(CH)
+        .zip(x.par_chunks(CH))
+        .for_each(|(o, i)| f(o, i));
+}
+
+/// Per-column reduction over `rows` rows: `dst[c] (+)= sum_r term(r, c)` for c in 0..cols,
+/// computed in row order for every column (deterministic), parallel over column blocks.
+/// `term` receives a row index and a column range and adds its contribution into `acc`.
+pub fn col_reduce<F>(dst: &mut [f32], rows: usize, accumulate: bool, term: F)
+where
+    F: Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync,
+{
+    const BLOCK: usize = 64;
+    dst.par_chunks_mut(BLOCK).enumerate().for_each(|(bi, d)| {
+        let c0 = bi * BLOCK;
+        let mut acc = [0.0f32; BLOCK];
+        let acc = &mut acc[..d.len()];
+        for r in 0..rows {
+            term(r, c0..c0 + d.len(), acc);
+        }
+        for (x, a) in d.iter_mut().zip(acc.iter()) {
+            *x = if accumulate { *x + *a } else { *a };
+        }
+    });
+}
+
+/// `dst[c] (+)= sum_r src[r * cols + c]`.
+pub fn col_sum(dst: &mut [f32], src: &[f32], rows: usize, cols: usize, accumulate: bool) {
+    col_reduce(dst, rows, accumulate, |r, cr, acc| {
+        let s = &src[r * cols + cr.start..r * cols + cr.end];
+        for (a, v) in acc.iter_mut().zip(s) {
+            *a += *v;
+        }
+    });
+}

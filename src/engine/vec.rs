@@ -1,0 +1,75 @@
+//! Small vector kernels written so the compiler vectorises them (8 independent accumulators).
+
+#[inline]
+pub fn sum(x: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut ch = x.chunks_exact(8);
+    for c in &mut ch {
+        for i in 0..8 {
+            acc[i] += c[i];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for v in ch.remainder() {
+        s += v;
+    }
+    s
+}
+
+#[inline]
+pub fn dot(x: &[f32], y: &[f32]) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut cx = x.chunks_exact(8);
+    let mut cy = y.chunks_exact(8);
+    for (a, b) in (&mut cx).zip(&mut cy) {
+        for i in 0..8 {
+            acc[i] += a[i] * b[i];
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for (a, b) in cx.remainder().iter().zip(cy.remainder()) {
+        s += a * b;
+    }
+    s
+}
+
+/// Sum of squared deviations from `mean`.
+#[inline]
+pub fn sq_dev(x: &[f32], mean: f32) -> f32 {
+    let mut acc = [0.0f32; 8];
+    let mut ch = x.chunks_exact(8);
+    for c in &mut ch {
+        for i in 0..8 {
+            let d = c[i] - mean;
+            acc[i] += d * d;
+        }
+    }
+    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    for v in ch.remainder() {
+        s += (v - mean) * (v - mean);
+    }
+    s
+}
+
+/// out = a + b, elementwise, in parallel.
+pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
+    use rayon::prelude::*;
+    const CH: usize = 16384;
+    out.par_chunks_mut(CH)
+        .zip(a.par_chunks(CH))
+        .zip(b.par_chunks(CH))
+        .for_each(|((o, x), y)| {
+            for ((o, x), y) in o.iter_mut().zip(x).zip(y) {
+                *o = x + y;
+            }
+        });
+}
+
+/// out += a, elementwise, in parallel.
+pub fn add_assign(out: &mut [f32], a: &[f32]) {
+    super::par::map2(out, a, |o, x| {
+        for (o, x) in o.iter_mut().zip(x) {
+            *o += x;
+        }
+    });
+}

@@ -1,0 +1,290 @@
+//! MoCo v3, readable as the paper's pseudocode:
+//!
+//! ```text
+//! q1, q2 = f_q(x1), f_q(x2)          # backbone + projector + predictor
+//! f_k = m·f_k + (1-m)·f_q            # EMA, before the keys, as the official forward does
+//! k1, k2 = f_k(x1), f_k(x2)          # momentum backbone + projector, no gradient
+//! loss = ctr(q1, k2) + ctr(q2, k1)   # ctr = 2τ · CE(norm(q)·norm(k)ᵀ/τ, diagonal)
+//! loss.backward()
+//! ```
+//!
+//! The two views travel through every network as one batch of 2N rows (x1 then x2). Nothing in
+//! the ViT mixes rows, and every BatchNorm normalises the two halves separately (`groups = 2`),
+//! so this computes exactly what two separate passes compute, with larger matrix products.
+
+use crate::engine::gemm::{sgemm, Mat};
+use crate::engine::rng::Rng;
+use crate::engine::{ensure, vec};
+use crate::models::heads::Mlp;
+use crate::models::vit::{Vit, VitConfig};
+use crate::nn::{Buffer, Module, Param};
+use rayon::prelude::*;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct MocoConfig {
+    pub vit: VitConfig,
+    /// Hidden width of the projector and predictor MLPs (official 4096).
+    pub mlp_dim: usize,
+    /// Output width of projector and predictor (official 256).
+    pub out_dim: usize,
+    /// Temperature τ (official ViT recipe 0.2).
+    pub t: f32,
+}
+
+/// Backbone + projector: the base encoder without its predictor, and the momentum encoder.
+/// The projector is called `head` as in the official checkpoints (`base_encoder.head.*`).
+pub struct Encoder {
+    pub backbone: Vit,
+    pub head: Mlp,
+    dfeat: Vec<f32>,
+}
+
+impl Encoder {
+    fn new(cfg: &MocoConfig, rng: &mut Rng) -> Encoder {
+        let backbone = Vit::new(&cfg.vit, rng);
+        let head = Mlp::new("head", 3, cfg.vit.dim, cfg.mlp_dim, cfg.out_dim, true, rng);
+        Encoder {
+            backbone,
+            head,
+            dfeat: Vec::new(),
+        }
+    }
+
+    fn forward(&mut self, x: &[f32], images: usize, groups: usize) -> &[f32] {
+        let feat = self.backbone.forward(x, images);
+        self.head.forward(feat, images, groups)
+    }
+
+    fn backward(&mut self, dz: &[f32], images: usize) {
+        let d = self.backbone.cfg.dim;
+        ensure(&mut self.dfeat, images * d);
+        let feat = &self.backbone.norm.y[..images * d];
+        self.head
+            .backward(feat, dz, images, &mut self.dfeat[..images * d]);
+        self.backbone.backward(&self.dfeat[..images * d], images);
+    }
+}
+
+impl Module for Encoder {
+    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.backbone.visit(f);
+        self.head.visit(f);
+    }
+    fn visit_buffers(&mut self, f: &mut dyn FnMut(Buffer)) {
+        self.head.visit_buffers(f);
+    }
+}
+
+pub struct MoCo {
+    pub cfg: MocoConfig,
+    pub base: Encoder,
+    pub momentum: Encoder,
+    pub predictor: Mlp,
+    q: Vec<f32>,
+    k: Vec<f32>,
+    dq: Vec<f32>,
+    dz: Vec<f32>,
+    ctr: Contrastive,
+}
+
+impl MoCo {
+    pub fn new(cfg: &MocoConfig, seed: u64) -> MoCo {
+        let mut rng = Rng::new(seed);
+        let mut base = Encoder::new(cfg, &mut rng);
+        let predictor = Mlp::new(
+            "predictor",
+            2,
+            cfg.out_dim,
+            cfg.mlp_dim,
+            cfg.out_dim,
+            true,
+            &mut rng,
+        );
+        // The momentum encoder starts as an exact copy of the base encoder, all frozen.
+        let mut momentum = Encoder::new(cfg, &mut rng);
+        for (pk, pq) in momentum.params_mut().into_iter().zip(base.params_mut()) {
+            pk.w.copy_from_slice(&pq.w);
+            pk.trainable = false;
+        }
+        MoCo {
+            cfg: cfg.clone(),
+            base,
+            momentum,
+            predictor,
+            q: Vec::new(),
+            k: Vec::new(),
+            dq: Vec::new(),
+            dz: Vec::new(),
+            ctr: Contrastive::default(),
+        }
+    }
+
+    /// One MoCo v3 forward and backward on `x` = [x1; x2] (2N images, CHW each), with momentum
+    /// `m` for this step's EMA. Leaves the gradients in the base encoder and predictor; the
+    /// optimiser step is the caller's. Returns the loss.
+    pub fn forward_backward(&mut self, x: &[f32], n: usize, m: f64) -> f32 {
+        let (two_n, dim) = (2 * n, self.cfg.out_dim);
+        // q1, q2 = f_q(x1), f_q(x2)
+        let z = self.base.forward(x, two_n, 2);
+        let q = self.predictor.forward(z, two_n, 2);
+        ensure(&mut self.q, two_n * dim);
+        self.q[..two_n * dim].copy_from_slice(q);
+        // f_k = m·f_k + (1-m)·f_q, then k1, k2 = f_k(x1), f_k(x2)
+        self.momentum_update(m);
+        let k = self.momentum.forward(x, two_n, 2);
+        ensure(&mut self.k, two_n * dim);
+        self.k[..two_n * dim].copy_from_slice(k);
+        // loss = ctr(q1, k2) + ctr(q2, k1)
+        ensure(&mut self.dq, two_n * dim);
+        let (q1, q2) = self.q[..two_n * dim].split_at(n * dim);
+        let (k1, k2) = self.k[..two_n * dim].split_at(n * dim);
+        let (dq1, dq2) = self.dq[..two_n * dim].split_at_mut(n * dim);
+        let t = self.cfg.t;
+        let loss = self.ctr.forward_backward(q1, k2, n, dim, t, dq1)
+            + self.ctr.forward_backward(q2, k1, n, dim, t, dq2);
+        // loss.backward()
+        ensure(&mut self.dz, two_n * dim);
+        let z = &self.base.head.layers.last().unwrap().bn.as_ref().unwrap().y[..two_n * dim];
+        self.predictor.backward(
+            z,
+            &self.dq[..two_n * dim],
+            two_n,
+            &mut self.dz[..two_n * dim],
+        );
+        self.base.backward(&self.dz[..two_n * dim], two_n);
+        loss
+    }
+
+    /// θ_k ← m·θ_k + (1−m)·θ_q over the parameters of backbone and projector (not the BN
+    /// buffers, not the predictor), with the scalars rounded to f32 as PyTorch does.
+    pub fn momentum_update(&mut self, m: f64) {
+        let (a, b) = (m as f32, (1.0 - m) as f32);
+        for (pk, pq) in self
+            .momentum
+            .params_mut()
+            .into_iter()
+            .zip(self.base.params_mut())
+        {
+            pk.w.par_chunks_mut(16384)
+                .zip(pq.w.par_chunks(16384))
+                .for_each(|(k, q)| {
+                    for (k, q) in k.iter_mut().zip(q) {
+                        *k = *k * a + *q * b;
+                    }
+                });
+        }
+    }
+
+    /// Trainable parameters in the official order (base encoder, then predictor).
+    pub fn trainable_params(&mut self) -> Vec<&mut Param> {
+        let mut v = self.base.params_mut();
+        v.extend(self.predictor.params_mut());
+        v.retain(|p| p.trainable);
+        v
+    }
+
+    /// Features of the base backbone (cls token after the final norm), `[images, dim]`.
+    pub fn features(&mut self, x: &[f32], images: usize) -> &[f32] {
+        self.base.backbone.forward(x, images)
+    }
+}
+
+/// ctr(q, k) = 2τ · CE(norm(q)·norm(k)ᵀ/τ, labels = diagonal), with its gradient w.r.t. q.
+#[derive(Default)]
+struct Contrastive {
+    qn: Vec<f32>,
+    kn: Vec<f32>,
+    norms: Vec<f32>,
+    logits: Vec<f32>,
+    dqn: Vec<f32>,
+}
+
+/// F.normalize: x / max(‖x‖, 1e-12) per row; returns the norms.
+fn normalize_rows(x: &[f32], d: usize, out: &mut [f32], norms: &mut [f32]) {
+    for (r, (o, nrm)) in out.chunks_mut(d).zip(norms.iter_mut()).enumerate() {
+        let xr = &x[r * d..(r + 1) * d];
+        let n = vec::dot(xr, xr).sqrt().max(1e-12);
+        *nrm = n;
+        for (o, v) in o.iter_mut().zip(xr) {
+            *o = v / n;
+        }
+    }
+}
+
+impl Contrastive {
+    fn forward_backward(
+        &mut self,
+        q: &[f32],
+        k: &[f32],
+        n: usize,
+        d: usize,
+        t: f32,
+        dq: &mut [f32],
+    ) -> f32 {
+        for v in [&mut self.qn, &mut self.kn, &mut self.dqn] {
+            ensure(v, n * d);
+        }
+        ensure(&mut self.norms, 2 * n);
+        ensure(&mut self.logits, n * n);
+        let (qn, kn) = (&mut self.qn[..n * d], &mut self.kn[..n * d]);
+        let (nq, nk) = self.norms[..2 * n].split_at_mut(n);
+        normalize_rows(q, d, qn, nq);
+        normalize_rows(k, d, kn, nk);
+        let logits = &mut self.logits[..n * n];
+        sgemm(
+            n,
+            n,
+            d,
+            Mat::rows(qn, d),
+            Mat::trans(kn, d),
+            logits,
+            n,
+            1.0 / t,
+            false,
+            true,
+        );
+        // CE with labels i, mean over rows; the logits become d(2τ·CE)/d(logits).
+        let mut total = 0.0f64;
+        let scale = 2.0 * t / n as f32;
+        for (i, row) in logits.chunks_mut(n).enumerate() {
+            let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+            let mut s = 0.0f32;
+            for v in row.iter() {
+                s += (v - mx).exp();
+            }
+            let lse = mx + s.ln();
+            total += (lse - row[i]) as f64;
+            for v in row.iter_mut() {
+                *v = (*v - lse).exp() * scale;
+            }
+            row[i] -= scale;
+        }
+        // d qn = dlogits · kn / τ; then through the normalisation.
+        let dqn = &mut self.dqn[..n * d];
+        sgemm(
+            n,
+            d,
+            n,
+            Mat::rows(logits, n),
+            Mat::rows(kn, d),
+            dqn,
+            d,
+            1.0 / t,
+            false,
+            true,
+        );
+        for r in 0..n {
+            let (qr, gr) = (&qn[r * d..(r + 1) * d], &dqn[r * d..(r + 1) * d]);
+            let s = vec::dot(qr, gr);
+            let inv = 1.0 / nq[r];
+            for ((o, &g), &qv) in dq[r * d..(r + 1) * d].iter_mut().zip(gr).zip(qr) {
+                *o = (g - qv * s) * inv;
+            }
+        }
+        (2.0 * t as f64 * total / n as f64) as f32
+    }
+}
+
+#[cfg(test)]
+mod tests;

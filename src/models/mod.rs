@@ -1,0 +1,4 @@
+//! Models composed from the layers of `nn`: the ViT backbone and the MLP heads of MoCo v3.
+
+pub mod heads;
+pub mod vit;

@@ -1,0 +1,409 @@
+//! Vision Transformer as the official `vits.py` (timm 0.4.9 `VisionTransformer` with the MoCo v3
+//! changes): pre-norm blocks, GELU MLP of ratio 4, qkv bias, LayerNorm eps 1e-6, one cls token,
+//! 2D sin-cos (or learned, or no) position embedding, the official initialisation, and the
+//! optional fixed random patch projection (`stop_grad_conv1`). The feature is the cls token after
+//! the final LayerNorm.
+
+use crate::engine::rng::Rng;
+use crate::engine::{ensure, par, vec};
+use crate::nn::posembed::{sincos_2d, PosEmbedKind};
+use crate::nn::{Attention, Buffer, Gelu, LayerNorm, Linear, Module, Param, ParamKind, PatchEmbed};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct VitConfig {
+    pub img: usize,
+    pub patch: usize,
+    pub in_chans: usize,
+    pub dim: usize,
+    pub depth: usize,
+    pub heads: usize,
+    pub mlp_ratio: usize,
+    pub pos: PosEmbedKind,
+    pub stop_grad_conv1: bool,
+}
+
+/// (dim, depth, heads) of the named sizes. `vit_small` has 12 heads in MoCo v3 (DeiT-S has 6).
+pub fn arch_dims(name: &str) -> Option<(usize, usize, usize)> {
+    Some(match name {
+        "vit_tiny" => (192, 12, 3),
+        "vit_small" => (384, 12, 12),
+        "vit_base" => (768, 12, 12),
+        "vit_large" => (1024, 24, 16),
+        "vit_huge" => (1280, 32, 16),
+        _ => return None,
+    })
+}
+
+pub const ARCHS: &[&str] = &["vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge"];
+
+impl VitConfig {
+    pub fn tokens(&self) -> usize {
+        1 + (self.img / self.patch).pow(2)
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        if self.patch == 0 || self.img % self.patch != 0 {
+            return Err(format!(
+                "image size {} must be a multiple of the patch size {}",
+                self.img, self.patch
+            ));
+        }
+        if self.heads == 0 || self.dim % self.heads != 0 {
+            return Err(format!(
+                "dim {} must be divisible by the number of heads {}",
+                self.dim, self.heads
+            ));
+        }
+        if self.pos == PosEmbedKind::Sincos && self.dim % 4 != 0 {
+            return Err(format!(
+                "the 2D sin-cos position embedding needs dim divisible by 4 (dim {})",
+                self.dim
+            ));
+        }
+        if self.depth == 0 || self.in_chans == 0 {
+            return Err("depth and input channels must be at least 1".into());
+        }
+        Ok(())
+    }
+}
+
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub qkv: Linear,
+    pub attn: Attention,
+    pub proj: Linear,
+    pub norm2: LayerNorm,
+    pub fc1: Linear,
+    pub act: Gelu,
+    pub fc2: Linear,
+    /// x + attention branch.
+    pub res1: Vec<f32>,
+    /// res1 + MLP branch: the block's output.
+    pub out: Vec<f32>,
+}
+
+/// Gradient buffers shared by all blocks (used one block at a time).
+#[derive(Default)]
+struct Scratch {
+    d1: Vec<f32>,
+    d2: Vec<f32>,
+    hidden: Vec<f32>,
+    qkv: Vec<f32>,
+}
+
+impl Block {
+    fn new(i: usize, dim: usize, heads: usize, mlp_ratio: usize) -> Block {
+        let n = |s: &str| format!("blocks.{i}.{s}");
+        Block {
+            norm1: LayerNorm::new(&n("norm1"), dim, 1e-6),
+            qkv: Linear::new(&n("attn.qkv"), dim, 3 * dim, true),
+            attn: Attention::new(dim, heads),
+            proj: Linear::new(&n("attn.proj"), dim, dim, true),
+            norm2: LayerNorm::new(&n("norm2"), dim, 1e-6),
+            fc1: Linear::new(&n("mlp.fc1"), dim, mlp_ratio * dim, true),
+            act: Gelu::default(),
+            fc2: Linear::new(&n("mlp.fc2"), mlp_ratio * dim, dim, true),
+            res1: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    fn forward(&mut self, x: &[f32], batch: usize, t: usize) {
+        let m = batch * t;
+        let d = self.norm1.d;
+        self.norm1.forward(x, m);
+        self.qkv.forward(&self.norm1.y[..m * d], m);
+        self.attn.forward(&self.qkv.y[..m * 3 * d], batch, t);
+        self.proj.forward(&self.attn.o[..m * d], m);
+        ensure(&mut self.res1, m * d);
+        vec::add(&mut self.res1[..m * d], x, &self.proj.y[..m * d]);
+        self.norm2.forward(&self.res1[..m * d], m);
+        self.fc1.forward(&self.norm2.y[..m * d], m);
+        let h = self.fc1.out;
+        self.act.forward(&self.fc1.y[..m * h]);
+        self.fc2.forward(&self.act.y[..m * h], m);
+        ensure(&mut self.out, m * d);
+        vec::add(
+            &mut self.out[..m * d],
+            &self.res1[..m * d],
+            &self.fc2.y[..m * d],
+        );
+    }
+
+    /// Gradient of the block's input into `dx`, given that of its output.
+    fn backward(
+        &mut self,
+        x: &[f32],
+        dout: &[f32],
+        dx: &mut [f32],
+        s: &mut Scratch,
+        batch: usize,
+        t: usize,
+    ) {
+        let m = batch * t;
+        let d = self.norm1.d;
+        let h = self.fc1.out;
+        ensure(&mut s.d1, m * d);
+        ensure(&mut s.d2, m * d);
+        ensure(&mut s.hidden, m * h);
+        ensure(&mut s.qkv, m * 3 * d);
+        let (d1, d2) = (&mut s.d1[..m * d], &mut s.d2[..m * d]);
+        let hid = &mut s.hidden[..m * h];
+        // MLP branch: out = res1 + fc2(gelu(fc1(norm2(res1))))
+        self.fc2.backward(&self.act.y[..m * h], dout, m, Some(hid));
+        Gelu::backward_inplace(&self.fc1.y[..m * h], hid);
+        self.fc1.backward(&self.norm2.y[..m * d], hid, m, Some(d1));
+        self.norm2.backward(&self.res1[..m * d], d1, m, d2);
+        vec::add_assign(d2, dout); // d2 = d res1
+                                   // Attention branch: res1 = x + proj(attn(qkv(norm1(x))))
+        self.proj.backward(&self.attn.o[..m * d], d2, m, Some(d1));
+        let dq = &mut s.qkv[..m * 3 * d];
+        self.attn
+            .backward(&self.qkv.y[..m * 3 * d], d1, dq, batch, t);
+        self.qkv.backward(&self.norm1.y[..m * d], dq, m, Some(d1));
+        self.norm1.backward(x, d1, m, dx);
+        vec::add_assign(dx, d2);
+    }
+}
+
+impl Module for Block {
+    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.norm1.visit(f);
+        self.qkv.visit(f);
+        self.proj.visit(f);
+        self.norm2.visit(f);
+        self.fc1.visit(f);
+        self.fc2.visit(f);
+    }
+}
+
+pub struct Vit {
+    pub cfg: VitConfig,
+    pub cls_token: Param,
+    /// `[1, tokens, dim]`; frozen for sin-cos, trainable when learned, absent for none.
+    pub pos_embed: Option<Param>,
+    pub patch_embed: PatchEmbed,
+    pub blocks: Vec<Block>,
+    pub norm: LayerNorm,
+    tokens: Vec<f32>,
+    cls_rows: Vec<f32>,
+    dtok: [Vec<f32>; 2],
+    scratch: Scratch,
+}
+
+impl Vit {
+    pub fn new(cfg: &VitConfig, rng: &mut Rng) -> Vit {
+        cfg.validate().expect("invalid ViT configuration");
+        let (d, t) = (cfg.dim, cfg.tokens());
+        let mut patch_embed =
+            PatchEmbed::new("patch_embed.proj", cfg.img, cfg.patch, cfg.in_chans, d);
+        let mut cls_token = Param::zeros("cls_token", &[1, 1, d], ParamKind::Token);
+        let pos_embed = match cfg.pos {
+            PosEmbedKind::Sincos => {
+                let mut p = Param::zeros("pos_embed", &[1, t, d], ParamKind::Token);
+                p.w = sincos_2d(cfg.img / cfg.patch, d, 10000.0);
+                p.trainable = false;
+                Some(p)
+            }
+            PosEmbedKind::Learned => {
+                let mut p = Param::zeros("pos_embed", &[1, t, d], ParamKind::Token);
+                p.init_trunc_normal(rng, 0.02);
+                Some(p)
+            }
+            PosEmbedKind::None => None,
+        };
+        let mut blocks: Vec<Block> = (0..cfg.depth)
+            .map(|i| Block::new(i, d, cfg.heads, cfg.mlp_ratio))
+            .collect();
+        // Official init: xavier-uniform for every Linear (qkv as three separate matrices), zero
+        // biases; patch projection as a Linear of fan-in 3·p·p (the official code hard-codes 3
+        // channels, which we keep for parity); cls token ~ N(0, 1e-6).
+        for b in blocks.iter_mut() {
+            let bound_qkv = (6.0 / (d + d) as f64).sqrt();
+            b.qkv.w.init_uniform(rng, bound_qkv);
+            for l in [&mut b.proj, &mut b.fc1, &mut b.fc2] {
+                let bound = (6.0 / (l.inp + l.out) as f64).sqrt();
+                l.w.init_uniform(rng, bound);
+            }
+        }
+        let bound = (6.0 / (3 * cfg.patch * cfg.patch + d) as f64).sqrt();
+        patch_embed.proj.w.init_uniform(rng, bound);
+        cls_token.init_normal(rng, 1e-6);
+        if cfg.stop_grad_conv1 {
+            patch_embed.proj.w.trainable = false;
+            patch_embed.proj.b.as_mut().unwrap().trainable = false;
+        }
+        Vit {
+            cfg: cfg.clone(),
+            cls_token,
+            pos_embed,
+            patch_embed,
+            blocks,
+            norm: LayerNorm::new("norm", d, 1e-6),
+            tokens: Vec::new(),
+            cls_rows: Vec::new(),
+            dtok: [Vec::new(), Vec::new()],
+            scratch: Scratch::default(),
+        }
+    }
+
+    /// Images `[batch, chans, img, img]` → features `[batch, dim]` (the returned slice).
+    pub fn forward(&mut self, x: &[f32], batch: usize) -> &[f32] {
+        let (d, t) = (self.cfg.dim, self.cfg.tokens());
+        self.patch_embed.forward(x, batch);
+        ensure(&mut self.tokens, batch * t * d);
+        let (pe, cls) = (&self.patch_embed.proj.y, &self.cls_token.w);
+        let pos = self.pos_embed.as_ref().map(|p| &p.w[..]);
+        par::for_rows(&mut self.tokens[..batch * t * d], d, |r, row| {
+            let (b, ti) = (r / t, r % t);
+            if ti == 0 {
+                row.copy_from_slice(cls);
+            } else {
+                row.copy_from_slice(&pe[(b * (t - 1) + ti - 1) * d..(b * (t - 1) + ti) * d]);
+            }
+            if let Some(p) = pos {
+                for (v, q) in row.iter_mut().zip(&p[ti * d..(ti + 1) * d]) {
+                    *v += q;
+                }
+            }
+        });
+        for i in 0..self.blocks.len() {
+            let (prev, rest) = self.blocks.split_at_mut(i);
+            let input = if i == 0 {
+                &self.tokens[..batch * t * d]
+            } else {
+                &prev[i - 1].out[..batch * t * d]
+            };
+            rest[0].forward(input, batch, t);
+        }
+        // Only the cls token's output is used, and LayerNorm acts per token.
+        let last = &self.blocks.last().unwrap().out;
+        ensure(&mut self.cls_rows, batch * d);
+        for b in 0..batch {
+            self.cls_rows[b * d..(b + 1) * d].copy_from_slice(&last[b * t * d..b * t * d + d]);
+        }
+        self.norm.forward(&self.cls_rows[..batch * d], batch);
+        &self.norm.y[..batch * d]
+    }
+
+    /// Gradients of all trainable parameters given the gradient of the features.
+    pub fn backward(&mut self, dfeat: &[f32], batch: usize) {
+        let (d, t) = (self.cfg.dim, self.cfg.tokens());
+        let m = batch * t;
+        for v in self.dtok.iter_mut() {
+            ensure(v, m * d);
+        }
+        let [ga, gb] = &mut self.dtok;
+        let (mut cur, mut next) = (&mut ga[..m * d], &mut gb[..m * d]);
+        // Final norm on the cls rows; every other token's output gradient is zero.
+        ensure(&mut self.scratch.d1, batch * d);
+        let dcls = &mut self.scratch.d1[..batch * d];
+        self.norm
+            .backward(&self.cls_rows[..batch * d], dfeat, batch, dcls);
+        cur.fill(0.0);
+        for b in 0..batch {
+            cur[b * t * d..b * t * d + d].copy_from_slice(&dcls[b * d..(b + 1) * d]);
+        }
+        for i in (0..self.blocks.len()).rev() {
+            let (prev, rest) = self.blocks.split_at_mut(i);
+            let input = if i == 0 {
+                &self.tokens[..m * d]
+            } else {
+                &prev[i - 1].out[..m * d]
+            };
+            rest[0].backward(input, cur, next, &mut self.scratch, batch, t);
+            std::mem::swap(&mut cur, &mut next);
+        }
+        // `cur` is the gradient of the token sequence.
+        let dt = &*cur;
+        if self.cls_token.trainable {
+            let g = &mut self.cls_token.g;
+            g.fill(0.0);
+            for b in 0..batch {
+                for (x, v) in g.iter_mut().zip(&dt[b * t * d..b * t * d + d]) {
+                    *x += v;
+                }
+            }
+        }
+        if let Some(p) = &mut self.pos_embed {
+            if p.trainable {
+                par::col_reduce(&mut p.g, batch, false, |b, cr, acc| {
+                    for (k, c) in cr.enumerate() {
+                        acc[k] += dt[b * t * d + c];
+                    }
+                });
+            }
+        }
+        if self.patch_embed.proj.w.trainable {
+            let np = t - 1;
+            ensure(&mut self.scratch.hidden, batch * np * d);
+            let dp = &mut self.scratch.hidden[..batch * np * d];
+            for b in 0..batch {
+                dp[b * np * d..(b + 1) * np * d]
+                    .copy_from_slice(&dt[(b * t + 1) * d..(b + 1) * t * d]);
+            }
+            self.patch_embed.backward(dp, batch);
+        }
+    }
+}
+
+impl Module for Vit {
+    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.cls_token);
+        if let Some(p) = &mut self.pos_embed {
+            f(p);
+        }
+        self.patch_embed.visit(f);
+        for b in self.blocks.iter_mut() {
+            b.visit(f);
+        }
+        self.norm.visit(f);
+    }
+
+    fn visit_buffers(&mut self, _f: &mut dyn FnMut(Buffer)) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::gradcheck::{check_layer, Probe};
+
+    #[test]
+    fn finite_differences_of_features() {
+        for (pos, sg) in [
+            (PosEmbedKind::Learned, false),
+            (PosEmbedKind::Sincos, true),
+            (PosEmbedKind::None, false),
+        ] {
+            let cfg = VitConfig {
+                img: 8,
+                patch: 4,
+                in_chans: 2,
+                dim: 8,
+                depth: 2,
+                heads: 2,
+                mlp_ratio: 2,
+                pos,
+                stop_grad_conv1: sg,
+            };
+            let mut rng = Rng::new(2);
+            let mut vit = Vit::new(&cfg, &mut rng);
+            vit.cls_token.init_normal(&mut rng, 1.0);
+            let b = 3;
+            check_layer(
+                &mut vit,
+                b * 2 * 64,
+                b * 8,
+                |v, x| v.forward(x, b).to_vec(),
+                |v, _, dy, _| v.backward(dy, b),
+                Probe {
+                    eps: 1e-3,
+                    check_input: false,
+                    max_per_param: 24,
+                    ..Probe::default()
+                },
+            );
+        }
+    }
+}

@@ -1,0 +1,238 @@
+//! The core of multi-head self-attention, softmax(Q Kᵀ · scale) V, on the packed `qkv` output of
+//! a Linear layer laid out as timm's (`[rows, 3, heads, head_dim]`). The Linear layers around it
+//! (qkv, proj) live in the transformer block. Heads are processed in parallel, one task per
+//! (image, head), reading Q, K and V in place through strides.
+
+use crate::engine::gemm::{sgemm_raw, Mat};
+use crate::engine::par::SendPtr;
+use crate::engine::{ensure, vec};
+use rayon::prelude::*;
+
+pub struct Attention {
+    pub dim: usize,
+    pub heads: usize,
+    pub scale: f32,
+    /// Softmax probabilities, `[batch, heads, tokens, tokens]`.
+    pub p: Vec<f32>,
+    /// Output, `[batch * tokens, dim]` (heads side by side).
+    pub o: Vec<f32>,
+    dp: Vec<f32>,
+}
+
+impl Attention {
+    pub fn new(dim: usize, heads: usize) -> Attention {
+        assert!(dim % heads == 0, "dim {dim} not divisible by heads {heads}");
+        let hd = dim / heads;
+        Attention {
+            dim,
+            heads,
+            scale: (hd as f32).powf(-0.5),
+            p: Vec::new(),
+            o: Vec::new(),
+            dp: Vec::new(),
+        }
+    }
+
+    pub fn forward(&mut self, qkv: &[f32], batch: usize, t: usize) {
+        let (d, h) = (self.dim, self.heads);
+        let hd = d / h;
+        assert_eq!(qkv.len(), batch * t * 3 * d, "attention: qkv shape");
+        ensure(&mut self.p, batch * h * t * t);
+        ensure(&mut self.o, batch * t * d);
+        let pp = SendPtr(self.p.as_mut_ptr());
+        let op = SendPtr(self.o.as_mut_ptr());
+        let scale = self.scale;
+        (0..batch * h).into_par_iter().for_each(|bh| {
+            let (b, hi) = (bh / h, bh % h);
+            let base = b * t * 3 * d;
+            let q = unsafe { qkv.as_ptr().add(base + hi * hd) };
+            let k = unsafe { qkv.as_ptr().add(base + d + hi * hd) };
+            let v = unsafe { qkv.as_ptr().add(base + 2 * d + hi * hd) };
+            let p = unsafe { pp.slice(bh * t * t, t * t) };
+            unsafe {
+                sgemm_raw(
+                    t,
+                    t,
+                    hd,
+                    Mat::raw(q, 3 * d, 1),
+                    Mat::raw(k, 1, 3 * d),
+                    p.as_mut_ptr(),
+                    t,
+                    1,
+                    scale,
+                    false,
+                    false,
+                );
+            }
+            for row in p.chunks_mut(t) {
+                softmax_inplace(row);
+            }
+            unsafe {
+                let o = op.ptr().add(b * t * d + hi * hd);
+                sgemm_raw(
+                    t,
+                    hd,
+                    t,
+                    Mat::rows(p, t),
+                    Mat::raw(v, 3 * d, 1),
+                    o,
+                    d,
+                    1,
+                    1.0,
+                    false,
+                    false,
+                );
+            }
+        });
+    }
+
+    /// `do_` is the gradient of `o`; writes the gradient of `qkv` into `dqkv`.
+    pub fn backward(&mut self, qkv: &[f32], do_: &[f32], dqkv: &mut [f32], batch: usize, t: usize) {
+        let (d, h) = (self.dim, self.heads);
+        let hd = d / h;
+        ensure(&mut self.dp, batch * h * t * t);
+        let dpp = SendPtr(self.dp.as_mut_ptr());
+        let dq = SendPtr(dqkv.as_mut_ptr());
+        let (p, scale) = (&self.p, self.scale);
+        (0..batch * h).into_par_iter().for_each(|bh| {
+            let (b, hi) = (bh / h, bh % h);
+            let base = b * t * 3 * d;
+            let q = unsafe { qkv.as_ptr().add(base + hi * hd) };
+            let k = unsafe { qkv.as_ptr().add(base + d + hi * hd) };
+            let v = unsafe { qkv.as_ptr().add(base + 2 * d + hi * hd) };
+            let dob = unsafe { do_.as_ptr().add(b * t * d + hi * hd) };
+            let pb = &p[bh * t * t..(bh + 1) * t * t];
+            let ds = unsafe { dpp.slice(bh * t * t, t * t) };
+            unsafe {
+                // dP = dO Vᵀ
+                sgemm_raw(
+                    t,
+                    t,
+                    hd,
+                    Mat::raw(dob, d, 1),
+                    Mat::raw(v, 1, 3 * d),
+                    ds.as_mut_ptr(),
+                    t,
+                    1,
+                    1.0,
+                    false,
+                    false,
+                );
+            }
+            // dS = P ⊙ (dP − Σ_j dP⊙P)
+            for (dr, pr) in ds.chunks_mut(t).zip(pb.chunks(t)) {
+                let s = vec::dot(dr, pr);
+                for (x, &pv) in dr.iter_mut().zip(pr) {
+                    *x = pv * (*x - s);
+                }
+            }
+            unsafe {
+                let out = dq.ptr().add(base);
+                // dQ = scale · dS K
+                sgemm_raw(
+                    t,
+                    hd,
+                    t,
+                    Mat::rows(ds, t),
+                    Mat::raw(k, 3 * d, 1),
+                    out.add(hi * hd),
+                    3 * d,
+                    1,
+                    scale,
+                    false,
+                    false,
+                );
+                // dK = scale · dSᵀ Q
+                sgemm_raw(
+                    t,
+                    hd,
+                    t,
+                    Mat::trans(ds, t),
+                    Mat::raw(q, 3 * d, 1),
+                    out.add(d + hi * hd),
+                    3 * d,
+                    1,
+                    scale,
+                    false,
+                    false,
+                );
+                // dV = Pᵀ dO
+                sgemm_raw(
+                    t,
+                    hd,
+                    t,
+                    Mat::trans(pb, t),
+                    Mat::raw(dob, d, 1),
+                    out.add(2 * d + hi * hd),
+                    3 * d,
+                    1,
+                    1.0,
+                    false,
+                    false,
+                );
+            }
+        });
+    }
+}
+
+/// Numerically stable softmax of one row, in place.
+#[inline]
+pub fn softmax_inplace(row: &mut [f32]) {
+    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    let mut s = 0.0f32;
+    for x in row.iter_mut() {
+        *x = (*x - m).exp();
+        s += *x;
+    }
+    let inv = 1.0 / s;
+    for x in row.iter_mut() {
+        *x *= inv;
+    }
+}
+
+impl crate::nn::Module for Attention {
+    fn visit(&mut self, _f: &mut dyn FnMut(&mut crate::nn::Param)) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::gradcheck::{check_layer, Probe};
+
+    #[test]
+    fn finite_differences() {
+        let (b, t, d, h) = (2, 5, 8, 2);
+        let mut a = Attention::new(d, h);
+        check_layer(
+            &mut a,
+            b * t * 3 * d,
+            b * t * d,
+            |a, x| {
+                a.forward(x, b, t);
+                a.o[..b * t * d].to_vec()
+            },
+            |a, x, dy, dx| a.backward(x, dy, dx, b, t),
+            Probe {
+                eps: 1e-3,
+                ..Probe::default()
+            },
+        );
+    }
+
+    #[test]
+    fn uniform_attention_averages_values() {
+        // Q = 0 makes every score equal: each output row is the mean of V over tokens.
+        let (t, d) = (3, 2);
+        let mut qkv = vec![0.0f32; t * 3 * d];
+        for i in 0..t {
+            qkv[i * 3 * d + 2 * d] = i as f32;
+            qkv[i * 3 * d + 2 * d + 1] = 10.0 * i as f32;
+            qkv[i * 3 * d + d] = 5.0 * i as f32; // keys are irrelevant when Q = 0
+        }
+        let mut a = Attention::new(d, 1);
+        a.forward(&qkv, 1, t);
+        for i in 0..t {
+            assert!((a.o[i * d] - 1.0).abs() < 1e-6 && (a.o[i * d + 1] - 10.0).abs() < 1e-5);
+        }
+    }
+}

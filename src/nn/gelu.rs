@@ -1,0 +1,82 @@
+//! GELU with the exact erf form, as PyTorch's default `nn.GELU()`.
+
+use crate::engine::{ensure, par};
+
+const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+const INV_SQRT_2PI: f32 = 0.398_942_3;
+
+#[inline]
+pub fn gelu(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * FRAC_1_SQRT_2))
+}
+
+#[inline]
+pub fn gelu_grad(x: f32) -> f32 {
+    0.5 * (1.0 + libm::erff(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
+}
+
+#[derive(Default)]
+pub struct Gelu {
+    pub y: Vec<f32>,
+}
+
+impl Gelu {
+    pub fn forward(&mut self, x: &[f32]) {
+        ensure(&mut self.y, x.len());
+        par::map2(&mut self.y[..x.len()], x, |o, i| {
+            for (o, &v) in o.iter_mut().zip(i) {
+                *o = gelu(v);
+            }
+        });
+    }
+
+    /// `d` holds dy on entry and dx on return.
+    pub fn backward_inplace(x: &[f32], d: &mut [f32]) {
+        par::map2(&mut d[..x.len()], x, |o, i| {
+            for (o, &v) in o.iter_mut().zip(i) {
+                *o *= gelu_grad(v);
+            }
+        });
+    }
+}
+
+impl crate::nn::Module for Gelu {
+    fn visit(&mut self, _f: &mut dyn FnMut(&mut crate::nn::Param)) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::gradcheck::{check_layer, Probe};
+
+    #[test]
+    fn values_and_finite_differences() {
+        // torch.nn.functional.gelu(torch.tensor([-1., 0.5, 2.]))
+        for (x, want) in [
+            (-1.0f32, -0.158_655_25f32),
+            (0.5, 0.345_731_14),
+            (2.0, 1.954_499_7),
+        ] {
+            assert!((gelu(x) - want).abs() < 1e-6, "{x}");
+        }
+        let n = 40;
+        check_layer(
+            &mut Gelu::default(),
+            n,
+            n,
+            |l, x| {
+                l.forward(x);
+                l.y[..n].to_vec()
+            },
+            |_, x, dy, dx| {
+                dx.copy_from_slice(dy);
+                Gelu::backward_inplace(x, dx);
+            },
+            Probe {
+                eps: 1e-3,
+                x_scale: 2.0,
+                ..Probe::default()
+            },
+        );
+    }
+}

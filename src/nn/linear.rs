@@ -1,0 +1,126 @@
+//! y = x Wᵀ + b, W of shape [out, in] as PyTorch's `nn.Linear`.
+
+use super::param::{Module, Param, ParamKind};
+use crate::engine::gemm::{sgemm, Mat};
+use crate::engine::{ensure, par};
+
+pub struct Linear {
+    pub w: Param,
+    pub b: Option<Param>,
+    pub inp: usize,
+    pub out: usize,
+    /// Output of the last forward, `[rows, out]`.
+    pub y: Vec<f32>,
+}
+
+impl Linear {
+    pub fn new(name: &str, inp: usize, out: usize, bias: bool) -> Linear {
+        Linear {
+            w: Param::zeros(&format!("{name}.weight"), &[out, inp], ParamKind::Weight),
+            b: bias.then(|| Param::zeros(&format!("{name}.bias"), &[out], ParamKind::Bias)),
+            inp,
+            out,
+            y: Vec::new(),
+        }
+    }
+
+    pub fn forward(&mut self, x: &[f32], rows: usize) {
+        let (i, o) = (self.inp, self.out);
+        assert_eq!(x.len(), rows * i, "linear {}: input shape", self.w.name);
+        ensure(&mut self.y, rows * o);
+        let y = &mut self.y[..rows * o];
+        if let Some(b) = &self.b {
+            par::for_rows(y, o, |_, row| row.copy_from_slice(&b.w));
+        }
+        sgemm(
+            rows,
+            o,
+            i,
+            Mat::rows(x, i),
+            Mat::trans(&self.w.w, i),
+            y,
+            o,
+            1.0,
+            self.b.is_some(),
+            true,
+        );
+    }
+
+    /// Gradients of W and b (when trainable) and, if `dx` is given, of the input.
+    pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: Option<&mut [f32]>) {
+        let (i, o) = (self.inp, self.out);
+        let dy = &dy[..rows * o];
+        if let Some(dx) = dx {
+            sgemm(
+                rows,
+                i,
+                o,
+                Mat::rows(dy, o),
+                Mat::rows(&self.w.w, i),
+                &mut dx[..rows * i],
+                i,
+                1.0,
+                false,
+                true,
+            );
+        }
+        if self.w.trainable {
+            sgemm(
+                o,
+                i,
+                rows,
+                Mat::trans(dy, o),
+                Mat::rows(x, i),
+                &mut self.w.g,
+                i,
+                1.0,
+                false,
+                true,
+            );
+        }
+        if let Some(b) = &mut self.b {
+            if b.trainable {
+                par::col_sum(&mut b.g, dy, rows, o, false);
+            }
+        }
+    }
+}
+
+impl Module for Linear {
+    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.w);
+        if let Some(b) = &mut self.b {
+            f(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::gradcheck::{check_layer, Probe};
+
+    #[test]
+    fn finite_differences() {
+        for bias in [true, false] {
+            let mut l = Linear::new("fc", 7, 5, bias);
+            let mut rng = crate::engine::rng::Rng::new(3);
+            l.w.init_normal(&mut rng, 0.5);
+            if let Some(b) = &mut l.b {
+                b.init_normal(&mut rng, 0.5);
+            }
+            let rows = 6;
+            check_layer(
+                &mut l,
+                rows * 7,
+                rows * 5,
+                |l, x| {
+                    l.forward(x, rows);
+                    l.y[..rows * 5].to_vec()
+                },
+                |l, x, dy, dx| l.backward(x, dy, rows, Some(dx)),
+                Probe::default(),
+            );
+        }
+    }
+}

@@ -1,0 +1,6 @@
+//! Optimisers and schedules.
+
+pub mod adamw;
+pub mod schedule;
+
+pub use adamw::AdamW;
