@@ -1,1 +1,197 @@
-fn main() {}
+//! The `mocov3` command line.
+
+use anyhow::Result;
+use clap::{Args, Parser, Subcommand};
+use mocov3::train::config::{self, PretrainConfig, PRESETS};
+use mocov3::train::pretrain::{self, RunOptions};
+use std::path::PathBuf;
+
+#[derive(Parser)]
+#[command(
+    name = "mocov3",
+    version,
+    about = "MoCo v3 self-supervised pre-training of Vision Transformers, on its own CPU engine"
+)]
+struct Cli {
+    #[command(subcommand)]
+    cmd: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Pre-train a ViT with MoCo v3 (checkpoint every epoch, resumable).
+    Pretrain(PretrainArgs),
+    /// Benchmarks.
+    Bench {
+        #[command(subcommand)]
+        what: BenchCmd,
+    },
+    /// List the named presets.
+    Presets,
+}
+
+#[derive(Subcommand)]
+enum BenchCmd {
+    /// Time the MoCo v3 training step (forward, backward, AdamW, momentum update).
+    Step {
+        /// C1 (ViT 192-d x 12 on 32 px, patch 4, batch 64) or C2 (ViT-S/16 at 224 px, batch 8).
+        #[arg(long, default_value = "C1")]
+        config: String,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Timed steps (default: 18 for C1, so 20 steps in all; 5 for C2).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Compute threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+}
+
+#[derive(Args)]
+struct PretrainArgs {
+    /// Start from a named preset (see `mocov3 presets`).
+    #[arg(long, default_value = "fashion-mnist")]
+    preset: String,
+    /// A TOML file whose keys override the preset (same names as `--print-config` shows).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override any configuration key: --set key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    #[arg(long)]
+    epochs: Option<usize>,
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Base learning rate (scaled by batch / 256).
+    #[arg(long)]
+    lr: Option<f64>,
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Folder holding the dataset files (searched before the system locations).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Run directory: config.toml, metrics.jsonl, checkpoint.safetensors.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Compute threads (0 = one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Cut every epoch to this many steps (smoke runs).
+    #[arg(long)]
+    max_steps_per_epoch: Option<usize>,
+    /// Resume from a checkpoint written by an earlier run (its configuration is used).
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Stop after this many epochs of this invocation (resume later with --resume).
+    #[arg(long)]
+    stop_after_epochs: Option<usize>,
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+fn resolve(a: &PretrainArgs) -> Result<PretrainConfig> {
+    let mut c = config::preset(&a.preset)?;
+    if let Some(p) = &a.config {
+        c = config::merge_file(&c, p)?;
+    }
+    macro_rules! set {
+        ($f:ident) => {
+            if let Some(v) = &a.$f {
+                c.$f = v.clone();
+            }
+        };
+    }
+    set!(epochs);
+    set!(batch_size);
+    set!(lr);
+    set!(dataset);
+    set!(seed);
+    set!(threads);
+    if let Some(v) = &a.data_dir {
+        c.data_dir = Some(v.clone());
+    }
+    if let Some(v) = &a.out {
+        c.out_dir = v.clone();
+    }
+    if let Some(v) = a.max_steps_per_epoch {
+        c.max_steps_per_epoch = Some(v);
+    }
+    config::merge_sets(&c, &a.sets)
+}
+
+fn main() {
+    if let Err(e) = real_main() {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn real_main() -> Result<()> {
+    let cli = Cli::parse();
+    match cli.cmd {
+        Cmd::Presets => {
+            for (name, what) in PRESETS {
+                println!("{name:16} {what}");
+            }
+        }
+        Cmd::Pretrain(a) => {
+            let cfg = resolve(&a)?;
+            if a.print_config {
+                print!("{}", toml::to_string(&cfg)?);
+                return Ok(());
+            }
+            let opts = RunOptions {
+                resume: a.resume.clone(),
+                stop_after_epochs: a.stop_after_epochs,
+                quiet: a.quiet,
+            };
+            let s = pretrain::run(cfg, &opts)?;
+            if let (Some(f), Some(l)) = (s.losses.first(), s.losses.last()) {
+                println!(
+                    "done: {} steps, loss {f:.4} -> {l:.4}, checkpoint {}",
+                    s.losses.len(),
+                    s.checkpoint.display()
+                );
+            }
+        }
+        Cmd::Bench {
+            what:
+                BenchCmd::Step {
+                    config,
+                    warmup,
+                    steps,
+                    threads,
+                },
+        } => {
+            mocov3::engine::init_threads(threads);
+            let cfg = mocov3::bench::config(&config)?;
+            let timed = steps.unwrap_or(if cfg.name == "C1" { 18 } else { 5 });
+            eprintln!(
+                "bench step {}: batch {}, {} warm-up + {} timed steps, {} threads",
+                cfg.name,
+                cfg.batch,
+                warmup,
+                timed,
+                mocov3::engine::threads()
+            );
+            let r = mocov3::bench::run(&cfg, warmup, timed, |i, dt, loss| {
+                eprintln!("  step {i:2}: {:8.1} ms  loss {loss:.4}", dt * 1e3)
+            });
+            println!(
+                "RESULT framework=mocov3 config={} img_per_s={:.3} step_ms_median={:.1} loss_first={:.4} loss_last={:.4}",
+                cfg.name, r.img_per_s, r.step_ms_median, r.loss_first, r.loss_last
+            );
+            if let Some(m) = mocov3::bench::peak_rss_mib() {
+                eprintln!("peak resident memory: {m:.0} MiB");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,149 @@
+//! The two-view augmentation used by `pretrain`: RandomResizedCrop (torchvision's parameter
+//! sampling: scale (crop_min, 1), ratio (3/4, 4/3), ten attempts then the centre-crop fallback)
+//! with bilinear resampling, horizontal flip with p 0.5, and normalisation. This is the simple
+//! pipeline of the foundation; the official colour, blur and solarize operations come with the
+//! data-pipeline work.
+
+use crate::engine::rng::Rng;
+
+#[derive(Clone, Debug)]
+pub struct Augment {
+    pub out: usize,
+    pub crop_min: f64,
+    pub flip: bool,
+    pub mean: Vec<f32>,
+    pub std: Vec<f32>,
+}
+
+/// torchvision's `RandomResizedCrop.get_params`: returns (top, left, height, width).
+pub fn rrc_params(
+    rng: &mut Rng,
+    h: usize,
+    w: usize,
+    scale: (f64, f64),
+    ratio: (f64, f64),
+) -> (usize, usize, usize, usize) {
+    let area = (h * w) as f64;
+    let (lr0, lr1) = (ratio.0.ln(), ratio.1.ln());
+    for _ in 0..10 {
+        let target = area * rng.uniform(scale.0, scale.1);
+        let aspect = rng.uniform(lr0, lr1).exp();
+        let cw = (target * aspect).sqrt().round() as usize;
+        let ch = (target / aspect).sqrt().round() as usize;
+        if cw > 0 && cw <= w && ch > 0 && ch <= h {
+            let i = rng.below(h - ch + 1);
+            let j = rng.below(w - cw + 1);
+            return (i, j, ch, cw);
+        }
+    }
+    let in_ratio = w as f64 / h as f64;
+    let (cw, ch) = if in_ratio < ratio.0 {
+        (w, ((w as f64 / ratio.0).round() as usize).min(h))
+    } else if in_ratio > ratio.1 {
+        (((h as f64 * ratio.1).round() as usize).min(w), h)
+    } else {
+        (w, h)
+    };
+    ((h - ch) / 2, (w - cw) / 2, ch, cw)
+}
+
+impl Augment {
+    /// One augmented view of an HWC byte image, written as normalised CHW f32 into `out`.
+    pub fn view(&self, rng: &mut Rng, img: &[u8], h: usize, w: usize, c: usize, out: &mut [f32]) {
+        let crop = rrc_params(rng, h, w, (self.crop_min, 1.0), (3.0 / 4.0, 4.0 / 3.0));
+        let flip = self.flip && rng.uniform_f64() < 0.5;
+        self.render(img, w, c, crop, flip, out);
+    }
+
+    /// Bilinear resampling (half-pixel centres) of the crop (top, left, height, width) to the
+    /// output size, optionally mirrored, then normalised.
+    pub fn render(
+        &self,
+        img: &[u8],
+        w: usize,
+        c: usize,
+        crop: (usize, usize, usize, usize),
+        flip: bool,
+        out: &mut [f32],
+    ) {
+        let s = self.out;
+        let (top, left, ch, cw) = crop;
+        let (sy, sx) = (ch as f32 / s as f32, cw as f32 / s as f32);
+        for y in 0..s {
+            let fy = ((y as f32 + 0.5) * sy - 0.5).clamp(0.0, (ch - 1) as f32);
+            let y0 = fy.floor() as usize;
+            let y1 = (y0 + 1).min(ch - 1);
+            let wy = fy - y0 as f32;
+            for x in 0..s {
+                let xx = if flip { s - 1 - x } else { x };
+                let fx = ((xx as f32 + 0.5) * sx - 0.5).clamp(0.0, (cw - 1) as f32);
+                let x0 = fx.floor() as usize;
+                let x1 = (x0 + 1).min(cw - 1);
+                let wx = fx - x0 as f32;
+                for k in 0..c {
+                    let p = |yy: usize, xx: usize| img[((top + yy) * w + left + xx) * c + k] as f32;
+                    let v = (1.0 - wy) * ((1.0 - wx) * p(y0, x0) + wx * p(y0, x1))
+                        + wy * ((1.0 - wx) * p(y1, x0) + wx * p(y1, x1));
+                    out[(k * s + y) * s + x] = (v / 255.0 - self.mean[k]) / self.std[k];
+                }
+            }
+        }
+    }
+
+    /// The un-augmented image resized to the output size (for evaluation), CHW normalised.
+    pub fn plain(&self, img: &[u8], h: usize, w: usize, c: usize, out: &mut [f32]) {
+        let s = self.out;
+        for y in 0..s {
+            for x in 0..s {
+                let (yy, xx) = (y * h / s, x * w / s);
+                for k in 0..c {
+                    out[(k * s + y) * s + x] =
+                        (img[(yy * w + xx) * c + k] as f32 / 255.0 - self.mean[k]) / self.std[k];
+                }
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn rrc_stays_inside_and_respects_scale() {
+        let mut rng = Rng::new(1);
+        for _ in 0..1000 {
+            let (i, j, h, w) = rrc_params(&mut rng, 28, 28, (0.2, 1.0), (0.75, 4.0 / 3.0));
+            assert!(i + h <= 28 && j + w <= 28 && h > 0 && w > 0);
+            let frac = (h * w) as f64 / 784.0;
+            assert!(frac > 0.15 && frac <= 1.0, "{frac}");
+        }
+        // Impossible scale forces the centre-crop fallback.
+        let (i, j, h, w) = rrc_params(&mut rng, 10, 40, (5.0, 6.0), (0.75, 4.0 / 3.0));
+        assert_eq!((h, w), (10, 13));
+        assert_eq!((i, j), (0, 13));
+    }
+
+    #[test]
+    fn full_crop_is_identity_and_flip_mirrors() {
+        let a = Augment {
+            out: 4,
+            crop_min: 1.0,
+            flip: false,
+            mean: vec![0.5],
+            std: vec![0.25],
+        };
+        let img: Vec<u8> = (0..16).map(|i| (i * 10) as u8).collect();
+        let mut out = vec![0.0; 16];
+        a.render(&img, 4, 1, (0, 0, 4, 4), false, &mut out);
+        for (o, &v) in out.iter().zip(&img) {
+            assert!((o - (v as f32 / 255.0 - 0.5) / 0.25).abs() < 1e-5);
+        }
+        a.render(&img, 4, 1, (0, 0, 4, 4), true, &mut out);
+        assert!((out[0] - (30.0 / 255.0 - 0.5) / 0.25).abs() < 1e-5);
+        // A 2x2 crop upsampled to 4x4 keeps its corner values.
+        a.render(&img, 4, 1, (1, 1, 2, 2), false, &mut out);
+        assert!((out[0] - (50.0 / 255.0 - 0.5) / 0.25).abs() < 1e-5);
+        assert!((out[15] - (100.0 / 255.0 - 0.5) / 0.25).abs() < 1e-5);
+    }
+}

@@ -1,0 +1,101 @@
+//! Datasets and the two-view pipeline.
+//!
+//! Images are kept as bytes, `[n, h, w, c]` (HWC), and turned into normalised f32 CHW views by
+//! `augment`.
+
+pub mod augment;
+pub mod idx;
+pub mod loader;
+pub mod synthetic;
+
+use anyhow::{bail, Result};
+use std::path::{Path, PathBuf};
+
+/// Labelled 8-bit images, all of one size.
+#[derive(Clone, Debug)]
+pub struct ImageSet {
+    pub name: String,
+    pub h: usize,
+    pub w: usize,
+    pub c: usize,
+    pub pixels: Vec<u8>,
+    pub labels: Vec<u32>,
+    pub classes: usize,
+}
+
+impl ImageSet {
+    pub fn len(&self) -> usize {
+        self.labels.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.labels.is_empty()
+    }
+
+    pub fn image(&self, i: usize) -> &[u8] {
+        let n = self.h * self.w * self.c;
+        &self.pixels[i * n..(i + 1) * n]
+    }
+
+    /// Per-channel mean and std of the pixels in [0, 1] (for normalisation).
+    pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        let c = self.c;
+        let mut s = vec![0f64; c];
+        let mut q = vec![0f64; c];
+        for (i, &p) in self.pixels.iter().enumerate() {
+            let v = p as f64 / 255.0;
+            s[i % c] += v;
+            q[i % c] += v * v;
+        }
+        let n = (self.pixels.len() / c) as f64;
+        let mean: Vec<f32> = s.iter().map(|v| (v / n) as f32).collect();
+        let std: Vec<f32> = q
+            .iter()
+            .zip(&mean)
+            .map(|(q, &m)| ((q / n - (m as f64).powi(2)).max(1e-12)).sqrt() as f32)
+            .collect();
+        (mean, std)
+    }
+}
+
+/// Standard places where a named dataset may already be on this machine.
+pub fn system_dirs(name: &str) -> Vec<PathBuf> {
+    let mut v = Vec::new();
+    if let Ok(d) = std::env::var("MOCOV3_DATA") {
+        v.push(PathBuf::from(d).join(name));
+    }
+    v.push(PathBuf::from("/usr/share/datasets").join(name));
+    v
+}
+
+/// Load a dataset by name: `fashion-mnist` or `mnist` (IDX files, gzipped or raw), or
+/// `synthetic`. `data_dir`, when given, is searched first (the folder holding the IDX files, or
+/// its parent holding a folder named after the dataset).
+pub fn load(name: &str, data_dir: Option<&Path>, train: bool) -> Result<ImageSet> {
+    match name {
+        "fashion-mnist" | "mnist" => {
+            let mut dirs = Vec::new();
+            if let Some(d) = data_dir {
+                dirs.push(d.to_path_buf());
+                dirs.push(d.join(name));
+            }
+            dirs.extend(system_dirs(name));
+            let hint = if name == "fashion-mnist" {
+                "install it with `apt-get install dataset-fashion-mnist` (files under /usr/share/datasets/fashion-mnist/), or pass --data-dir DIR holding train-images-idx3-ubyte(.gz) and the label files"
+            } else {
+                "pass --data-dir DIR holding train-images-idx3-ubyte and train-labels-idx1-ubyte (gzipped or raw)"
+            };
+            idx::load_split(name, &dirs, train, hint)
+        }
+        "synthetic" => Ok(synthetic::generate(
+            if train { 2048 } else { 512 },
+            28,
+            1,
+            10,
+            if train { 1 } else { 2 },
+        )),
+        other => {
+            bail!("unknown dataset '{other}': expected one of fashion-mnist, mnist, synthetic")
+        }
+    }
+}

@@ -1,0 +1,184 @@
+//! Native checkpoints: one safetensors file with every tensor of the run (both encoders, the
+//! predictor, BatchNorm buffers, AdamW moments) and the training state as JSON metadata. Keys
+//! follow the official layout without the DDP `module.` prefix (`base_encoder.blocks.0...`).
+//! Writes go to a temporary file that is renamed over the old one, so a crash never leaves a
+//! half-written checkpoint.
+
+use super::config::PretrainConfig;
+use crate::moco::MoCo;
+use crate::nn::Module;
+use crate::optim::AdamW;
+use anyhow::{bail, Context, Result};
+use safetensors::tensor::{Dtype, SafeTensors, TensorView};
+use serde::{Deserialize, Serialize};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub const FORMAT: u32 = 1;
+
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct TrainState {
+    pub format: u32,
+    /// The next epoch to run.
+    pub epoch: usize,
+    /// Optimiser steps taken so far.
+    pub step: u64,
+    pub in_chans: usize,
+    pub config: PretrainConfig,
+}
+
+/// Every named tensor of the model and optimiser, as (name, shape, mutable data).
+fn for_each_tensor(
+    model: &mut MoCo,
+    opt: &mut AdamW,
+    f: &mut dyn FnMut(String, Vec<usize>, &mut Vec<f32>),
+) {
+    let parts: [(&str, &mut dyn Module); 3] = [
+        ("base_encoder", &mut model.base),
+        ("momentum_encoder", &mut model.momentum),
+        ("predictor", &mut model.predictor),
+    ];
+    for (prefix, m) in parts {
+        m.visit(&mut |p| f(format!("{prefix}.{}", p.name), p.shape.clone(), &mut p.w));
+        m.visit_buffers(&mut |b| f(format!("{prefix}.{}", b.name), b.shape.clone(), b.data));
+    }
+    let names: Vec<(String, Vec<usize>)> = {
+        let mut v: Vec<_> = model
+            .base
+            .params_mut()
+            .into_iter()
+            .filter(|p| p.trainable)
+            .map(|p| (format!("base_encoder.{}", p.name), p.shape.clone()))
+            .collect();
+        v.extend(
+            model
+                .predictor
+                .params_mut()
+                .into_iter()
+                .filter(|p| p.trainable)
+                .map(|p| (format!("predictor.{}", p.name), p.shape.clone())),
+        );
+        v
+    };
+    if opt.exp_avg.len() == names.len() {
+        for (i, (n, s)) in names.iter().enumerate() {
+            f(
+                format!("optimizer.exp_avg.{n}"),
+                s.clone(),
+                &mut opt.exp_avg[i],
+            );
+            f(
+                format!("optimizer.exp_avg_sq.{n}"),
+                s.clone(),
+                &mut opt.exp_avg_sq[i],
+            );
+        }
+    }
+}
+
+pub fn save(path: &Path, model: &mut MoCo, opt: &AdamW, state: &TrainState) -> Result<()> {
+    let mut opt = opt.clone();
+    let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
+    for_each_tensor(model, &mut opt, &mut |name, shape, data| {
+        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
+        owned.push((name, shape, bytes));
+    });
+    let views: Vec<(String, TensorView)> = owned
+        .iter()
+        .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
+        .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    let mut meta = HashMap::new();
+    meta.insert("mocov3".to_string(), serde_json::to_string(state)?);
+    meta.insert("adam_step".to_string(), opt.step.to_string());
+    let bytes = safetensors::tensor::serialize(views, &Some(meta))?;
+    let tmp = path.with_extension("safetensors.tmp");
+    {
+        use std::io::Write;
+        let mut f = std::fs::File::create(&tmp)
+            .with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(&bytes)
+            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        f.sync_all()?;
+    }
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+    Ok(())
+}
+
+/// Load a checkpoint written by [`save`]: the model, the optimiser and the training state.
+pub fn load(path: &Path) -> Result<(MoCo, AdamW, TrainState)> {
+    let bytes = std::fs::read(path)
+        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let fix =
+        "it is corrupt or truncated: resume from an earlier checkpoint or start the run again";
+    let (_, meta) = SafeTensors::read_metadata(&bytes)
+        .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}; {fix}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes)
+        .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}; {fix}", path.display()))?;
+    let info = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("mocov3"))
+        .with_context(|| {
+            format!(
+                "{} has no mocov3 training state: it was not written by `mocov3 pretrain`",
+                path.display()
+            )
+        })?;
+    let state: TrainState = serde_json::from_str(info)
+        .with_context(|| format!("{}: unreadable training state", path.display()))?;
+    if state.format != FORMAT {
+        bail!(
+            "{}: checkpoint format {} is not supported (expected {FORMAT})",
+            path.display(),
+            state.format
+        );
+    }
+    let adam_step: u64 = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("adam_step"))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let cfg = state.config.model(state.in_chans)?;
+    let mut model = MoCo::new(&cfg, state.config.seed);
+    let mut opt = AdamW::new(state.config.weight_decay);
+    opt.exclude_norm_bias = state.config.exclude_norm_bias_decay;
+    opt.step = adam_step;
+    if adam_step > 0 {
+        let params = model.trainable_params();
+        opt.exp_avg = params.iter().map(|p| vec![0.0; p.len()]).collect();
+        opt.exp_avg_sq = opt.exp_avg.clone();
+    }
+    let mut err: Option<anyhow::Error> = None;
+    for_each_tensor(&mut model, &mut opt, &mut |name, shape, data| {
+        if err.is_some() {
+            return;
+        }
+        match st.tensor(&name) {
+            Err(_) => {
+                err = Some(anyhow::anyhow!(
+                    "{}: tensor '{name}' is missing; {fix}",
+                    path.display()
+                ))
+            }
+            Ok(t) if t.dtype() != Dtype::F32 || t.shape() != shape.as_slice() => {
+                err = Some(anyhow::anyhow!(
+                    "{}: tensor '{name}' has shape {:?} ({:?}), the model expects {shape:?} (f32)",
+                    path.display(),
+                    t.shape(),
+                    t.dtype()
+                ))
+            }
+            Ok(t) => {
+                for (v, b) in data.iter_mut().zip(t.data().chunks_exact(4)) {
+                    *v = f32::from_le_bytes(b.try_into().unwrap());
+                }
+            }
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    Ok((model, opt, state))
+}

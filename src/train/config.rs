@@ -1,0 +1,285 @@
+//! The pre-training configuration: named presets, a TOML file, and command-line overrides, in
+//! that order of precedence (later wins).
+
+use crate::moco::MocoConfig;
+use crate::models::vit::{arch_dims, VitConfig, ARCHS};
+use crate::nn::posembed::PosEmbedKind;
+use anyhow::{bail, Context, Result};
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct PretrainConfig {
+    /// vit_tiny | vit_small | vit_base | vit_large | vit_huge (dim/depth/heads below override).
+    pub arch: String,
+    pub dim: Option<usize>,
+    pub depth: Option<usize>,
+    pub heads: Option<usize>,
+    pub img_size: usize,
+    pub patch_size: usize,
+    pub pos_embed: PosEmbedKind,
+    pub stop_grad_conv1: bool,
+    pub moco_mlp_dim: usize,
+    pub moco_dim: usize,
+    pub moco_t: f32,
+    pub moco_m: f64,
+    pub moco_m_cos: bool,
+    /// Base learning rate; the effective one is lr × batch_size / 256.
+    pub lr: f64,
+    pub weight_decay: f64,
+    /// Exclude biases, norms, cls token and position embedding from weight decay (the official
+    /// code decays everything).
+    pub exclude_norm_bias_decay: bool,
+    pub batch_size: usize,
+    pub epochs: usize,
+    pub warmup_epochs: f64,
+    pub crop_min: f64,
+    /// fashion-mnist | mnist | synthetic
+    pub dataset: String,
+    pub data_dir: Option<PathBuf>,
+    /// Stop each epoch after this many steps (for smoke tests; the schedules still assume the
+    /// shortened epoch).
+    pub max_steps_per_epoch: Option<usize>,
+    pub seed: u64,
+    /// Compute threads (0 = one per core).
+    pub threads: usize,
+    pub out_dir: PathBuf,
+    /// Print and log metrics every this many steps.
+    pub log_every: usize,
+}
+
+impl Default for PretrainConfig {
+    fn default() -> Self {
+        preset("fashion-mnist").unwrap()
+    }
+}
+
+pub const PRESETS: &[(&str, &str)] = &[
+    (
+        "fashion-mnist",
+        "ViT 192-d x 6 blocks, 28 px, patch 7, on Fashion-MNIST (2 CPU cores)",
+    ),
+    (
+        "vit_small",
+        "official ViT-S/16 recipe at batch 1024 (300 epochs, ImageNet)",
+    ),
+    (
+        "vit_base",
+        "official ViT-B/16 recipe at batch 4096 (300 epochs, ImageNet)",
+    ),
+    (
+        "tiny-synthetic",
+        "a very small ViT on synthetic images, for smoke tests",
+    ),
+];
+
+/// The official ViT recipe (CONFIG.md) with the given architecture and batch.
+fn official(arch: &str, batch: usize) -> PretrainConfig {
+    PretrainConfig {
+        arch: arch.into(),
+        dim: None,
+        depth: None,
+        heads: None,
+        img_size: 224,
+        patch_size: 16,
+        pos_embed: PosEmbedKind::Sincos,
+        stop_grad_conv1: true,
+        moco_mlp_dim: 4096,
+        moco_dim: 256,
+        moco_t: 0.2,
+        moco_m: 0.99,
+        moco_m_cos: true,
+        lr: 1.5e-4,
+        weight_decay: 0.1,
+        exclude_norm_bias_decay: false,
+        batch_size: batch,
+        epochs: 300,
+        warmup_epochs: 40.0,
+        crop_min: 0.08,
+        dataset: "imagenet".into(),
+        data_dir: None,
+        max_steps_per_epoch: None,
+        seed: 0,
+        threads: 0,
+        out_dir: PathBuf::from("runs/pretrain"),
+        log_every: 10,
+    }
+}
+
+pub fn preset(name: &str) -> Result<PretrainConfig> {
+    Ok(match name {
+        "vit_small" => official("vit_small", 1024),
+        "vit_base" => official("vit_base", 4096),
+        "fashion-mnist" | "fmnist" => PretrainConfig {
+            arch: "vit_tiny".into(),
+            depth: Some(6),
+            img_size: 28,
+            patch_size: 7,
+            moco_mlp_dim: 1024,
+            batch_size: 256,
+            epochs: 10,
+            warmup_epochs: 1.0,
+            crop_min: 0.2,
+            dataset: "fashion-mnist".into(),
+            out_dir: PathBuf::from("runs/fashion-mnist"),
+            ..official("vit_tiny", 256)
+        },
+        "tiny-synthetic" => PretrainConfig {
+            arch: "vit_tiny".into(),
+            dim: Some(32),
+            depth: Some(2),
+            heads: Some(2),
+            img_size: 16,
+            patch_size: 4,
+            moco_mlp_dim: 64,
+            moco_dim: 32,
+            batch_size: 32,
+            epochs: 2,
+            warmup_epochs: 0.5,
+            lr: 1.5e-3,
+            crop_min: 0.3,
+            dataset: "synthetic".into(),
+            out_dir: PathBuf::from("runs/tiny-synthetic"),
+            log_every: 5,
+            ..official("vit_tiny", 32)
+        },
+        other => {
+            let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
+            bail!(
+                "unknown preset '{other}': expected one of {}",
+                names.join(", ")
+            )
+        }
+    })
+}
+
+/// Merge the keys of a TOML table over `cfg` (unknown keys and wrong types are errors).
+pub fn merge_toml(
+    cfg: &PretrainConfig,
+    table: toml::Table,
+    origin: &str,
+) -> Result<PretrainConfig> {
+    let mut base = toml::Table::try_from(cfg).context("serialising the configuration")?;
+    for (k, v) in table {
+        base.insert(k, v);
+    }
+    toml::Value::Table(base)
+        .try_into()
+        .with_context(|| format!("invalid configuration in {origin}"))
+}
+
+pub fn merge_file(cfg: &PretrainConfig, path: &Path) -> Result<PretrainConfig> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config {}", path.display()))?;
+    let table: toml::Table =
+        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    merge_toml(cfg, table, &path.display().to_string())
+}
+
+/// Apply `key=value` overrides; the value is read as TOML (numbers, booleans, strings; a bare
+/// word is taken as a string).
+pub fn merge_sets(cfg: &PretrainConfig, sets: &[String]) -> Result<PretrainConfig> {
+    let mut table = toml::Table::new();
+    for s in sets {
+        let Some((k, v)) = s.split_once('=') else {
+            bail!("--set expects key=value, got '{s}'")
+        };
+        let (k, v) = (k.trim(), v.trim());
+        let value = match toml::from_str::<toml::Table>(&format!("v = {v}")) {
+            Ok(mut t) => t.remove("v").unwrap(),
+            Err(_) => toml::Value::String(v.to_string()),
+        };
+        table.insert(k.to_string(), value);
+    }
+    merge_toml(cfg, table, "--set")
+}
+
+impl PretrainConfig {
+    /// The model configuration for images of `chans` channels; checks every shape constraint.
+    pub fn model(&self, chans: usize) -> Result<MocoConfig> {
+        let Some((d, depth, heads)) = arch_dims(&self.arch) else {
+            bail!(
+                "unknown arch '{}': expected one of {}",
+                self.arch,
+                ARCHS.join(", ")
+            )
+        };
+        let vit = VitConfig {
+            img: self.img_size,
+            patch: self.patch_size,
+            in_chans: chans,
+            dim: self.dim.unwrap_or(d),
+            depth: self.depth.unwrap_or(depth),
+            heads: self.heads.unwrap_or(heads),
+            mlp_ratio: 4,
+            pos: self.pos_embed,
+            stop_grad_conv1: self.stop_grad_conv1,
+        };
+        vit.validate()
+            .map_err(|e| anyhow::anyhow!("invalid model configuration: {e}"))?;
+        if self.batch_size < 2 {
+            bail!("batch_size must be at least 2 (BatchNorm needs two samples per view)");
+        }
+        if self.moco_t <= 0.0 {
+            bail!("moco_t must be positive");
+        }
+        if !(0.0..=1.0).contains(&self.moco_m) {
+            bail!("moco_m must be in [0, 1]");
+        }
+        if self.epochs == 0 {
+            bail!("epochs must be at least 1");
+        }
+        if !(self.crop_min > 0.0 && self.crop_min <= 1.0) {
+            bail!("crop_min must be in (0, 1]");
+        }
+        Ok(MocoConfig {
+            vit,
+            mlp_dim: self.moco_mlp_dim,
+            out_dim: self.moco_dim,
+            t: self.moco_t,
+        })
+    }
+
+    /// The effective peak learning rate, lr × batch / 256.
+    pub fn peak_lr(&self) -> f64 {
+        self.lr * self.batch_size as f64 / 256.0
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn presets_build_and_overrides_apply() {
+        for (name, _) in PRESETS {
+            let c = preset(name).unwrap();
+            c.model(3).unwrap();
+        }
+        let c = preset("fashion-mnist").unwrap();
+        let c = merge_sets(
+            &c,
+            &[
+                "epochs=3".into(),
+                "pos_embed=learned".into(),
+                "lr = 0.001".into(),
+            ],
+        )
+        .unwrap();
+        assert_eq!(
+            (c.epochs, c.pos_embed, c.lr),
+            (3, PosEmbedKind::Learned, 0.001)
+        );
+        let e = format!("{:#}", merge_sets(&c, &["epochz=3".into()]).unwrap_err());
+        assert!(e.contains("epochz"), "{e}");
+        let bad = merge_sets(&c, &["heads=5".into()]).unwrap();
+        let e = bad.model(1).unwrap_err().to_string();
+        assert!(e.contains("heads"), "{e}");
+        let m = preset("vit_small").unwrap().model(3).unwrap();
+        assert_eq!(
+            (m.vit.dim, m.vit.depth, m.vit.heads, m.vit.tokens()),
+            (384, 12, 12, 197)
+        );
+    }
+}

@@ -1,0 +1,6 @@
+//! Pre-training: configuration and presets, checkpoints, metrics, and the training loop.
+
+pub mod checkpoint;
+pub mod config;
+pub mod metrics;
+pub mod pretrain;

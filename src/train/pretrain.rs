@@ -1,0 +1,224 @@
+//! The pre-training loop: data → MoCo step → AdamW → schedules, with metrics, progress, atomic
+//! per-epoch checkpoints and bit-exact resume.
+
+use super::checkpoint::{self, TrainState, FORMAT};
+use super::config::PretrainConfig;
+use super::metrics::{MetricsLog, StepMetrics};
+use crate::data::augment::Augment;
+use crate::data::loader::TwoViewLoader;
+use crate::moco::MoCo;
+use crate::nn::{Module, Param};
+use crate::optim::{schedule, AdamW};
+use anyhow::{bail, Context, Result};
+use indicatif::{ProgressBar, ProgressStyle};
+use std::io::IsTerminal;
+use std::path::{Path, PathBuf};
+use std::time::Instant;
+
+#[derive(Default, Clone)]
+pub struct RunOptions {
+    /// Continue from this checkpoint (its configuration wins over the given one).
+    pub resume: Option<PathBuf>,
+    /// Stop (with a checkpoint) after this many epochs of this invocation.
+    pub stop_after_epochs: Option<usize>,
+    /// No progress bar or console lines.
+    pub quiet: bool,
+}
+
+pub struct RunSummary {
+    /// Loss of every step run by this invocation, in order.
+    pub losses: Vec<f32>,
+    pub checkpoint: PathBuf,
+    pub next_epoch: usize,
+}
+
+/// L2 norm of the gradients of a module's trainable parameters.
+fn grad_norm(m: &mut dyn Module) -> f64 {
+    let mut s = 0.0f64;
+    m.visit(&mut |p: &mut Param| {
+        if p.trainable {
+            s += p.g.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>();
+        }
+    });
+    s.sqrt()
+}
+
+pub fn checkpoint_path(out_dir: &Path) -> PathBuf {
+    out_dir.join("checkpoint.safetensors")
+}
+
+pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
+    let (cfg, resumed) = match &opts.resume {
+        Some(p) => {
+            let (model, opt, state) = checkpoint::load(p)?;
+            let mut c = state.config.clone();
+            c.out_dir = cfg.out_dir.clone();
+            c.threads = cfg.threads;
+            (c, Some((model, opt, state)))
+        }
+        None => (cfg, None),
+    };
+    crate::engine::init_threads(cfg.threads);
+    let set = crate::data::load(&cfg.dataset, cfg.data_dir.as_deref(), true)?;
+    if set.len() < cfg.batch_size {
+        bail!(
+            "dataset '{}' has {} images, fewer than one batch of {}",
+            cfg.dataset,
+            set.len(),
+            cfg.batch_size
+        );
+    }
+    let (mut model, mut opt, start_epoch, mut step) = match resumed {
+        Some((model, opt, state)) => {
+            if state.in_chans != set.c {
+                bail!(
+                    "checkpoint was trained on {}-channel images, dataset '{}' has {}",
+                    state.in_chans,
+                    cfg.dataset,
+                    set.c
+                );
+            }
+            (model, opt, state.epoch, state.step)
+        }
+        None => {
+            let mcfg = cfg.model(set.c)?;
+            let mut opt = AdamW::new(cfg.weight_decay);
+            opt.exclude_norm_bias = cfg.exclude_norm_bias_decay;
+            (MoCo::new(&mcfg, cfg.seed), opt, 0, 0)
+        }
+    };
+    std::fs::create_dir_all(&cfg.out_dir)
+        .with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
+    std::fs::write(cfg.out_dir.join("config.toml"), toml::to_string(&cfg)?)?;
+    let mut log = MetricsLog::open(&cfg.out_dir.join("metrics.jsonl"), start_epoch == 0)?;
+    let ckpt = checkpoint_path(&cfg.out_dir);
+
+    let (mean, std) = set.channel_stats();
+    let aug = Augment {
+        out: cfg.img_size,
+        crop_min: cfg.crop_min,
+        flip: true,
+        mean,
+        std,
+    };
+    let mut loader = TwoViewLoader::new(&set, aug, cfg.batch_size, cfg.seed);
+    let steps = cfg
+        .max_steps_per_epoch
+        .map_or(loader.steps(), |m| m.min(loader.steps()));
+    let n = cfg.batch_size;
+    let mut x = vec![0.0f32; 2 * n * loader.image_len()];
+    let peak = cfg.peak_lr();
+    let end_epoch = opts
+        .stop_after_epochs
+        .map_or(cfg.epochs, |k| (start_epoch + k).min(cfg.epochs));
+
+    let show = !opts.quiet;
+    let tty = std::io::stderr().is_terminal();
+    if show {
+        let nparams = model.base.num_params() + model.predictor.num_params();
+        eprintln!(
+            "pretrain: {} on {} ({} images, {}x{}x{}), {} params, batch {}, {} steps/epoch, epochs {}..{}, {} threads -> {}",
+            cfg.arch, cfg.dataset, set.len(), set.c, set.h, set.w, nparams, n, steps, start_epoch, end_epoch, crate::engine::threads(), cfg.out_dir.display()
+        );
+    }
+    let mut losses = Vec::new();
+    for epoch in start_epoch..end_epoch {
+        let bar = if show && tty {
+            let b = ProgressBar::new(steps as u64);
+            b.set_style(
+                ProgressStyle::with_template(
+                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
+                )
+                .unwrap()
+                .progress_chars("=> "),
+            );
+            b.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+            b
+        } else {
+            ProgressBar::hidden()
+        };
+        let mut rate = 0.0f64;
+        for i in 0..steps {
+            let t0 = Instant::now();
+            let e = epoch as f64 + i as f64 / steps as f64;
+            let lr = schedule::learning_rate(peak, e, cfg.warmup_epochs, cfg.epochs as f64);
+            let m = schedule::momentum(cfg.moco_m, e, cfg.epochs as f64, cfg.moco_m_cos);
+            loader.fill(epoch, i, &mut x);
+            let loss = model.forward_backward(&x, n, m);
+            if !loss.is_finite() {
+                bar.abandon();
+                let kept = if ckpt.exists() {
+                    format!("the last good checkpoint is kept at {}", ckpt.display())
+                } else {
+                    "no checkpoint was written yet".into()
+                };
+                bail!(
+                    "loss became {loss} at step {step} (epoch {epoch}, iteration {i}): training diverged; {kept}. \
+                     Lower the learning rate (--lr) or lengthen the warm-up, then resume or restart."
+                );
+            }
+            let vit = &mut model.base.backbone;
+            let last = vit.blocks.len() - 1;
+            let (gp, g0, gl) = (
+                grad_norm(&mut vit.patch_embed),
+                grad_norm(&mut vit.blocks[0]),
+                grad_norm(&mut vit.blocks[last]),
+            );
+            opt.update(&mut model.trainable_params(), lr);
+            step += 1;
+            losses.push(loss);
+            let dt = t0.elapsed().as_secs_f64();
+            let r = n as f64 / dt;
+            rate = if i == 0 { r } else { 0.9 * rate + 0.1 * r };
+            bar.set_message(format!(
+                "loss {loss:.4} lr {lr:.2e} m {m:.4} {rate:.1} img/s"
+            ));
+            bar.inc(1);
+            if i % cfg.log_every.max(1) == 0 || i + 1 == steps {
+                log.write(&StepMetrics {
+                    step,
+                    epoch: e,
+                    loss,
+                    lr,
+                    m,
+                    grad_norm_patch: gp,
+                    grad_norm_first_block: g0,
+                    grad_norm_last_block: gl,
+                    img_per_s: r,
+                })?;
+                if show && !tty {
+                    eprintln!(
+                        "epoch {} step {}/{} loss {loss:.4} lr {lr:.3e} m {m:.5} {rate:.1} img/s",
+                        epoch + 1,
+                        i + 1,
+                        steps
+                    );
+                }
+            }
+        }
+        bar.finish();
+        let state = TrainState {
+            format: FORMAT,
+            epoch: epoch + 1,
+            step,
+            in_chans: set.c,
+            config: cfg.clone(),
+        };
+        checkpoint::save(&ckpt, &mut model, &opt, &state)?;
+        if show {
+            let k = losses.len().saturating_sub(steps);
+            let mean =
+                losses[k..].iter().map(|&v| v as f64).sum::<f64>() / (losses.len() - k) as f64;
+            eprintln!(
+                "epoch {} done: mean loss {mean:.4}; checkpoint {}",
+                epoch + 1,
+                ckpt.display()
+            );
+        }
+    }
+    Ok(RunSummary {
+        losses,
+        checkpoint: ckpt,
+        next_epoch: end_epoch,
+    })
+}
