@@ -176,6 +176,40 @@ impl MoCo {
         }
     }
 
+    /// Every parameter and buffer of the model under its official state_dict key
+    /// (`base_encoder.*`, `momentum_encoder.*`, `predictor.*`), in that order.
+    pub fn visit_tensors(&mut self, f: &mut dyn FnMut(String, &[usize], &mut Vec<f32>)) {
+        let parts: [(&str, &mut dyn Module); 3] = [
+            ("base_encoder.", &mut self.base),
+            ("momentum_encoder.", &mut self.momentum),
+            ("", &mut self.predictor),
+        ];
+        for (prefix, m) in parts {
+            // The predictor's names already start with `predictor.`.
+            m.visit(&mut |p| f(format!("{prefix}{}", p.name), &p.shape, &mut p.w));
+            m.visit_buffers(&mut |b| f(format!("{prefix}{}", b.name), &b.shape, b.data));
+        }
+    }
+
+    /// Official keys of the trainable parameters, in the order of [`MoCo::trainable_params`].
+    pub fn trainable_keys(&mut self) -> Vec<String> {
+        let mut v: Vec<String> = self
+            .base
+            .params_mut()
+            .into_iter()
+            .filter(|p| p.trainable)
+            .map(|p| format!("base_encoder.{}", p.name))
+            .collect();
+        v.extend(
+            self.predictor
+                .params_mut()
+                .into_iter()
+                .filter(|p| p.trainable)
+                .map(|p| p.name.clone()),
+        );
+        v
+    }
+
     /// Trainable parameters in the official order (base encoder, then predictor).
     pub fn trainable_params(&mut self) -> Vec<&mut Param> {
         let mut v = self.base.params_mut();

@@ -6,7 +6,6 @@
 
 use super::config::PretrainConfig;
 use crate::moco::MoCo;
-use crate::nn::Module;
 use crate::optim::AdamW;
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -33,35 +32,15 @@ fn for_each_tensor(
     opt: &mut AdamW,
     f: &mut dyn FnMut(String, Vec<usize>, &mut Vec<f32>),
 ) {
-    let parts: [(&str, &mut dyn Module); 3] = [
-        ("base_encoder", &mut model.base),
-        ("momentum_encoder", &mut model.momentum),
-        ("predictor", &mut model.predictor),
-    ];
-    for (prefix, m) in parts {
-        m.visit(&mut |p| f(format!("{prefix}.{}", p.name), p.shape.clone(), &mut p.w));
-        m.visit_buffers(&mut |b| f(format!("{prefix}.{}", b.name), b.shape.clone(), b.data));
-    }
-    let names: Vec<(String, Vec<usize>)> = {
-        let mut v: Vec<_> = model
-            .base
-            .params_mut()
-            .into_iter()
-            .filter(|p| p.trainable)
-            .map(|p| (format!("base_encoder.{}", p.name), p.shape.clone()))
-            .collect();
-        v.extend(
-            model
-                .predictor
-                .params_mut()
-                .into_iter()
-                .filter(|p| p.trainable)
-                .map(|p| (format!("predictor.{}", p.name), p.shape.clone())),
-        );
-        v
-    };
-    if opt.exp_avg.len() == names.len() {
-        for (i, (n, s)) in names.iter().enumerate() {
+    model.visit_tensors(&mut |name, shape, data| f(name, shape.to_vec(), data));
+    let keys = model.trainable_keys();
+    let shapes: Vec<Vec<usize>> = model
+        .trainable_params()
+        .iter()
+        .map(|p| p.shape.clone())
+        .collect();
+    if opt.exp_avg.len() == keys.len() {
+        for (i, (n, s)) in keys.iter().zip(shapes).enumerate() {
             f(
                 format!("optimizer.exp_avg.{n}"),
                 s.clone(),
@@ -69,7 +48,7 @@ fn for_each_tensor(
             );
             f(
                 format!("optimizer.exp_avg_sq.{n}"),
-                s.clone(),
+                s,
                 &mut opt.exp_avg_sq[i],
             );
         }

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Side-by-side: `mocov3 bench step` and the PyTorch peer, alternated ROUNDS times in one run on
+# the same machine; prints each RESULT, peak memory of each run, and the ratio of median img/s.
+#
+#   scripts/bench_compare.sh C1 [ROUNDS=3] [PYTHON=python3]
+#
+# Needs a release build (cargo build --release) and PyTorch in PYTHON's environment.
+set -euo pipefail
+cfg=${1:-C1}
+rounds=${2:-3}
+py=${3:-${PYTHON:-python3}}
+here=$(cd "$(dirname "$0")/.." && pwd)
+bin="$here/target/release/mocov3"
+[ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
+"$py" -c 'import torch' 2>/dev/null || { echo "PyTorch is not importable by $py (pip install torch)" >&2; exit 1; }
+log=$(mktemp)
+for r in $(seq 1 "$rounds"); do
+  for who in mocov3 pytorch; do
+    if [ "$who" = mocov3 ]; then cmd=("$bin" bench step --config "$cfg"); else cmd=("$py" "$here/scripts/bench_step_torch.py" --config "$cfg"); fi
+    out=$(/usr/bin/time -v "${cmd[@]}" 2>&1)
+    res=$(grep '^RESULT' <<<"$out")
+    rss=$(grep 'Maximum resident set size' <<<"$out" | awk '{print $NF}')
+    echo "round $r $res peak_rss_mib=$((rss / 1024))" | tee -a "$log"
+  done
+done
+python3 - "$log" <<'PY'
+import re, statistics, sys
+rows = [l for l in open(sys.argv[1]) if "RESULT" in l]
+def med(fw, key):
+    return statistics.median(float(re.search(key + r"=([\d.]+)", l).group(1)) for l in rows if f"framework={fw} " in l)
+a, b = med("mocov3", "img_per_s"), med("pytorch", "img_per_s")
+ma, mb = med("mocov3", "peak_rss_mib"), med("pytorch", "peak_rss_mib")
+print(f"median img/s: mocov3 {a:.2f}, pytorch {b:.2f}, ratio {a / b:.2f}x; median peak RSS MiB: mocov3 {ma:.0f}, pytorch {mb:.0f}")
+PY
+rm -f "$log"
