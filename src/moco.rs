@@ -103,6 +103,7 @@ impl MoCo {
         );
         // The momentum encoder starts as an exact copy of the base encoder, all frozen.
         let mut momentum = Encoder::new(cfg, &mut rng);
+        momentum.backbone.keep_activations = false;
         for (pk, pq) in momentum.params_mut().into_iter().zip(base.params_mut()) {
             pk.w.copy_from_slice(&pq.w);
             pk.trainable = false;

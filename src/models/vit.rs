@@ -90,6 +90,7 @@ struct Scratch {
     d2: Vec<f32>,
     hidden: Vec<f32>,
     qkv: Vec<f32>,
+    attn: Vec<f32>,
 }
 
 impl Block {
@@ -131,6 +132,20 @@ impl Block {
         );
     }
 
+    /// Exchange every saved activation with another block (forward-only memory reuse).
+    fn swap_activations(&mut self, o: &mut Block) {
+        self.norm1.swap_activations(&mut o.norm1);
+        self.qkv.swap_activations(&mut o.qkv);
+        self.attn.swap_activations(&mut o.attn);
+        self.proj.swap_activations(&mut o.proj);
+        self.norm2.swap_activations(&mut o.norm2);
+        self.fc1.swap_activations(&mut o.fc1);
+        self.act.swap_activations(&mut o.act);
+        self.fc2.swap_activations(&mut o.fc2);
+        std::mem::swap(&mut self.res1, &mut o.res1);
+        std::mem::swap(&mut self.out, &mut o.out);
+    }
+
     /// Gradient of the block's input into `dx`, given that of its output.
     fn backward(
         &mut self,
@@ -155,12 +170,13 @@ impl Block {
         Gelu::backward_inplace(&self.fc1.y[..m * h], hid);
         self.fc1.backward(&self.norm2.y[..m * d], hid, m, Some(d1));
         self.norm2.backward(&self.res1[..m * d], d1, m, d2);
-        vec::add_assign(d2, dout); // d2 = d res1
-                                   // Attention branch: res1 = x + proj(attn(qkv(norm1(x))))
+        // d2 = d res1
+        vec::add_assign(d2, dout);
+        // Attention branch: res1 = x + proj(attn(qkv(norm1(x))))
         self.proj.backward(&self.attn.o[..m * d], d2, m, Some(d1));
         let dq = &mut s.qkv[..m * 3 * d];
         self.attn
-            .backward(&self.qkv.y[..m * 3 * d], d1, dq, batch, t);
+            .backward(&self.qkv.y[..m * 3 * d], d1, dq, &mut s.attn, batch, t);
         self.qkv.backward(&self.norm1.y[..m * d], dq, m, Some(d1));
         self.norm1.backward(x, d1, m, dx);
         vec::add_assign(dx, d2);
@@ -186,6 +202,9 @@ pub struct Vit {
     pub patch_embed: PatchEmbed,
     pub blocks: Vec<Block>,
     pub norm: LayerNorm,
+    /// Keep every block's activations for a backward pass. When false (the momentum encoder),
+    /// blocks pass two sets of buffers along, so memory does not grow with depth.
+    pub keep_activations: bool,
     tokens: Vec<f32>,
     cls_rows: Vec<f32>,
     dtok: [Vec<f32>; 2],
@@ -241,6 +260,7 @@ impl Vit {
             patch_embed,
             blocks,
             norm: LayerNorm::new("norm", d, 1e-6),
+            keep_activations: true,
             tokens: Vec::new(),
             cls_rows: Vec::new(),
             dtok: [Vec::new(), Vec::new()],
@@ -270,6 +290,10 @@ impl Vit {
         });
         for i in 0..self.blocks.len() {
             let (prev, rest) = self.blocks.split_at_mut(i);
+            if !self.keep_activations && i >= 2 {
+                // Block i-2 is done with: hand its buffers to block i.
+                rest[0].swap_activations(&mut prev[i - 2]);
+            }
             let input = if i == 0 {
                 &self.tokens[..batch * t * d]
             } else {
@@ -283,12 +307,26 @@ impl Vit {
         for b in 0..batch {
             self.cls_rows[b * d..(b + 1) * d].copy_from_slice(&last[b * t * d..b * t * d + d]);
         }
+        if !self.keep_activations {
+            // Return the two live buffer sets to blocks 0 and 1 for the next call.
+            let n = self.blocks.len();
+            for i in n.saturating_sub(2)..n {
+                if i >= 2 {
+                    let (a, b) = self.blocks.split_at_mut(i);
+                    b[0].swap_activations(&mut a[i % 2]);
+                }
+            }
+        }
         self.norm.forward(&self.cls_rows[..batch * d], batch);
         &self.norm.y[..batch * d]
     }
 
     /// Gradients of all trainable parameters given the gradient of the features.
     pub fn backward(&mut self, dfeat: &[f32], batch: usize) {
+        assert!(
+            self.keep_activations,
+            "backward through a ViT that does not keep its activations"
+        );
         let (d, t) = (self.cfg.dim, self.cfg.tokens());
         let m = batch * t;
         for v in self.dtok.iter_mut() {
@@ -404,6 +442,41 @@ mod tests {
                     ..Probe::default()
                 },
             );
+        }
+    }
+
+    #[test]
+    fn forward_without_kept_activations_is_identical() {
+        for depth in [1, 2, 5, 6] {
+            let cfg = VitConfig {
+                img: 8,
+                patch: 4,
+                in_chans: 1,
+                dim: 8,
+                depth,
+                heads: 2,
+                mlp_ratio: 2,
+                pos: PosEmbedKind::Sincos,
+                stop_grad_conv1: false,
+            };
+            let mut a = Vit::new(&cfg, &mut Rng::new(1));
+            let mut b = Vit::new(&cfg, &mut Rng::new(1));
+            b.keep_activations = false;
+            let mut rng = Rng::new(3);
+            for _ in 0..3 {
+                let x: Vec<f32> = (0..2 * 64).map(|_| rng.normal()).collect();
+                assert_eq!(
+                    a.forward(&x, 2).to_vec(),
+                    b.forward(&x, 2).to_vec(),
+                    "depth {depth}"
+                );
+            }
+            // Only two blocks hold buffers between calls.
+            assert!(b
+                .blocks
+                .iter()
+                .skip(2)
+                .all(|blk| blk.out.is_empty() && blk.fc1.y.is_empty()));
         }
     }
 }

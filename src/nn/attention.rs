@@ -16,7 +16,6 @@ pub struct Attention {
     pub p: Vec<f32>,
     /// Output, `[batch * tokens, dim]` (heads side by side).
     pub o: Vec<f32>,
-    dp: Vec<f32>,
 }
 
 impl Attention {
@@ -29,7 +28,6 @@ impl Attention {
             scale: (hd as f32).powf(-0.5),
             p: Vec::new(),
             o: Vec::new(),
-            dp: Vec::new(),
         }
     }
 
@@ -86,12 +84,27 @@ impl Attention {
         });
     }
 
-    /// `do_` is the gradient of `o`; writes the gradient of `qkv` into `dqkv`.
-    pub fn backward(&mut self, qkv: &[f32], do_: &[f32], dqkv: &mut [f32], batch: usize, t: usize) {
+    pub fn swap_activations(&mut self, other: &mut Attention) {
+        std::mem::swap(&mut self.p, &mut other.p);
+        std::mem::swap(&mut self.o, &mut other.o);
+    }
+
+    /// `do_` is the gradient of `o`; writes the gradient of `qkv` into `dqkv`. `scratch` is
+    /// workspace (grown to `batch·heads·tokens²` floats), shared by all blocks.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &self,
+        qkv: &[f32],
+        do_: &[f32],
+        dqkv: &mut [f32],
+        scratch: &mut Vec<f32>,
+        batch: usize,
+        t: usize,
+    ) {
         let (d, h) = (self.dim, self.heads);
         let hd = d / h;
-        ensure(&mut self.dp, batch * h * t * t);
-        let dpp = SendPtr(self.dp.as_mut_ptr());
+        ensure(scratch, batch * h * t * t);
+        let dpp = SendPtr(scratch.as_mut_ptr());
         let dq = SendPtr(dqkv.as_mut_ptr());
         let (p, scale) = (&self.p, self.scale);
         (0..batch * h).into_par_iter().for_each(|bh| {
@@ -211,7 +224,7 @@ mod tests {
                 a.forward(x, b, t);
                 a.o[..b * t * d].to_vec()
             },
-            |a, x, dy, dx| a.backward(x, dy, dx, b, t),
+            |a, x, dy, dx| a.backward(x, dy, dx, &mut Vec::new(), b, t),
             Probe {
                 eps: 1e-3,
                 ..Probe::default()

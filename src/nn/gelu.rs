@@ -30,6 +30,10 @@ impl Gelu {
         });
     }
 
+    pub fn swap_activations(&mut self, other: &mut Gelu) {
+        std::mem::swap(&mut self.y, &mut other.y);
+    }
+
     /// `d` holds dy on entry and dx on return.
     pub fn backward_inplace(x: &[f32], d: &mut [f32]) {
         par::map2(&mut d[..x.len()], x, |o, i| {

@@ -52,6 +52,12 @@ impl LayerNorm {
         );
     }
 
+    /// Exchange saved buffers with another layer (for forward-only reuse of memory).
+    pub fn swap_activations(&mut self, other: &mut LayerNorm) {
+        std::mem::swap(&mut self.y, &mut other.y);
+        std::mem::swap(&mut self.stats, &mut other.stats);
+    }
+
     pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: &mut [f32]) {
         let d = self.d;
         let (g, stats) = (&self.g.w, &self.stats);

@@ -46,6 +46,11 @@ impl Linear {
         );
     }
 
+    /// Exchange output buffers with another layer (for forward-only reuse of memory).
+    pub fn swap_activations(&mut self, other: &mut Linear) {
+        std::mem::swap(&mut self.y, &mut other.y);
+    }
+
     /// Gradients of W and b (when trainable) and, if `dx` is given, of the input.
     pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: Option<&mut [f32]>) {
         let (i, o) = (self.inp, self.out);
