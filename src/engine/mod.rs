@@ -3,6 +3,7 @@
 //! crate); a CUDA backend replaces the functions of `gemm.rs` and `par.rs` behind the same
 //! signatures.
 
+pub mod fastmath;
 pub mod gemm;
 pub mod par;
 pub mod rng;

@@ -194,7 +194,7 @@ pub fn softmax_inplace(row: &mut [f32]) {
     let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
     let mut s = 0.0f32;
     for x in row.iter_mut() {
-        *x = (*x - m).exp();
+        *x = crate::engine::fastmath::exp(*x - m);
         s += *x;
     }
     let inv = 1.0 / s;

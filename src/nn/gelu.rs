@@ -1,19 +1,9 @@
-//! GELU with the exact erf form, as PyTorch's default `nn.GELU()`.
+//! GELU with the exact erf form, as PyTorch's default `nn.GELU()` (erf evaluated by the
+//! vectorisable `engine::fastmath`).
 
 use crate::engine::{ensure, par};
 
-const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
-const INV_SQRT_2PI: f32 = 0.398_942_3;
-
-#[inline]
-pub fn gelu(x: f32) -> f32 {
-    0.5 * x * (1.0 + libm::erff(x * FRAC_1_SQRT_2))
-}
-
-#[inline]
-pub fn gelu_grad(x: f32) -> f32 {
-    0.5 * (1.0 + libm::erff(x * FRAC_1_SQRT_2)) + x * INV_SQRT_2PI * (-0.5 * x * x).exp()
-}
+pub use crate::engine::fastmath::{gelu, gelu_grad};
 
 #[derive(Default)]
 pub struct Gelu {
