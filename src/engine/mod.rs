@@ -18,8 +18,21 @@ pub fn ensure(v: &mut Vec<f32>, n: usize) {
     }
 }
 
-/// Set the number of compute threads for the whole process (once, before any work).
+/// Keep large freed blocks in the heap instead of returning them to the kernel: the GEMM kernels
+/// allocate packing buffers on every call, and with glibc's defaults each of those is a fresh
+/// `mmap` whose pages fault in again (several percent of a training step).
+pub fn tune_allocator() {
+    #[cfg(all(target_os = "linux", target_env = "gnu"))]
+    unsafe {
+        libc::mallopt(libc::M_MMAP_THRESHOLD, 1 << 30);
+        libc::mallopt(libc::M_TRIM_THRESHOLD, 1 << 30);
+    }
+}
+
+/// Set the number of compute threads for the whole process (once, before any work), and tune
+/// the allocator (see [`tune_allocator`]).
 pub fn init_threads(n: usize) {
+    tune_allocator();
     let n = if n == 0 { default_threads() } else { n };
     let _ = rayon::ThreadPoolBuilder::new()
         .num_threads(n)
