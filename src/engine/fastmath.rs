@@ -22,7 +22,8 @@ pub fn exp(x: f32) -> f32 {
                 + r * (1.0 / 6.0
                     + r * (1.0 / 24.0
                         + r * (1.0 / 120.0 + r * (1.0 / 720.0 + r * (1.0 / 5040.0)))))));
-    let bits = ((n as i32 + 127) as u32) << 23;
+    // Safe: n is an integer in [-126, 127] after the clamp.
+    let bits = ((unsafe { n.to_int_unchecked::<i32>() } + 127) as u32) << 23;
     p * f32::from_bits(bits)
 }
 
@@ -36,7 +37,7 @@ fn erf_and_gauss(x: f32) -> (f32, f32) {
             + t * (-0.284_496_74 + t * (1.421_413_8 + t * (-1.453_152 + t * 1.061_405_4))));
     let g = exp(-x * x);
     let e = 1.0 - poly * g;
-    (if x < 0.0 { -e } else { e }, g)
+    (e.copysign(x), g)
 }
 
 #[inline(always)]

@@ -16,6 +16,23 @@ pub fn sum(x: &[f32]) -> f32 {
     s
 }
 
+/// Largest element (−∞ for an empty slice).
+#[inline]
+pub fn max(x: &[f32]) -> f32 {
+    let mut acc = [f32::NEG_INFINITY; 8];
+    let mut ch = x.chunks_exact(8);
+    for c in &mut ch {
+        for i in 0..8 {
+            acc[i] = acc[i].max(c[i]);
+        }
+    }
+    let mut m = acc.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
+    for &v in ch.remainder() {
+        m = m.max(v);
+    }
+    m
+}
+
 #[inline]
 pub fn dot(x: &[f32], y: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];

@@ -191,13 +191,11 @@ impl Attention {
 /// Numerically stable softmax of one row, in place.
 #[inline]
 pub fn softmax_inplace(row: &mut [f32]) {
-    let m = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-    let mut s = 0.0f32;
+    let m = vec::max(row);
     for x in row.iter_mut() {
         *x = crate::engine::fastmath::exp(*x - m);
-        s += *x;
     }
-    let inv = 1.0 / s;
+    let inv = 1.0 / vec::sum(row);
     for x in row.iter_mut() {
         *x *= inv;
     }
