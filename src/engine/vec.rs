@@ -82,6 +82,14 @@ pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
         });
 }
 
+/// out += a, elementwise, on the calling thread.
+#[inline]
+pub fn add_assign_serial(out: &mut [f32], a: &[f32]) {
+    for (o, x) in out.iter_mut().zip(a) {
+        *o += x;
+    }
+}
+
 /// out += a, elementwise, in parallel.
 pub fn add_assign(out: &mut [f32], a: &[f32]) {
     super::par::map2(out, a, |o, x| {

@@ -4,10 +4,11 @@
 //! optional fixed random patch projection (`stop_grad_conv1`). The feature is the cls token after
 //! the final LayerNorm.
 
+use super::block::{Block, Scratch};
 use crate::engine::rng::Rng;
-use crate::engine::{ensure, par, vec};
+use crate::engine::{ensure, par};
 use crate::nn::posembed::{sincos_2d, PosEmbedKind};
-use crate::nn::{Attention, Buffer, Gelu, LayerNorm, Linear, Module, Param, ParamKind, PatchEmbed};
+use crate::nn::{Buffer, LayerNorm, Module, Param, ParamKind, PatchEmbed};
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -68,132 +69,6 @@ impl VitConfig {
     }
 }
 
-pub struct Block {
-    pub norm1: LayerNorm,
-    pub qkv: Linear,
-    pub attn: Attention,
-    pub proj: Linear,
-    pub norm2: LayerNorm,
-    pub fc1: Linear,
-    pub act: Gelu,
-    pub fc2: Linear,
-    /// x + attention branch.
-    pub res1: Vec<f32>,
-    /// res1 + MLP branch: the block's output.
-    pub out: Vec<f32>,
-}
-
-/// Gradient buffers shared by all blocks (used one block at a time).
-#[derive(Default)]
-struct Scratch {
-    d1: Vec<f32>,
-    d2: Vec<f32>,
-    hidden: Vec<f32>,
-    qkv: Vec<f32>,
-    attn: Vec<f32>,
-}
-
-impl Block {
-    fn new(i: usize, dim: usize, heads: usize, mlp_ratio: usize) -> Block {
-        let n = |s: &str| format!("blocks.{i}.{s}");
-        Block {
-            norm1: LayerNorm::new(&n("norm1"), dim, 1e-6),
-            qkv: Linear::new(&n("attn.qkv"), dim, 3 * dim, true),
-            attn: Attention::new(dim, heads),
-            proj: Linear::new(&n("attn.proj"), dim, dim, true),
-            norm2: LayerNorm::new(&n("norm2"), dim, 1e-6),
-            fc1: Linear::new(&n("mlp.fc1"), dim, mlp_ratio * dim, true),
-            act: Gelu::default(),
-            fc2: Linear::new(&n("mlp.fc2"), mlp_ratio * dim, dim, true),
-            res1: Vec::new(),
-            out: Vec::new(),
-        }
-    }
-
-    fn forward(&mut self, x: &[f32], batch: usize, t: usize) {
-        let m = batch * t;
-        let d = self.norm1.d;
-        self.norm1.forward(x, m);
-        self.qkv.forward(&self.norm1.y[..m * d], m);
-        self.attn.forward(&self.qkv.y[..m * 3 * d], batch, t);
-        self.proj.forward(&self.attn.o[..m * d], m);
-        ensure(&mut self.res1, m * d);
-        vec::add(&mut self.res1[..m * d], x, &self.proj.y[..m * d]);
-        self.norm2.forward(&self.res1[..m * d], m);
-        self.fc1.forward(&self.norm2.y[..m * d], m);
-        let h = self.fc1.out;
-        self.act.forward(&self.fc1.y[..m * h]);
-        self.fc2.forward(&self.act.y[..m * h], m);
-        ensure(&mut self.out, m * d);
-        vec::add(
-            &mut self.out[..m * d],
-            &self.res1[..m * d],
-            &self.fc2.y[..m * d],
-        );
-    }
-
-    /// Exchange every saved activation with another block (forward-only memory reuse).
-    fn swap_activations(&mut self, o: &mut Block) {
-        self.norm1.swap_activations(&mut o.norm1);
-        self.qkv.swap_activations(&mut o.qkv);
-        self.attn.swap_activations(&mut o.attn);
-        self.proj.swap_activations(&mut o.proj);
-        self.norm2.swap_activations(&mut o.norm2);
-        self.fc1.swap_activations(&mut o.fc1);
-        self.act.swap_activations(&mut o.act);
-        self.fc2.swap_activations(&mut o.fc2);
-        std::mem::swap(&mut self.res1, &mut o.res1);
-        std::mem::swap(&mut self.out, &mut o.out);
-    }
-
-    /// Gradient of the block's input into `dx`, given that of its output.
-    fn backward(
-        &mut self,
-        x: &[f32],
-        dout: &[f32],
-        dx: &mut [f32],
-        s: &mut Scratch,
-        batch: usize,
-        t: usize,
-    ) {
-        let m = batch * t;
-        let d = self.norm1.d;
-        let h = self.fc1.out;
-        ensure(&mut s.d1, m * d);
-        ensure(&mut s.d2, m * d);
-        ensure(&mut s.hidden, m * h);
-        ensure(&mut s.qkv, m * 3 * d);
-        let (d1, d2) = (&mut s.d1[..m * d], &mut s.d2[..m * d]);
-        let hid = &mut s.hidden[..m * h];
-        // MLP branch: out = res1 + fc2(gelu(fc1(norm2(res1))))
-        self.fc2.backward(&self.act.y[..m * h], dout, m, Some(hid));
-        Gelu::backward_inplace(&self.fc1.y[..m * h], hid);
-        self.fc1.backward(&self.norm2.y[..m * d], hid, m, Some(d1));
-        self.norm2.backward(&self.res1[..m * d], d1, m, d2);
-        // d2 = d res1
-        vec::add_assign(d2, dout);
-        // Attention branch: res1 = x + proj(attn(qkv(norm1(x))))
-        self.proj.backward(&self.attn.o[..m * d], d2, m, Some(d1));
-        let dq = &mut s.qkv[..m * 3 * d];
-        self.attn
-            .backward(&self.qkv.y[..m * 3 * d], d1, dq, &mut s.attn, batch, t);
-        self.qkv.backward(&self.norm1.y[..m * d], dq, m, Some(d1));
-        self.norm1.backward(x, d1, m, dx);
-        vec::add_assign(dx, d2);
-    }
-}
-
-impl Module for Block {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        self.norm1.visit(f);
-        self.qkv.visit(f);
-        self.proj.visit(f);
-        self.norm2.visit(f);
-        self.fc1.visit(f);
-        self.fc2.visit(f);
-    }
-}
-
 pub struct Vit {
     pub cfg: VitConfig,
     pub cls_token: Param,
@@ -206,7 +81,6 @@ pub struct Vit {
     /// blocks pass two sets of buffers along, so memory does not grow with depth.
     pub keep_activations: bool,
     tokens: Vec<f32>,
-    cls_rows: Vec<f32>,
     dtok: [Vec<f32>; 2],
     scratch: Scratch,
 }
@@ -262,7 +136,6 @@ impl Vit {
             norm: LayerNorm::new("norm", d, 1e-6),
             keep_activations: true,
             tokens: Vec::new(),
-            cls_rows: Vec::new(),
             dtok: [Vec::new(), Vec::new()],
             scratch: Scratch::default(),
         }
@@ -288,7 +161,8 @@ impl Vit {
                 }
             }
         });
-        for i in 0..self.blocks.len() {
+        let n = self.blocks.len();
+        for i in 0..n {
             let (prev, rest) = self.blocks.split_at_mut(i);
             if !self.keep_activations && i >= 2 {
                 // Block i-2 is done with: hand its buffers to block i.
@@ -299,17 +173,13 @@ impl Vit {
             } else {
                 &prev[i - 1].out[..batch * t * d]
             };
-            rest[0].forward(input, batch, t);
+            // Only the cls token's output is used: the last block computes that row alone.
+            rest[0].forward(input, batch, t, i == n - 1);
         }
-        // Only the cls token's output is used, and LayerNorm acts per token.
-        let last = &self.blocks.last().unwrap().out;
-        ensure(&mut self.cls_rows, batch * d);
-        for b in 0..batch {
-            self.cls_rows[b * d..(b + 1) * d].copy_from_slice(&last[b * t * d..b * t * d + d]);
-        }
+        self.norm
+            .forward(&self.blocks[n - 1].out[..batch * d], batch);
         if !self.keep_activations {
             // Return the two live buffer sets to blocks 0 and 1 for the next call.
-            let n = self.blocks.len();
             for i in n.saturating_sub(2)..n {
                 if i >= 2 {
                     let (a, b) = self.blocks.split_at_mut(i);
@@ -317,7 +187,6 @@ impl Vit {
                 }
             }
         }
-        self.norm.forward(&self.cls_rows[..batch * d], batch);
         &self.norm.y[..batch * d]
     }
 
@@ -334,23 +203,22 @@ impl Vit {
         }
         let [ga, gb] = &mut self.dtok;
         let (mut cur, mut next) = (&mut ga[..m * d], &mut gb[..m * d]);
-        // Final norm on the cls rows; every other token's output gradient is zero.
-        ensure(&mut self.scratch.d1, batch * d);
-        let dcls = &mut self.scratch.d1[..batch * d];
-        self.norm
-            .backward(&self.cls_rows[..batch * d], dfeat, batch, dcls);
-        cur.fill(0.0);
-        for b in 0..batch {
-            cur[b * t * d..b * t * d + d].copy_from_slice(&dcls[b * d..(b + 1) * d]);
-        }
-        for i in (0..self.blocks.len()).rev() {
+        // Final norm on the cls rows, then the blocks, the last one for its cls rows only.
+        let n = self.blocks.len();
+        self.norm.backward(
+            &self.blocks[n - 1].out[..batch * d],
+            dfeat,
+            batch,
+            &mut cur[..batch * d],
+        );
+        for i in (0..n).rev() {
             let (prev, rest) = self.blocks.split_at_mut(i);
             let input = if i == 0 {
                 &self.tokens[..m * d]
             } else {
                 &prev[i - 1].out[..m * d]
             };
-            rest[0].backward(input, cur, next, &mut self.scratch, batch, t);
+            rest[0].backward(input, cur, next, &mut self.scratch, batch, t, i == n - 1);
             std::mem::swap(&mut cur, &mut next);
         }
         // `cur` is the gradient of the token sequence.

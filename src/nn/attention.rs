@@ -84,6 +84,91 @@ impl Attention {
         });
     }
 
+    /// Attention for the cls query (token 0) of each image only: `o` becomes `[batch, dim]` and
+    /// `p` `[batch, heads, tokens]`. Used by the last block, whose other outputs nobody reads.
+    pub fn forward_cls(&mut self, qkv: &[f32], batch: usize, t: usize) {
+        let (d, h) = (self.dim, self.heads);
+        let hd = d / h;
+        ensure(&mut self.p, batch * h * t);
+        ensure(&mut self.o, batch * d);
+        let scale = self.scale;
+        let pp = SendPtr(self.p.as_mut_ptr());
+        let op = SendPtr(self.o.as_mut_ptr());
+        (0..batch * h).into_par_iter().for_each(|bh| {
+            let (b, hi) = (bh / h, bh % h);
+            let base = b * t * 3 * d;
+            let q = &qkv[base + hi * hd..base + hi * hd + hd];
+            let p = unsafe { pp.slice(bh * t, t) };
+            for (j, pj) in p.iter_mut().enumerate() {
+                let k = &qkv[base + j * 3 * d + d + hi * hd..][..hd];
+                *pj = vec::dot(q, k) * scale;
+            }
+            softmax_inplace(p);
+            let o = unsafe { op.slice(b * d + hi * hd, hd) };
+            o.fill(0.0);
+            for (j, &pj) in p.iter().enumerate() {
+                let v = &qkv[base + j * 3 * d + 2 * d + hi * hd..][..hd];
+                for (oo, &vv) in o.iter_mut().zip(v) {
+                    *oo += pj * vv;
+                }
+            }
+        });
+    }
+
+    /// Backward of [`Attention::forward_cls`]: `do_` is `[batch, dim]`; writes the whole `dqkv`
+    /// (zero for the queries of the other tokens).
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward_cls(
+        &self,
+        qkv: &[f32],
+        do_: &[f32],
+        dqkv: &mut [f32],
+        scratch: &mut Vec<f32>,
+        batch: usize,
+        t: usize,
+    ) {
+        let (d, h) = (self.dim, self.heads);
+        let hd = d / h;
+        let scale = self.scale;
+        ensure(scratch, batch * h * t);
+        let sp = SendPtr(scratch.as_mut_ptr());
+        let dq = SendPtr(dqkv.as_mut_ptr());
+        (0..batch * h).into_par_iter().for_each(|bh| {
+            let (b, hi) = (bh / h, bh % h);
+            let base = b * t * 3 * d;
+            let p = &self.p[bh * t..(bh + 1) * t];
+            let dob = &do_[b * d + hi * hd..b * d + hi * hd + hd];
+            let q = &qkv[base + hi * hd..base + hi * hd + hd];
+            // dS_j = p_j (dP_j − Σ p dP), dP_j = dO · v_j
+            let dpv = unsafe { sp.slice(bh * t, t) };
+            let mut s = 0.0f32;
+            for j in 0..t {
+                let v = &qkv[base + j * 3 * d + 2 * d + hi * hd..][..hd];
+                dpv[j] = vec::dot(dob, v);
+                s += dpv[j] * p[j];
+            }
+            let dq0 = unsafe { dq.slice(base + hi * hd, hd) };
+            dq0.fill(0.0);
+            for j in 0..t {
+                let g = p[j] * (dpv[j] - s) * scale;
+                let row = base + j * 3 * d;
+                let k = &qkv[row + d + hi * hd..][..hd];
+                for (a, &kk) in dq0.iter_mut().zip(k) {
+                    *a += g * kk;
+                }
+                let dk = unsafe { dq.slice(row + d + hi * hd, hd) };
+                let dv = unsafe { dq.slice(row + 2 * d + hi * hd, hd) };
+                for c in 0..hd {
+                    dk[c] = g * q[c];
+                    dv[c] = p[j] * dob[c];
+                }
+                if j > 0 {
+                    unsafe { dq.slice(row + hi * hd, hd) }.fill(0.0);
+                }
+            }
+        });
+    }
+
     pub fn swap_activations(&mut self, other: &mut Attention) {
         std::mem::swap(&mut self.p, &mut other.p);
         std::mem::swap(&mut self.o, &mut other.o);
@@ -228,6 +313,35 @@ mod tests {
                 ..Probe::default()
             },
         );
+    }
+
+    #[test]
+    fn cls_only_matches_full_attention() {
+        let (b, t, d, h) = (2, 5, 8, 2);
+        let mut rng = crate::engine::rng::Rng::new(6);
+        let qkv: Vec<f32> = (0..b * t * 3 * d).map(|_| rng.normal()).collect();
+        let mut full = Attention::new(d, h);
+        full.forward(&qkv, b, t);
+        let mut cls = Attention::new(d, h);
+        cls.forward_cls(&qkv, b, t);
+        for bi in 0..b {
+            for c in 0..d {
+                assert!((full.o[bi * t * d + c] - cls.o[bi * d + c]).abs() < 1e-5);
+            }
+        }
+        // Gradients agree when only the cls rows of the output receive a gradient.
+        let dcls: Vec<f32> = (0..b * d).map(|_| rng.normal()).collect();
+        let mut dfull = vec![0.0f32; b * t * d];
+        for bi in 0..b {
+            dfull[bi * t * d..bi * t * d + d].copy_from_slice(&dcls[bi * d..(bi + 1) * d]);
+        }
+        let mut g1 = vec![0.0f32; b * t * 3 * d];
+        let mut g2 = vec![1.0f32; b * t * 3 * d];
+        full.backward(&qkv, &dfull, &mut g1, &mut Vec::new(), b, t);
+        cls.backward_cls(&qkv, &dcls, &mut g2, &mut Vec::new(), b, t);
+        for (x, y) in g1.iter().zip(&g2) {
+            assert!((x - y).abs() < 1e-5, "{x} vs {y}");
+        }
     }
 
     #[test]

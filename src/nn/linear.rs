@@ -46,6 +46,45 @@ impl Linear {
         );
     }
 
+    /// out = res + x Wᵀ + b, with row r of `res` at `res[r * res_stride..]`: the residual
+    /// connection folded into the GEMM's accumulation (no separate output buffer or add pass).
+    pub fn forward_residual(
+        &self,
+        x: &[f32],
+        rows: usize,
+        res: &[f32],
+        res_stride: usize,
+        out: &mut [f32],
+    ) {
+        let (i, o) = (self.inp, self.out);
+        assert_eq!(x.len(), rows * i, "linear {}: input shape", self.w.name);
+        let out = &mut out[..rows * o];
+        let b = self.b.as_ref().map(|b| &b.w[..]);
+        par::for_rows(out, o, |r, row| {
+            let rr = &res[r * res_stride..r * res_stride + o];
+            match b {
+                Some(b) => row
+                    .iter_mut()
+                    .zip(rr)
+                    .zip(b)
+                    .for_each(|((y, &v), &bb)| *y = v + bb),
+                None => row.copy_from_slice(rr),
+            }
+        });
+        sgemm(
+            rows,
+            o,
+            i,
+            Mat::rows(x, i),
+            Mat::trans(&self.w.w, i),
+            out,
+            o,
+            1.0,
+            true,
+            true,
+        );
+    }
+
     /// Exchange output buffers with another layer (for forward-only reuse of memory).
     pub fn swap_activations(&mut self, other: &mut Linear) {
         std::mem::swap(&mut self.y, &mut other.y);

@@ -1,0 +1,218 @@
+//! The pre-norm transformer block of timm 0.4.9 (`x + attn(norm1(x))`, then
+//! `x + mlp(norm2(x))`), with the residual additions folded into the GEMMs.
+//!
+//! `cls_only` runs the block for the cls token's output alone: keys and values still come from
+//! every token, but the attention query, the projection and the MLP run on one row per image.
+//! The ViT uses it for its last block, whose other outputs are never read, so it computes the
+//! same feature with about a twelfth less work in a 12-block model.
+
+use crate::engine::{ensure, par, vec};
+use crate::nn::{Attention, Gelu, LayerNorm, Linear, Module, Param};
+
+pub struct Block {
+    pub norm1: LayerNorm,
+    pub qkv: Linear,
+    pub attn: Attention,
+    pub proj: Linear,
+    pub norm2: LayerNorm,
+    pub fc1: Linear,
+    pub act: Gelu,
+    pub fc2: Linear,
+    /// x + attention branch.
+    pub res1: Vec<f32>,
+    /// res1 + MLP branch: the block's output (`[batch, dim]` after a `cls_only` forward).
+    pub out: Vec<f32>,
+}
+
+/// Gradient buffers shared by all blocks (used one block at a time).
+#[derive(Default)]
+pub struct Scratch {
+    pub d1: Vec<f32>,
+    pub d2: Vec<f32>,
+    pub hidden: Vec<f32>,
+    pub qkv: Vec<f32>,
+    pub attn: Vec<f32>,
+}
+
+impl Block {
+    pub fn new(i: usize, dim: usize, heads: usize, mlp_ratio: usize) -> Block {
+        let n = |s: &str| format!("blocks.{i}.{s}");
+        Block {
+            norm1: LayerNorm::new(&n("norm1"), dim, 1e-6),
+            qkv: Linear::new(&n("attn.qkv"), dim, 3 * dim, true),
+            attn: Attention::new(dim, heads),
+            proj: Linear::new(&n("attn.proj"), dim, dim, true),
+            norm2: LayerNorm::new(&n("norm2"), dim, 1e-6),
+            fc1: Linear::new(&n("mlp.fc1"), dim, mlp_ratio * dim, true),
+            act: Gelu::default(),
+            fc2: Linear::new(&n("mlp.fc2"), mlp_ratio * dim, dim, true),
+            res1: Vec::new(),
+            out: Vec::new(),
+        }
+    }
+
+    /// Rows the attention output (and everything after it) has.
+    fn rows(batch: usize, t: usize, cls_only: bool) -> usize {
+        if cls_only {
+            batch
+        } else {
+            batch * t
+        }
+    }
+
+    pub fn forward(&mut self, x: &[f32], batch: usize, t: usize, cls_only: bool) {
+        let m = batch * t;
+        let d = self.norm1.d;
+        let h = self.fc1.out;
+        let r = Block::rows(batch, t, cls_only);
+        self.norm1.forward(x, m);
+        self.qkv.forward(&self.norm1.y[..m * d], m);
+        if cls_only {
+            self.attn.forward_cls(&self.qkv.y[..m * 3 * d], batch, t);
+        } else {
+            self.attn.forward(&self.qkv.y[..m * 3 * d], batch, t);
+        }
+        // res1 = x + proj(o), reading x's cls rows only when cls_only.
+        ensure(&mut self.res1, r * d);
+        let stride = if cls_only { t * d } else { d };
+        self.proj
+            .forward_residual(&self.attn.o[..r * d], r, x, stride, &mut self.res1);
+        self.norm2.forward(&self.res1[..r * d], r);
+        self.fc1.forward(&self.norm2.y[..r * d], r);
+        self.act.forward(&self.fc1.y[..r * h]);
+        ensure(&mut self.out, r * d);
+        self.fc2
+            .forward_residual(&self.act.y[..r * h], r, &self.res1, d, &mut self.out);
+    }
+
+    /// Gradient of the block's input (all tokens) into `dx`, given that of its output.
+    #[allow(clippy::too_many_arguments)]
+    pub fn backward(
+        &mut self,
+        x: &[f32],
+        dout: &[f32],
+        dx: &mut [f32],
+        s: &mut Scratch,
+        batch: usize,
+        t: usize,
+        cls_only: bool,
+    ) {
+        let m = batch * t;
+        let d = self.norm1.d;
+        let h = self.fc1.out;
+        let r = Block::rows(batch, t, cls_only);
+        ensure(&mut s.d1, m * d);
+        ensure(&mut s.d2, m * d);
+        ensure(&mut s.hidden, r * h);
+        ensure(&mut s.qkv, m * 3 * d);
+        let (d1, d2) = (&mut s.d1[..m * d], &mut s.d2[..r * d]);
+        let hid = &mut s.hidden[..r * h];
+        // MLP branch: out = res1 + fc2(gelu(fc1(norm2(res1))))
+        self.fc2
+            .backward(&self.act.y[..r * h], &dout[..r * d], r, Some(hid));
+        Gelu::backward_inplace(&self.fc1.y[..r * h], hid);
+        self.fc1
+            .backward(&self.norm2.y[..r * d], hid, r, Some(&mut d1[..r * d]));
+        self.norm2
+            .backward(&self.res1[..r * d], &d1[..r * d], r, d2);
+        vec::add_assign(d2, &dout[..r * d]); // d2 = d res1
+                                             // Attention branch: res1 = x + proj(attn(qkv(norm1(x))))
+        self.proj
+            .backward(&self.attn.o[..r * d], d2, r, Some(&mut d1[..r * d]));
+        let dq = &mut s.qkv[..m * 3 * d];
+        let qkv = &self.qkv.y[..m * 3 * d];
+        if cls_only {
+            self.attn
+                .backward_cls(qkv, &d1[..r * d], dq, &mut s.attn, batch, t);
+        } else {
+            self.attn
+                .backward(qkv, &d1[..r * d], dq, &mut s.attn, batch, t);
+        }
+        self.qkv.backward(&self.norm1.y[..m * d], dq, m, Some(d1));
+        self.norm1.backward(x, d1, m, dx);
+        if cls_only {
+            par::for_rows(&mut dx[..m * d], t * d, |b, img| {
+                vec::add_assign_serial(&mut img[..d], &d2[b * d..(b + 1) * d])
+            });
+        } else {
+            vec::add_assign(dx, d2);
+        }
+    }
+
+    /// Exchange every saved activation with another block (forward-only memory reuse).
+    pub fn swap_activations(&mut self, o: &mut Block) {
+        self.norm1.swap_activations(&mut o.norm1);
+        self.qkv.swap_activations(&mut o.qkv);
+        self.attn.swap_activations(&mut o.attn);
+        self.proj.swap_activations(&mut o.proj);
+        self.norm2.swap_activations(&mut o.norm2);
+        self.fc1.swap_activations(&mut o.fc1);
+        self.act.swap_activations(&mut o.act);
+        self.fc2.swap_activations(&mut o.fc2);
+        std::mem::swap(&mut self.res1, &mut o.res1);
+        std::mem::swap(&mut self.out, &mut o.out);
+    }
+}
+
+impl Module for Block {
+    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.norm1.visit(f);
+        self.qkv.visit(f);
+        self.proj.visit(f);
+        self.norm2.visit(f);
+        self.fc1.visit(f);
+        self.fc2.visit(f);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::rng::Rng;
+    use crate::nn::gradcheck::{check_layer, Probe};
+
+    fn block(seed: u64) -> Block {
+        let mut b = Block::new(0, 8, 2, 2);
+        let mut rng = Rng::new(seed);
+        b.visit(&mut |p| p.init_normal(&mut rng, 0.4));
+        b
+    }
+
+    #[test]
+    fn finite_differences_full_and_cls_only() {
+        let (bt, t, d) = (2, 3, 8);
+        for cls_only in [false, true] {
+            let ny = if cls_only { bt * d } else { bt * t * d };
+            let mut s = Scratch::default();
+            check_layer(
+                &mut block(1),
+                bt * t * d,
+                ny,
+                |b, x| {
+                    b.forward(x, bt, t, cls_only);
+                    b.out[..ny].to_vec()
+                },
+                |b, x, dy, dx| b.backward(x, dy, dx, &mut s, bt, t, cls_only),
+                Probe {
+                    eps: 1e-3,
+                    ..Probe::default()
+                },
+            );
+        }
+    }
+
+    #[test]
+    fn cls_only_equals_the_cls_rows_of_the_full_block() {
+        let (bt, t, d) = (3, 4, 8);
+        let mut rng = Rng::new(5);
+        let x: Vec<f32> = (0..bt * t * d).map(|_| rng.normal()).collect();
+        let (mut a, mut b) = (block(2), block(2));
+        a.forward(&x, bt, t, false);
+        b.forward(&x, bt, t, true);
+        for i in 0..bt {
+            for c in 0..d {
+                assert!((a.out[i * t * d + c] - b.out[i * d + c]).abs() < 1e-5);
+            }
+        }
+    }
+}
