@@ -26,8 +26,39 @@ enum Cmd {
         #[command(subcommand)]
         what: BenchCmd,
     },
+    /// Weighted kNN accuracy of a checkpoint's features (or of raw pixels) on a labelled dataset.
+    Knn(KnnArgs),
     /// List the named presets.
     Presets,
+}
+
+#[derive(Args)]
+struct KnnArgs {
+    /// A checkpoint written by `mocov3 pretrain`.
+    #[arg(long, required_unless_present = "pixels", conflicts_with = "pixels")]
+    checkpoint: Option<PathBuf>,
+    /// Use raw pixels as features (the baseline to beat).
+    #[arg(long)]
+    pixels: bool,
+    /// Dataset (default: the checkpoint's, or fashion-mnist with --pixels).
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Neighbours, one or more (comma-separated).
+    #[arg(long, value_delimiter = ',', default_value = "20")]
+    k: Vec<usize>,
+    /// Temperature of the vote weights exp(sim / T).
+    #[arg(long, default_value_t = 0.07)]
+    t: f32,
+    /// Use only the first N training images as the bank.
+    #[arg(long)]
+    train_limit: Option<usize>,
+    /// Use only the first N test images as queries.
+    #[arg(long)]
+    test_limit: Option<usize>,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Subcommand)]
@@ -43,7 +74,23 @@ enum BenchCmd {
         /// Timed steps (default: 18 for C1, so 20 steps in all; 5 for C2).
         #[arg(long)]
         steps: Option<usize>,
+        /// Replace the configuration's batch size.
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Replace the configuration's image size.
+        #[arg(long)]
+        image: Option<usize>,
+        /// Replace the configuration's patch size.
+        #[arg(long)]
+        patch: Option<usize>,
         /// Compute threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Single-precision GEMM rate (n×n×n) of this machine through the project's GEMM.
+    Gemm {
+        #[arg(long, default_value_t = 2048)]
+        n: usize,
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
@@ -136,6 +183,7 @@ fn main() {
 fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
+        Cmd::Knn(a) => knn(a)?,
         Cmd::Presets => {
             for (name, what) in PRESETS {
                 println!("{name:16} {what}");
@@ -147,11 +195,7 @@ fn real_main() -> Result<()> {
                 print!("{}", toml::to_string(&cfg)?);
                 return Ok(());
             }
-            let opts = RunOptions {
-                resume: a.resume.clone(),
-                stop_after_epochs: a.stop_after_epochs,
-                quiet: a.quiet,
-            };
+            let opts = RunOptions { resume: a.resume.clone(), stop_after_epochs: a.stop_after_epochs, quiet: a.quiet };
             let s = pretrain::run(cfg, &opts)?;
             if let (Some(f), Some(l)) = (s.losses.first(), s.losses.last()) {
                 println!(
@@ -161,17 +205,14 @@ fn real_main() -> Result<()> {
                 );
             }
         }
-        Cmd::Bench {
-            what:
-                BenchCmd::Step {
-                    config,
-                    warmup,
-                    steps,
-                    threads,
-                },
-        } => {
+        Cmd::Bench { what: BenchCmd::Gemm { n, threads } } => {
             mocov3::engine::init_threads(threads);
-            let cfg = mocov3::bench::config(&config)?;
+            let r = mocov3::bench::gemm_rate(n, 5);
+            println!("RESULT framework=mocov3 gemm n={n} gflops={r:.1} threads={}", mocov3::engine::threads());
+        }
+        Cmd::Bench { what: BenchCmd::Step { config, warmup, steps, batch, image, patch, threads } } => {
+            mocov3::engine::init_threads(threads);
+            let cfg = mocov3::bench::with_overrides(mocov3::bench::config(&config)?, batch, image, patch)?;
             let timed = steps.unwrap_or(if cfg.name == "C1" { 18 } else { 5 });
             eprintln!(
                 "bench step {}: batch {}, {} warm-up + {} timed steps, {} threads",
@@ -188,10 +229,75 @@ fn real_main() -> Result<()> {
                 "RESULT framework=mocov3 config={} img_per_s={:.3} step_ms_median={:.1} loss_first={:.4} loss_last={:.4}",
                 cfg.name, r.img_per_s, r.step_ms_median, r.loss_first, r.loss_last
             );
+            let gflop = mocov3::bench::step_flops(&cfg.model, cfg.batch) / 1e9;
+            eprintln!(
+                "batch {} image {} patch {}: {gflop:.1} GFLOP per step (model count), {:.1} GFLOP/s achieved",
+                cfg.batch,
+                cfg.model.vit.img,
+                cfg.model.vit.patch,
+                gflop / (r.step_ms_median / 1e3)
+            );
             if let Some(m) = mocov3::bench::peak_rss_mib() {
                 eprintln!("peak resident memory: {m:.0} MiB");
             }
         }
+    }
+    Ok(())
+}
+
+fn knn(a: KnnArgs) -> Result<()> {
+    use mocov3::eval::{features, knn};
+    mocov3::engine::init_threads(a.threads);
+    let loaded = match &a.checkpoint {
+        Some(p) => Some(mocov3::train::checkpoint::load(p)?),
+        None => None,
+    };
+    let dataset = a
+        .dataset
+        .clone()
+        .or_else(|| loaded.as_ref().map(|l| l.2.config.dataset.clone()))
+        .unwrap_or_else(|| "fashion-mnist".into());
+    let data_dir = a.data_dir.clone().or_else(|| loaded.as_ref().and_then(|l| l.2.config.data_dir.clone()));
+    let train = mocov3::data::load(&dataset, data_dir.as_deref(), true)?;
+    let test = mocov3::data::load(&dataset, data_dir.as_deref(), false)?;
+    let (nb, nq) = (features::count(&train, a.train_limit), features::count(&test, a.test_limit));
+    let classes = train.classes.max(test.classes);
+    let t0 = std::time::Instant::now();
+    let (bank, query, d, what) = match loaded {
+        None => {
+            let (b, d) = features::pixels(&train, nb);
+            let (q, _) = features::pixels(&test, nq);
+            (b, q, d, "pixels".to_string())
+        }
+        Some((mut model, _, state)) => {
+            if state.in_chans != train.c {
+                anyhow::bail!(
+                    "the checkpoint expects {}-channel images, dataset '{dataset}' has {}",
+                    state.in_chans,
+                    train.c
+                );
+            }
+            let (mean, std) = train.channel_stats();
+            let aug =
+                mocov3::data::augment::Augment { out: state.config.img_size, crop_min: 1.0, flip: false, mean, std };
+            let vit = &mut model.base.backbone;
+            vit.keep_activations = false;
+            let b = features::backbone(vit, &train, nb, &aug, 256);
+            let q = features::backbone(vit, &test, nq, &aug, 256);
+            (b, q, vit.cfg.dim, format!("{} (epoch {})", a.checkpoint.as_ref().unwrap().display(), state.epoch))
+        }
+    };
+    let r = knn::classify(&bank, &train.labels[..nb], &query, &test.labels[..nq], d, classes, &a.k, a.t);
+    eprintln!("features of {nb} train and {nq} test images from {what} in {:.1} s", t0.elapsed().as_secs_f64());
+    for x in r {
+        println!(
+            "knn dataset={dataset} features={} k={} t={} top1={:.2} top5={:.2}",
+            if a.pixels { "pixels" } else { "checkpoint" },
+            x.k,
+            a.t,
+            x.top1,
+            x.top5
+        );
     }
     Ok(())
 }

@@ -44,11 +44,7 @@ impl Encoder {
     fn new(cfg: &MocoConfig, rng: &mut Rng) -> Encoder {
         let backbone = Vit::new(&cfg.vit, rng);
         let head = Mlp::new("head", 3, cfg.vit.dim, cfg.mlp_dim, cfg.out_dim, true, rng);
-        Encoder {
-            backbone,
-            head,
-            dfeat: Vec::new(),
-        }
+        Encoder { backbone, head, dfeat: Vec::new() }
     }
 
     fn forward(&mut self, x: &[f32], images: usize, groups: usize) -> &[f32] {
@@ -60,8 +56,7 @@ impl Encoder {
         let d = self.backbone.cfg.dim;
         ensure(&mut self.dfeat, images * d);
         let feat = &self.backbone.norm.y[..images * d];
-        self.head
-            .backward(feat, dz, images, &mut self.dfeat[..images * d]);
+        self.head.backward(feat, dz, images, &mut self.dfeat[..images * d]);
         self.backbone.backward(&self.dfeat[..images * d], images);
     }
 }
@@ -92,15 +87,7 @@ impl MoCo {
     pub fn new(cfg: &MocoConfig, seed: u64) -> MoCo {
         let mut rng = Rng::new(seed);
         let mut base = Encoder::new(cfg, &mut rng);
-        let predictor = Mlp::new(
-            "predictor",
-            2,
-            cfg.out_dim,
-            cfg.mlp_dim,
-            cfg.out_dim,
-            true,
-            &mut rng,
-        );
+        let predictor = Mlp::new("predictor", 2, cfg.out_dim, cfg.mlp_dim, cfg.out_dim, true, &mut rng);
         // The momentum encoder starts as an exact copy of the base encoder, all frozen.
         let mut momentum = Encoder::new(cfg, &mut rng);
         momentum.backbone.keep_activations = false;
@@ -142,17 +129,12 @@ impl MoCo {
         let (k1, k2) = self.k[..two_n * dim].split_at(n * dim);
         let (dq1, dq2) = self.dq[..two_n * dim].split_at_mut(n * dim);
         let t = self.cfg.t;
-        let loss = self.ctr.forward_backward(q1, k2, n, dim, t, dq1)
-            + self.ctr.forward_backward(q2, k1, n, dim, t, dq2);
+        let loss =
+            self.ctr.forward_backward(q1, k2, n, dim, t, dq1) + self.ctr.forward_backward(q2, k1, n, dim, t, dq2);
         // loss.backward()
         ensure(&mut self.dz, two_n * dim);
         let z = &self.base.head.layers.last().unwrap().bn.as_ref().unwrap().y[..two_n * dim];
-        self.predictor.backward(
-            z,
-            &self.dq[..two_n * dim],
-            two_n,
-            &mut self.dz[..two_n * dim],
-        );
+        self.predictor.backward(z, &self.dq[..two_n * dim], two_n, &mut self.dz[..two_n * dim]);
         self.base.backward(&self.dz[..two_n * dim], two_n);
         loss
     }
@@ -161,30 +143,20 @@ impl MoCo {
     /// buffers, not the predictor), with the scalars rounded to f32 as PyTorch does.
     pub fn momentum_update(&mut self, m: f64) {
         let (a, b) = (m as f32, (1.0 - m) as f32);
-        for (pk, pq) in self
-            .momentum
-            .params_mut()
-            .into_iter()
-            .zip(self.base.params_mut())
-        {
-            pk.w.par_chunks_mut(16384)
-                .zip(pq.w.par_chunks(16384))
-                .for_each(|(k, q)| {
-                    for (k, q) in k.iter_mut().zip(q) {
-                        *k = *k * a + *q * b;
-                    }
-                });
+        for (pk, pq) in self.momentum.params_mut().into_iter().zip(self.base.params_mut()) {
+            pk.w.par_chunks_mut(16384).zip(pq.w.par_chunks(16384)).for_each(|(k, q)| {
+                for (k, q) in k.iter_mut().zip(q) {
+                    *k = *k * a + *q * b;
+                }
+            });
         }
     }
 
     /// Every parameter and buffer of the model under its official state_dict key
     /// (`base_encoder.*`, `momentum_encoder.*`, `predictor.*`), in that order.
     pub fn visit_tensors(&mut self, f: &mut dyn FnMut(String, &[usize], &mut Vec<f32>)) {
-        let parts: [(&str, &mut dyn Module); 3] = [
-            ("base_encoder.", &mut self.base),
-            ("momentum_encoder.", &mut self.momentum),
-            ("", &mut self.predictor),
-        ];
+        let parts: [(&str, &mut dyn Module); 3] =
+            [("base_encoder.", &mut self.base), ("momentum_encoder.", &mut self.momentum), ("", &mut self.predictor)];
         for (prefix, m) in parts {
             // The predictor's names already start with `predictor.`.
             m.visit(&mut |p| f(format!("{prefix}{}", p.name), &p.shape, &mut p.w));
@@ -201,13 +173,7 @@ impl MoCo {
             .filter(|p| p.trainable)
             .map(|p| format!("base_encoder.{}", p.name))
             .collect();
-        v.extend(
-            self.predictor
-                .params_mut()
-                .into_iter()
-                .filter(|p| p.trainable)
-                .map(|p| p.name.clone()),
-        );
+        v.extend(self.predictor.params_mut().into_iter().filter(|p| p.trainable).map(|p| p.name.clone()));
         v
     }
 
@@ -248,15 +214,7 @@ fn normalize_rows(x: &[f32], d: usize, out: &mut [f32], norms: &mut [f32]) {
 }
 
 impl Contrastive {
-    fn forward_backward(
-        &mut self,
-        q: &[f32],
-        k: &[f32],
-        n: usize,
-        d: usize,
-        t: f32,
-        dq: &mut [f32],
-    ) -> f32 {
+    fn forward_backward(&mut self, q: &[f32], k: &[f32], n: usize, d: usize, t: f32, dq: &mut [f32]) -> f32 {
         for v in [&mut self.qn, &mut self.kn, &mut self.dqn] {
             ensure(v, n * d);
         }
@@ -267,18 +225,7 @@ impl Contrastive {
         normalize_rows(q, d, qn, nq);
         normalize_rows(k, d, kn, nk);
         let logits = &mut self.logits[..n * n];
-        sgemm(
-            n,
-            n,
-            d,
-            Mat::rows(qn, d),
-            Mat::trans(kn, d),
-            logits,
-            n,
-            1.0 / t,
-            false,
-            true,
-        );
+        sgemm(n, n, d, Mat::rows(qn, d), Mat::trans(kn, d), logits, n, 1.0 / t, false, true);
         // CE with labels i, mean over rows; the logits become d(2τ·CE)/d(logits).
         let mut total = 0.0f64;
         let scale = 2.0 * t / n as f32;
@@ -297,18 +244,7 @@ impl Contrastive {
         }
         // d qn = dlogits · kn / τ; then through the normalisation.
         let dqn = &mut self.dqn[..n * d];
-        sgemm(
-            n,
-            d,
-            n,
-            Mat::rows(logits, n),
-            Mat::rows(kn, d),
-            dqn,
-            d,
-            1.0 / t,
-            false,
-            true,
-        );
+        sgemm(n, d, n, Mat::rows(logits, n), Mat::rows(kn, d), dqn, d, 1.0 / t, false, true);
         for r in 0..n {
             let (qr, gr) = (&qn[r * d..(r + 1) * d], &dqn[r * d..(r + 1) * d]);
             let s = vec::dot(qr, gr);

@@ -13,13 +13,8 @@ use safetensors::SafeTensors;
 use std::collections::HashMap;
 
 fn floats(st: &SafeTensors, key: &str) -> Vec<f32> {
-    let t = st
-        .tensor(key)
-        .unwrap_or_else(|_| panic!("fixture lacks {key}"));
-    t.data()
-        .chunks_exact(4)
-        .map(|b| f32::from_le_bytes(b.try_into().unwrap()))
-        .collect()
+    let t = st.tensor(key).unwrap_or_else(|_| panic!("fixture lacks {key}"));
+    t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
 }
 
 /// Elements whose gradient is exactly zero in exact arithmetic (the key part of every qkv bias,
@@ -37,8 +32,7 @@ fn noise_elements(key: &str, dim: usize) -> Option<std::ops::Range<usize>> {
 }
 
 fn check(name: &str) {
-    let dir = std::env::var("PARITY_DIR")
-        .unwrap_or(format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR")));
+    let dir = std::env::var("PARITY_DIR").unwrap_or(format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR")));
     let path = format!("{dir}/parity_{name}.safetensors");
     let bytes = std::fs::read(&path).unwrap();
     let st = SafeTensors::deserialize(&bytes).unwrap();
@@ -58,11 +52,7 @@ fn check(name: &str) {
             depth: 2,
             heads: 4,
             mlp_ratio: 4,
-            pos: if learned {
-                PosEmbedKind::Learned
-            } else {
-                PosEmbedKind::Sincos
-            },
+            pos: if learned { PosEmbedKind::Learned } else { PosEmbedKind::Sincos },
             stop_grad_conv1: stop_grad,
         },
         mlp_dim: 128,
@@ -72,9 +62,7 @@ fn check(name: &str) {
     let mut model = MoCo::new(&cfg, 0);
     let mut loaded = 0;
     model.visit_tensors(&mut |key, shape, data| {
-        let t = st
-            .tensor(&format!("init.{key}"))
-            .unwrap_or_else(|_| panic!("fixture lacks init.{key}"));
+        let t = st.tensor(&format!("init.{key}")).unwrap_or_else(|_| panic!("fixture lacks init.{key}"));
         assert_eq!(t.shape(), shape, "{key}");
         *data = floats(&st, &format!("init.{key}"));
         loaded += 1;
@@ -84,29 +72,16 @@ fn check(name: &str) {
     let mut opt = AdamW::new(wd);
     opt.step = get("adam_step") as u64;
     let keys = model.trainable_keys();
-    opt.exp_avg = keys
-        .iter()
-        .map(|k| floats(&st, &format!("adam.exp_avg.{k}")))
-        .collect();
-    opt.exp_avg_sq = keys
-        .iter()
-        .map(|k| floats(&st, &format!("adam.exp_avg_sq.{k}")))
-        .collect();
+    opt.exp_avg = keys.iter().map(|k| floats(&st, &format!("adam.exp_avg.{k}"))).collect();
+    opt.exp_avg_sq = keys.iter().map(|k| floats(&st, &format!("adam.exp_avg_sq.{k}"))).collect();
     let official_grads = st.names().iter().filter(|k| k.starts_with("grad.")).count();
-    assert_eq!(
-        keys.len(),
-        official_grads,
-        "the same parameters are trainable"
-    );
+    assert_eq!(keys.len(), official_grads, "the same parameters are trainable");
 
     let mut x = floats(&st, "x1");
     x.extend(floats(&st, "x2"));
     let loss = model.forward_backward(&x, n, m);
     let want = floats(&st, "loss")[0];
-    assert!(
-        ((loss - want) / want).abs() < 1e-5,
-        "{name}: loss {loss} vs official {want}"
-    );
+    assert!(((loss - want) / want).abs() < 1e-5, "{name}: loss {loss} vs official {want}");
     let mut bad = Vec::new();
     for (key, p) in keys.iter().zip(model.trainable_params()) {
         let want = floats(&st, &format!("grad.{key}"));
@@ -114,11 +89,7 @@ fn check(name: &str) {
         let skip = noise_elements(key, dim);
         let mut worst = (0.0f32, 0usize);
         for (i, (a, b)) in p.g.iter().zip(&want).enumerate() {
-            let tol = if skip.as_ref().is_some_and(|r| r.contains(&i)) {
-                1e-5
-            } else {
-                1e-4 * scale
-            };
+            let tol = if skip.as_ref().is_some_and(|r| r.contains(&i)) { 1e-5 } else { 1e-4 * scale };
             let e = (a - b).abs() / tol;
             if e > worst.0 {
                 worst = (e, i);
@@ -126,38 +97,21 @@ fn check(name: &str) {
         }
         if worst.0 > 1.0 {
             let i = worst.1;
-            bad.push(format!(
-                "grad {key}[{i}]: {} vs official {} (scale {scale})",
-                p.g[i], want[i]
-            ));
+            bad.push(format!("grad {key}[{i}]: {} vs official {} (scale {scale})", p.g[i], want[i]));
         }
     }
-    assert!(
-        bad.is_empty(),
-        "{name}: gradients differ:\n{}",
-        bad.join("\n")
-    );
+    assert!(bad.is_empty(), "{name}: gradients differ:\n{}", bad.join("\n"));
     opt.update(&mut model.trainable_params(), lr);
     model.visit_tensors(&mut |key, _, data| {
         let want = floats(&st, &format!("final.{key}"));
         let skip = noise_elements(&key, dim);
         for (i, (a, b)) in data.iter().zip(&want).enumerate() {
             if skip.as_ref().is_some_and(|r| r.contains(&i)) {
-                assert!(
-                    (a - b).abs() <= 2.0 * lr as f32,
-                    "{name}: {key}[{i}] {a} vs {b}"
-                );
+                assert!((a - b).abs() <= 2.0 * lr as f32, "{name}: {key}[{i}] {a} vs {b}");
                 continue;
             }
-            let tol = if key.ends_with("num_batches_tracked") {
-                0.0
-            } else {
-                1e-5 * b.abs().max(1.0)
-            };
-            assert!(
-                (a - b).abs() <= tol,
-                "{name}: final {key}[{i}] {a} vs official {b}"
-            );
+            let tol = if key.ends_with("num_batches_tracked") { 0.0 } else { 1e-5 * b.abs().max(1.0) };
+            assert!((a - b).abs() <= tol, "{name}: final {key}[{i}] {a} vs official {b}");
         }
     });
 }

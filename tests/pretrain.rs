@@ -21,10 +21,7 @@ fn small(out: &str, extra: &[&str]) -> PretrainConfig {
 }
 
 fn quiet() -> RunOptions {
-    RunOptions {
-        quiet: true,
-        ..Default::default()
-    }
+    RunOptions { quiet: true, ..Default::default() }
 }
 
 #[test]
@@ -33,29 +30,10 @@ fn resume_is_bit_exact() {
     assert_eq!(straight.losses.len(), 6);
 
     let cfg = small("split", &[]);
-    let first = run(
-        cfg.clone(),
-        &RunOptions {
-            stop_after_epochs: Some(1),
-            ..quiet()
-        },
-    )
-    .unwrap();
+    let first = run(cfg.clone(), &RunOptions { stop_after_epochs: Some(1), ..quiet() }).unwrap();
     assert_eq!(first.next_epoch, 1);
-    let second = run(
-        cfg,
-        &RunOptions {
-            resume: Some(first.checkpoint.clone()),
-            ..quiet()
-        },
-    )
-    .unwrap();
-    let resumed: Vec<u32> = first
-        .losses
-        .iter()
-        .chain(&second.losses)
-        .map(|l| l.to_bits())
-        .collect();
+    let second = run(cfg, &RunOptions { resume: Some(first.checkpoint.clone()), ..quiet() }).unwrap();
+    let resumed: Vec<u32> = first.losses.iter().chain(&second.losses).map(|l| l.to_bits()).collect();
     let want: Vec<u32> = straight.losses.iter().map(|l| l.to_bits()).collect();
     assert_eq!(resumed, want, "losses differ after resume");
 
@@ -72,10 +50,7 @@ fn resume_is_bit_exact() {
 
 #[test]
 fn loss_falls_on_synthetic_data() {
-    let c = small(
-        "falls",
-        &["max_steps_per_epoch=30", "epochs=3", "warmup_epochs=0.3"],
-    );
+    let c = small("falls", &["max_steps_per_epoch=30", "epochs=3", "warmup_epochs=0.3"]);
     let s = run(c, &quiet()).unwrap();
     let k = 10;
     let head: f32 = s.losses[..k].iter().sum::<f32>() / k as f32;
@@ -87,22 +62,11 @@ fn loss_falls_on_synthetic_data() {
 fn divergence_stops_with_a_clear_message_and_keeps_the_checkpoint() {
     // Epoch 1 runs at lr 0 (warm-up starts at zero) and is checkpointed; the huge rate then
     // blows the weights up and the run must stop, naming the checkpoint it kept.
-    let c = small(
-        "nan",
-        &[
-            "max_steps_per_epoch=1",
-            "epochs=4",
-            "warmup_epochs=1.0",
-            "lr=1e30",
-        ],
-    );
+    let c = small("nan", &["max_steps_per_epoch=1", "epochs=4", "warmup_epochs=1.0", "lr=1e30"]);
     let ckpt = c.out_dir.join("checkpoint.safetensors");
     let err = run(c, &quiet()).err().expect("the run should diverge");
     let msg = format!("{err:#}");
-    assert!(
-        msg.contains("diverged") && msg.contains("checkpoint.safetensors"),
-        "{msg}"
-    );
+    assert!(msg.contains("diverged") && msg.contains("checkpoint.safetensors"), "{msg}");
     let (_, _, state) = checkpoint::load(&ckpt).expect("the last good checkpoint still loads");
     assert!(state.epoch >= 1);
 }
@@ -114,10 +78,7 @@ fn missing_dataset_and_corrupt_checkpoint_are_clear_errors() {
     let mut c = small("missing", &["dataset=\"mnist\""]);
     c.data_dir = Some(empty.clone());
     let msg = format!("{:#}", run(c, &quiet()).err().unwrap());
-    assert!(
-        msg.contains("not found") && msg.contains(&empty.display().to_string()),
-        "{msg}"
-    );
+    assert!(msg.contains("not found") && msg.contains(&empty.display().to_string()), "{msg}");
 
     let good = run(small("corrupt", &["epochs=1"]), &quiet()).unwrap();
     let bytes = std::fs::read(&good.checkpoint).unwrap();
@@ -125,20 +86,9 @@ fn missing_dataset_and_corrupt_checkpoint_are_clear_errors() {
     std::fs::write(&bad, &bytes[..bytes.len() / 2]).unwrap();
     let msg = format!(
         "{:#}",
-        run(
-            small("corrupt2", &[]),
-            &RunOptions {
-                resume: Some(bad.clone()),
-                ..quiet()
-            }
-        )
-        .err()
-        .unwrap()
+        run(small("corrupt2", &[]), &RunOptions { resume: Some(bad.clone()), ..quiet() }).err().unwrap()
     );
-    assert!(
-        msg.contains("truncated.safetensors") && msg.contains("corrupt or truncated"),
-        "{msg}"
-    );
+    assert!(msg.contains("truncated.safetensors") && msg.contains("corrupt or truncated"), "{msg}");
 }
 
 #[test]
@@ -146,4 +96,17 @@ fn bad_shapes_in_config_are_errors() {
     let c = small("shapes", &["patch_size=5"]);
     let msg = format!("{:#}", run(c, &quiet()).err().unwrap());
     assert!(msg.contains("multiple of the patch size"), "{msg}");
+}
+
+#[test]
+fn knn_monitor_runs_and_logs() {
+    let c = small("knn", &["max_steps_per_epoch=6", "knn_every=3", "knn_eval=64", "knn_bank=96", "knn_k=5"]);
+    let metrics = c.out_dir.join("metrics.jsonl");
+    let s = run(c, &quiet()).unwrap();
+    let acc = s.last_knn.expect("the monitor ran");
+    assert!((0.0..=100.0).contains(&acc));
+    let text = std::fs::read_to_string(metrics).unwrap();
+    let logged = text.lines().filter(|l| l.contains("knn_top1")).count();
+    assert_eq!(logged, 4, "steps 3, 6, 9, 12 carry a kNN value:\n{text}");
+    assert!(s.monitor_secs > 0.0 && s.monitor_secs < s.total_secs);
 }

@@ -97,8 +97,7 @@ impl Augment {
             for x in 0..s {
                 let (yy, xx) = (y * h / s, x * w / s);
                 for k in 0..c {
-                    out[(k * s + y) * s + x] =
-                        (img[(yy * w + xx) * c + k] as f32 / 255.0 - self.mean[k]) / self.std[k];
+                    out[(k * s + y) * s + x] = (img[(yy * w + xx) * c + k] as f32 / 255.0 - self.mean[k]) / self.std[k];
                 }
             }
         }
@@ -126,13 +125,7 @@ mod tests {
 
     #[test]
     fn full_crop_is_identity_and_flip_mirrors() {
-        let a = Augment {
-            out: 4,
-            crop_min: 1.0,
-            flip: false,
-            mean: vec![0.5],
-            std: vec![0.25],
-        };
+        let a = Augment { out: 4, crop_min: 1.0, flip: false, mean: vec![0.5], std: vec![0.25] };
         let img: Vec<u8> = (0..16).map(|i| (i * 10) as u8).collect();
         let mut out = vec![0.0; 16];
         a.render(&img, 4, 1, (0, 0, 4, 4), false, &mut out);

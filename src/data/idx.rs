@@ -10,14 +10,9 @@ fn read_bytes(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     if raw.len() >= 2 && raw[0] == 0x1f && raw[1] == 0x8b {
         let mut out = Vec::new();
-        flate2::read::GzDecoder::new(&raw[..])
-            .read_to_end(&mut out)
-            .with_context(|| {
-                format!(
-                    "{} is not a valid gzip file (truncated or corrupt): download it again",
-                    path.display()
-                )
-            })?;
+        flate2::read::GzDecoder::new(&raw[..]).read_to_end(&mut out).with_context(|| {
+            format!("{} is not a valid gzip file (truncated or corrupt): download it again", path.display())
+        })?;
         Ok(out)
     } else {
         Ok(raw)
@@ -30,22 +25,14 @@ fn parse(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
         bail!("{} is not an IDX file (bad magic number)", path.display());
     }
     if bytes[2] != 0x08 {
-        bail!(
-            "{}: only unsigned-byte IDX data is supported (type 0x{:02x})",
-            path.display(),
-            bytes[2]
-        );
+        bail!("{}: only unsigned-byte IDX data is supported (type 0x{:02x})", path.display(), bytes[2]);
     }
     let nd = bytes[3] as usize;
     if bytes.len() < 4 + 4 * nd {
-        bail!(
-            "{} is truncated (header cut short): download it again",
-            path.display()
-        );
+        bail!("{} is truncated (header cut short): download it again", path.display());
     }
-    let dims: Vec<usize> = (0..nd)
-        .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
-        .collect();
+    let dims: Vec<usize> =
+        (0..nd).map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize).collect();
     let n: usize = dims.iter().product();
     let data = &bytes[4 + 4 * nd..];
     if data.len() < n {
@@ -73,16 +60,10 @@ fn find(dirs: &[PathBuf], stem: &str) -> Option<PathBuf> {
 /// Load the train or test split, looking for the standard file names in `dirs` in order.
 pub fn load_split(name: &str, dirs: &[PathBuf], train: bool, hint: &str) -> Result<ImageSet> {
     let prefix = if train { "train" } else { "t10k" };
-    let (img_stem, lab_stem) = (
-        format!("{prefix}-images-idx3-ubyte"),
-        format!("{prefix}-labels-idx1-ubyte"),
-    );
+    let (img_stem, lab_stem) = (format!("{prefix}-images-idx3-ubyte"), format!("{prefix}-labels-idx1-ubyte"));
     let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     let Some(ip) = find(dirs, &img_stem) else {
-        bail!(
-            "dataset '{name}' not found: no {img_stem}(.gz) in {}; {hint}",
-            looked.join(", ")
-        );
+        bail!("dataset '{name}' not found: no {img_stem}(.gz) in {}; {hint}", looked.join(", "));
     };
     let Some(lp) = find(dirs, &lab_stem) else {
         bail!(
@@ -94,32 +75,14 @@ pub fn load_split(name: &str, dirs: &[PathBuf], train: bool, hint: &str) -> Resu
     let (idims, pixels) = parse(&read_bytes(&ip)?, &ip)?;
     let (ldims, labels) = parse(&read_bytes(&lp)?, &lp)?;
     if idims.len() != 3 || ldims.len() != 1 {
-        bail!(
-            "{} / {}: expected 3-d images and 1-d labels, found {idims:?} and {ldims:?}",
-            ip.display(),
-            lp.display()
-        );
+        bail!("{} / {}: expected 3-d images and 1-d labels, found {idims:?} and {ldims:?}", ip.display(), lp.display());
     }
     if idims[0] != ldims[0] {
-        bail!(
-            "{} has {} images but {} has {} labels",
-            ip.display(),
-            idims[0],
-            lp.display(),
-            ldims[0]
-        );
+        bail!("{} has {} images but {} has {} labels", ip.display(), idims[0], lp.display(), ldims[0]);
     }
     let labels: Vec<u32> = labels.into_iter().map(u32::from).collect();
     let classes = labels.iter().max().map(|&m| m as usize + 1).unwrap_or(0);
-    Ok(ImageSet {
-        name: name.to_string(),
-        h: idims[1],
-        w: idims[2],
-        c: 1,
-        pixels,
-        labels,
-        classes,
-    })
+    Ok(ImageSet { name: name.to_string(), h: idims[1], w: idims[2], c: 1, pixels, labels, classes })
 }
 
 /// Encode images `[n, h, w]` or labels `[n]` as IDX (used by tests and tools).
@@ -146,10 +109,7 @@ mod tests {
             img.truncate(img.len() - 7);
         }
         let lab = encode(&[n], &labels);
-        for (stem, bytes) in [
-            ("train-images-idx3-ubyte", img),
-            ("train-labels-idx1-ubyte", lab),
-        ] {
+        for (stem, bytes) in [("train-images-idx3-ubyte", img), ("train-labels-idx1-ubyte", lab)] {
             if gz {
                 let f = std::fs::File::create(dir.join(format!("{stem}.gz"))).unwrap();
                 let mut e = flate2::write::GzEncoder::new(f, flate2::Compression::fast());
@@ -184,13 +144,8 @@ mod tests {
     fn truncated_and_missing_files_are_clear_errors() {
         let d = tmp("trunc");
         write_set(&d, false, true);
-        let e = load_split("t", &[d.clone()], true, "")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("truncated") && e.contains("train-images-idx3-ubyte"),
-            "{e}"
-        );
+        let e = load_split("t", &[d.clone()], true, "").unwrap_err().to_string();
+        assert!(e.contains("truncated") && e.contains("train-images-idx3-ubyte"), "{e}");
         let d = tmp("truncgz");
         write_set(&d, true, false);
         let p = d.join("train-images-idx3-ubyte.gz");
@@ -199,14 +154,7 @@ mod tests {
         let e = format!("{:#}", load_split("t", &[d.clone()], true, "").unwrap_err());
         assert!(e.contains("gzip") && e.contains(".gz"), "{e}");
         let d = tmp("missing");
-        let e = load_split("fashion-mnist", &[d.clone()], true, "install it")
-            .unwrap_err()
-            .to_string();
-        assert!(
-            e.contains("not found")
-                && e.contains(&d.display().to_string())
-                && e.contains("install it"),
-            "{e}"
-        );
+        let e = load_split("fashion-mnist", &[d.clone()], true, "install it").unwrap_err().to_string();
+        assert!(e.contains("not found") && e.contains(&d.display().to_string()) && e.contains("install it"), "{e}");
     }
 }

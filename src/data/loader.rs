@@ -18,14 +18,7 @@ pub struct TwoViewLoader<'a> {
 
 impl<'a> TwoViewLoader<'a> {
     pub fn new(set: &'a ImageSet, aug: Augment, batch: usize, seed: u64) -> Self {
-        TwoViewLoader {
-            set,
-            aug,
-            batch,
-            seed,
-            order: Vec::new(),
-            order_epoch: None,
-        }
+        TwoViewLoader { set, aug, batch, seed, order: Vec::new(), order_epoch: None }
     }
 
     /// Steps per epoch (incomplete last batch dropped).
@@ -36,6 +29,11 @@ impl<'a> TwoViewLoader<'a> {
     /// Floats in one view of one image.
     pub fn image_len(&self) -> usize {
         self.set.c * self.aug.out * self.aug.out
+    }
+
+    /// Dataset indices of the images of step `step` (valid after `fill` for that epoch).
+    pub fn ids(&self, step: usize) -> &[usize] {
+        &self.order[step * self.batch..(step + 1) * self.batch]
     }
 
     /// Fill `x` with [x1; x2] for step `step` of `epoch` (2·batch images, CHW).
@@ -49,13 +47,10 @@ impl<'a> TwoViewLoader<'a> {
         let (x1, x2) = x[..2 * b * len].split_at_mut(b * len);
         let (set, aug, seed) = (self.set, &self.aug, self.seed);
         let ids = &self.order[step * b..(step + 1) * b];
-        x1.par_chunks_mut(len)
-            .zip(x2.par_chunks_mut(len))
-            .zip(ids.par_iter())
-            .for_each(|((v1, v2), &id)| {
-                let mut rng = Rng::derive(seed, &[epoch as u64, id as u64]);
-                aug.view(&mut rng, set.image(id), set.h, set.w, set.c, v1);
-                aug.view(&mut rng, set.image(id), set.h, set.w, set.c, v2);
-            });
+        x1.par_chunks_mut(len).zip(x2.par_chunks_mut(len)).zip(ids.par_iter()).for_each(|((v1, v2), &id)| {
+            let mut rng = Rng::derive(seed, &[epoch as u64, id as u64]);
+            aug.view(&mut rng, set.image(id), set.h, set.w, set.c, v1);
+            aug.view(&mut rng, set.image(id), set.h, set.w, set.c, v2);
+        });
     }
 }

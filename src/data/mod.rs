@@ -49,11 +49,8 @@ impl ImageSet {
         }
         let n = (self.pixels.len() / c) as f64;
         let mean: Vec<f32> = s.iter().map(|v| (v / n) as f32).collect();
-        let std: Vec<f32> = q
-            .iter()
-            .zip(&mean)
-            .map(|(q, &m)| ((q / n - (m as f64).powi(2)).max(1e-12)).sqrt() as f32)
-            .collect();
+        let std: Vec<f32> =
+            q.iter().zip(&mean).map(|(q, &m)| ((q / n - (m as f64).powi(2)).max(1e-12)).sqrt() as f32).collect();
         (mean, std)
     }
 }
@@ -87,13 +84,7 @@ pub fn load(name: &str, data_dir: Option<&Path>, train: bool) -> Result<ImageSet
             };
             idx::load_split(name, &dirs, train, hint)
         }
-        "synthetic" => Ok(synthetic::generate(
-            if train { 2048 } else { 512 },
-            28,
-            1,
-            10,
-            if train { 1 } else { 2 },
-        )),
+        "synthetic" => Ok(synthetic::generate(if train { 2048 } else { 512 }, 28, 1, 10, if train { 1 } else { 2 })),
         other => {
             bail!("unknown dataset '{other}': expected one of fashion-mnist, mnist, synthetic")
         }

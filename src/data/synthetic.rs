@@ -18,8 +18,7 @@ pub fn generate(n: usize, size: usize, chans: usize, classes: usize, seed: u64) 
         for y in 0..size {
             for x in 0..size {
                 let u = x as f64 * ca + y as f64 * sa;
-                let v =
-                    0.5 + 0.5 * contrast * (freq * u + phase).sin() + 0.05 * rng.normal() as f64;
+                let v = 0.5 + 0.5 * contrast * (freq * u + phase).sin() + 0.05 * rng.normal() as f64;
                 let b = (v.clamp(0.0, 1.0) * 255.0).round() as u8;
                 for _ in 0..chans {
                     pixels.push(b);
@@ -28,13 +27,5 @@ pub fn generate(n: usize, size: usize, chans: usize, classes: usize, seed: u64) 
         }
         labels.push(label as u32);
     }
-    ImageSet {
-        name: "synthetic".into(),
-        h: size,
-        w: size,
-        c: chans,
-        pixels,
-        labels,
-        classes,
-    }
+    ImageSet { name: "synthetic".into(), h: size, w: size, c: chans, pixels, labels, classes }
 }

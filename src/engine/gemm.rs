@@ -14,26 +14,14 @@ pub struct Mat {
 impl Mat {
     /// Row-major matrix with `ld` elements per row.
     pub fn rows(s: &[f32], ld: usize) -> Mat {
-        Mat {
-            ptr: s.as_ptr(),
-            rs: ld as isize,
-            cs: 1,
-        }
+        Mat { ptr: s.as_ptr(), rs: ld as isize, cs: 1 }
     }
     /// The transpose of a row-major matrix with `ld` elements per row.
     pub fn trans(s: &[f32], ld: usize) -> Mat {
-        Mat {
-            ptr: s.as_ptr(),
-            rs: 1,
-            cs: ld as isize,
-        }
+        Mat { ptr: s.as_ptr(), rs: 1, cs: ld as isize }
     }
     pub fn raw(ptr: *const f32, rs: usize, cs: usize) -> Mat {
-        Mat {
-            ptr,
-            rs: rs as isize,
-            cs: cs as isize,
-        }
+        Mat { ptr, rs: rs as isize, cs: cs as isize }
     }
 }
 
@@ -52,25 +40,8 @@ pub fn sgemm(
     accumulate: bool,
     par: bool,
 ) {
-    assert!(
-        m == 0 || c.len() >= (m - 1) * ldc + n,
-        "sgemm: output too small"
-    );
-    unsafe {
-        sgemm_raw(
-            m,
-            n,
-            k,
-            a,
-            b,
-            c.as_mut_ptr(),
-            ldc,
-            1,
-            alpha,
-            accumulate,
-            par,
-        )
-    }
+    assert!(m == 0 || c.len() >= (m - 1) * ldc + n, "sgemm: output too small");
+    unsafe { sgemm_raw(m, n, k, a, b, c.as_mut_ptr(), ldc, 1, alpha, accumulate, par) }
 }
 
 /// As [`sgemm`] on a raw, strided destination (used inside parallel loops over heads).
@@ -106,11 +77,8 @@ pub unsafe fn sgemm_raw(
         return;
     }
     let threads = rayon::current_num_threads();
-    let parallelism = if par && threads > 1 && m * n * k >= 32 * 32 * 32 {
-        Parallelism::Rayon(threads)
-    } else {
-        Parallelism::None
-    };
+    let parallelism =
+        if par && threads > 1 && m * n * k >= 32 * 32 * 32 { Parallelism::Rayon(threads) } else { Parallelism::None };
     gemm::gemm(
         m,
         n,
@@ -160,36 +128,14 @@ mod tests {
         let b: Vec<f32> = (0..k * n).map(|_| rng.normal()).collect();
         let want = naive(m, n, k, &a, &b);
         let mut c = vec![0.0; m * n];
-        sgemm(
-            m,
-            n,
-            k,
-            Mat::rows(&a, k),
-            Mat::rows(&b, n),
-            &mut c,
-            n,
-            1.0,
-            false,
-            true,
-        );
+        sgemm(m, n, k, Mat::rows(&a, k), Mat::rows(&b, n), &mut c, n, 1.0, false, true);
         for (x, y) in c.iter().zip(&want) {
             assert!((x - y).abs() < 1e-4, "{x} vs {y}");
         }
         // A given as its transpose, B given as its transpose, accumulated with alpha 2.
         let at: Vec<f32> = (0..k * m).map(|i| a[(i % m) * k + i / m]).collect();
         let bt: Vec<f32> = (0..n * k).map(|i| b[(i % k) * n + i / k]).collect();
-        sgemm(
-            m,
-            n,
-            k,
-            Mat::trans(&at, m),
-            Mat::trans(&bt, k),
-            &mut c,
-            n,
-            2.0,
-            true,
-            false,
-        );
+        sgemm(m, n, k, Mat::trans(&at, m), Mat::trans(&bt, k), &mut c, n, 2.0, true, false);
         for (x, y) in c.iter().zip(&want) {
             assert!((x - 3.0 * y).abs() < 3e-4, "{x} vs {}", 3.0 * y);
         }

@@ -34,16 +34,12 @@ pub fn tune_allocator() {
 pub fn init_threads(n: usize) {
     tune_allocator();
     let n = if n == 0 { default_threads() } else { n };
-    let _ = rayon::ThreadPoolBuilder::new()
-        .num_threads(n)
-        .build_global();
+    let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
 }
 
 /// One thread per core the process may use.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism()
-        .map(|n| n.get())
-        .unwrap_or(1)
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
 
 pub fn threads() -> usize {

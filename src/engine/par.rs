@@ -35,13 +35,11 @@ where
     F: Fn(usize, &mut [f32]) + Sync,
 {
     let per = rows_per_task(cols);
-    out.par_chunks_mut(per * cols)
-        .enumerate()
-        .for_each(|(ci, chunk)| {
-            for (ri, row) in chunk.chunks_mut(cols).enumerate() {
-                f(ci * per + ri, row);
-            }
-        });
+    out.par_chunks_mut(per * cols).enumerate().for_each(|(ci, chunk)| {
+        for (ri, row) in chunk.chunks_mut(cols).enumerate() {
+            f(ci * per + ri, row);
+        }
+    });
 }
 
 /// Run `f(row_index, a_row, b_row)` over two row-aligned outputs in parallel.
@@ -50,14 +48,11 @@ where
     F: Fn(usize, &mut [f32], &mut [f32]) + Sync,
 {
     let per = rows_per_task(acols);
-    a.par_chunks_mut(per * acols)
-        .zip(b.par_chunks_mut(per * bcols))
-        .enumerate()
-        .for_each(|(ci, (ca, cb))| {
-            for (ri, (ra, rb)) in ca.chunks_mut(acols).zip(cb.chunks_mut(bcols)).enumerate() {
-                f(ci * per + ri, ra, rb);
-            }
-        });
+    a.par_chunks_mut(per * acols).zip(b.par_chunks_mut(per * bcols)).enumerate().for_each(|(ci, (ca, cb))| {
+        for (ri, (ra, rb)) in ca.chunks_mut(acols).zip(cb.chunks_mut(bcols)).enumerate() {
+            f(ci * per + ri, ra, rb);
+        }
+    });
 }
 
 /// Elementwise map over equal-length slices in parallel.
@@ -66,9 +61,7 @@ where
     F: Fn(&mut [f32], &[f32]) + Sync,
 {
     const CH: usize = 16384;
-    out.par_chunks_mut(CH)
-        .zip(x.par_chunks(CH))
-        .for_each(|(o, i)| f(o, i));
+    out.par_chunks_mut(CH).zip(x.par_chunks(CH)).for_each(|(o, i)| f(o, i));
 }
 
 /// Per-column reduction over `rows` rows: `dst[c] (+)= sum_r term(r, c)` for c in 0..cols,

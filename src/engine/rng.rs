@@ -17,14 +17,7 @@ fn splitmix(x: &mut u64) -> u64 {
 impl Rng {
     pub fn new(seed: u64) -> Rng {
         let mut x = seed;
-        Rng {
-            s: [
-                splitmix(&mut x),
-                splitmix(&mut x),
-                splitmix(&mut x),
-                splitmix(&mut x),
-            ],
-        }
+        Rng { s: [splitmix(&mut x), splitmix(&mut x), splitmix(&mut x), splitmix(&mut x)] }
     }
 
     /// An independent stream derived from a seed and a path of indices (epoch, sample, ...).
@@ -91,18 +84,12 @@ mod tests {
         let mut a = Rng::new(7);
         let mut b = Rng::new(7);
         assert_eq!(a.next_u64(), b.next_u64());
-        assert_ne!(
-            Rng::derive(7, &[1]).next_u64(),
-            Rng::derive(7, &[2]).next_u64()
-        );
+        assert_ne!(Rng::derive(7, &[1]).next_u64(), Rng::derive(7, &[2]).next_u64());
         let n = 20000;
         let xs: Vec<f32> = (0..n).map(|_| a.normal()).collect();
         let mean = xs.iter().map(|&x| x as f64).sum::<f64>() / n as f64;
         let var = xs.iter().map(|&x| (x as f64 - mean).powi(2)).sum::<f64>() / n as f64;
-        assert!(
-            mean.abs() < 0.03 && (var - 1.0).abs() < 0.05,
-            "{mean} {var}"
-        );
+        assert!(mean.abs() < 0.03 && (var - 1.0).abs() < 0.05, "{mean} {var}");
         let mut v: Vec<usize> = (0..100).collect();
         a.shuffle(&mut v);
         let mut s = v.clone();

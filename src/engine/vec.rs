@@ -72,14 +72,11 @@ pub fn sq_dev(x: &[f32], mean: f32) -> f32 {
 pub fn add(out: &mut [f32], a: &[f32], b: &[f32]) {
     use rayon::prelude::*;
     const CH: usize = 16384;
-    out.par_chunks_mut(CH)
-        .zip(a.par_chunks(CH))
-        .zip(b.par_chunks(CH))
-        .for_each(|((o, x), y)| {
-            for ((o, x), y) in o.iter_mut().zip(x).zip(y) {
-                *o = x + y;
-            }
-        });
+    out.par_chunks_mut(CH).zip(a.par_chunks(CH)).zip(b.par_chunks(CH)).for_each(|((o, x), y)| {
+        for ((o, x), y) in o.iter_mut().zip(x).zip(y) {
+            *o = x + y;
+        }
+    });
 }
 
 /// out += a, elementwise, on the calling thread.

@@ -22,9 +22,7 @@ pub fn tiny_config(pos: PosEmbedKind, stop_grad_conv1: bool) -> MocoConfig {
 
 fn images(n: usize, cfg: &MocoConfig, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
-    (0..2 * n * cfg.vit.in_chans * cfg.vit.img * cfg.vit.img)
-        .map(|_| rng.normal())
-        .collect()
+    (0..2 * n * cfg.vit.in_chans * cfg.vit.img * cfg.vit.img).map(|_| rng.normal()).collect()
 }
 
 /// The gradient of the whole MoCo loss w.r.t. sampled elements of every trainable parameter of
@@ -56,11 +54,8 @@ fn check_whole_loss(pos: PosEmbedKind, stop_grad: bool) {
     let mut checked = 0;
     let l0 = model.forward_backward(&x, n, 1.0) as f64;
     for (pi, (name, g)) in grads.iter().enumerate() {
-        let idx: Vec<usize> = if g.len() <= 6 {
-            (0..g.len()).collect()
-        } else {
-            (0..6).map(|_| rng.below(g.len())).collect()
-        };
+        let idx: Vec<usize> =
+            if g.len() <= 6 { (0..g.len()).collect() } else { (0..6).map(|_| rng.below(g.len())).collect() };
         let scale = g.iter().fold(1e-3f32, |m, v| m.max(v.abs())) as f64;
         for e in idx {
             let mut probe = |delta: f32| -> f64 {
@@ -73,13 +68,8 @@ fn check_whole_loss(pos: PosEmbedKind, stop_grad: bool) {
             let h = eps as f64;
             let an = g[e] as f64;
             let candidates = [(lp - lm) / (2.0 * h), (lp - l0) / h, (l0 - lm) / h];
-            let ok = candidates
-                .iter()
-                .any(|num| (num - an).abs() <= 0.02 * scale + 5e-4);
-            assert!(
-                ok,
-                "{name}[{e}]: analytic {an:.6} vs numeric {candidates:?} (scale {scale})"
-            );
+            let ok = candidates.iter().any(|num| (num - an).abs() <= 0.02 * scale + 5e-4);
+            assert!(ok, "{name}[{e}]: analytic {an:.6} vs numeric {candidates:?} (scale {scale})");
             checked += 1;
         }
     }
@@ -103,36 +93,16 @@ fn momentum_update_is_ema_of_parameters_only() {
     for p in model.base.params_mut() {
         p.w.iter_mut().for_each(|v| *v += 1.0);
     }
-    let before: Vec<Vec<f32>> = model
-        .momentum
-        .params_mut()
-        .iter()
-        .map(|p| p.w.clone())
-        .collect();
-    let base: Vec<Vec<f32>> = model
-        .base
-        .params_mut()
-        .iter()
-        .map(|p| p.w.clone())
-        .collect();
-    let pred: Vec<Vec<f32>> = model
-        .predictor
-        .params_mut()
-        .iter()
-        .map(|p| p.w.clone())
-        .collect();
+    let before: Vec<Vec<f32>> = model.momentum.params_mut().iter().map(|p| p.w.clone()).collect();
+    let base: Vec<Vec<f32>> = model.base.params_mut().iter().map(|p| p.w.clone()).collect();
+    let pred: Vec<Vec<f32>> = model.predictor.params_mut().iter().map(|p| p.w.clone()).collect();
     model.momentum_update(0.75);
     for ((p, b), q) in model.momentum.params_mut().iter().zip(&before).zip(&base) {
         for ((&v, &b), &q) in p.w.iter().zip(b).zip(q) {
             assert!((v - (0.75 * b + 0.25 * q)).abs() < 1e-6);
         }
     }
-    let after: Vec<Vec<f32>> = model
-        .predictor
-        .params_mut()
-        .iter()
-        .map(|p| p.w.clone())
-        .collect();
+    let after: Vec<Vec<f32>> = model.predictor.params_mut().iter().map(|p| p.w.clone()).collect();
     assert_eq!(pred, after, "the predictor is not averaged");
 }
 

@@ -75,14 +75,12 @@ impl Block {
         // res1 = x + proj(o), reading x's cls rows only when cls_only.
         ensure(&mut self.res1, r * d);
         let stride = if cls_only { t * d } else { d };
-        self.proj
-            .forward_residual(&self.attn.o[..r * d], r, x, stride, &mut self.res1);
+        self.proj.forward_residual(&self.attn.o[..r * d], r, x, stride, &mut self.res1);
         self.norm2.forward(&self.res1[..r * d], r);
         self.fc1.forward(&self.norm2.y[..r * d], r);
         self.act.forward(&self.fc1.y[..r * h]);
         ensure(&mut self.out, r * d);
-        self.fc2
-            .forward_residual(&self.act.y[..r * h], r, &self.res1, d, &mut self.out);
+        self.fc2.forward_residual(&self.act.y[..r * h], r, &self.res1, d, &mut self.out);
     }
 
     /// Gradient of the block's input (all tokens) into `dx`, given that of its output.
@@ -108,25 +106,19 @@ impl Block {
         let (d1, d2) = (&mut s.d1[..m * d], &mut s.d2[..r * d]);
         let hid = &mut s.hidden[..r * h];
         // MLP branch: out = res1 + fc2(gelu(fc1(norm2(res1))))
-        self.fc2
-            .backward(&self.act.y[..r * h], &dout[..r * d], r, Some(hid));
+        self.fc2.backward(&self.act.y[..r * h], &dout[..r * d], r, Some(hid));
         Gelu::backward_inplace(&self.fc1.y[..r * h], hid);
-        self.fc1
-            .backward(&self.norm2.y[..r * d], hid, r, Some(&mut d1[..r * d]));
-        self.norm2
-            .backward(&self.res1[..r * d], &d1[..r * d], r, d2);
+        self.fc1.backward(&self.norm2.y[..r * d], hid, r, Some(&mut d1[..r * d]));
+        self.norm2.backward(&self.res1[..r * d], &d1[..r * d], r, d2);
         vec::add_assign(d2, &dout[..r * d]); // d2 = d res1
                                              // Attention branch: res1 = x + proj(attn(qkv(norm1(x))))
-        self.proj
-            .backward(&self.attn.o[..r * d], d2, r, Some(&mut d1[..r * d]));
+        self.proj.backward(&self.attn.o[..r * d], d2, r, Some(&mut d1[..r * d]));
         let dq = &mut s.qkv[..m * 3 * d];
         let qkv = &self.qkv.y[..m * 3 * d];
         if cls_only {
-            self.attn
-                .backward_cls(qkv, &d1[..r * d], dq, &mut s.attn, batch, t);
+            self.attn.backward_cls(qkv, &d1[..r * d], dq, &mut s.attn, batch, t);
         } else {
-            self.attn
-                .backward(qkv, &d1[..r * d], dq, &mut s.attn, batch, t);
+            self.attn.backward(qkv, &d1[..r * d], dq, &mut s.attn, batch, t);
         }
         self.qkv.backward(&self.norm1.y[..m * d], dq, m, Some(d1));
         self.norm1.backward(x, d1, m, dx);
@@ -193,10 +185,7 @@ mod tests {
                     b.out[..ny].to_vec()
                 },
                 |b, x, dy, dx| b.backward(x, dy, dx, &mut s, bt, t, cls_only),
-                Probe {
-                    eps: 1e-3,
-                    ..Probe::default()
-                },
+                Probe { eps: 1e-3, ..Probe::default() },
             );
         }
     }

@@ -57,21 +57,13 @@ impl Mlp {
                 idx += 2;
                 (Some(bn), Some(Relu::default()))
             } else if last_bn {
-                (
-                    Some(BatchNorm1d::new(&format!("{prefix}.{idx}"), d2, false)),
-                    None,
-                )
+                (Some(BatchNorm1d::new(&format!("{prefix}.{idx}"), d2, false)), None)
             } else {
                 (None, None)
             };
             layers.push(MlpLayer { linear, bn, relu });
         }
-        Mlp {
-            layers,
-            out_dim: out,
-            d1: Vec::new(),
-            d2: Vec::new(),
-        }
+        Mlp { layers, out_dim: out, d1: Vec::new(), d2: Vec::new() }
     }
 
     /// `x`: `[rows, in]`, the rows made of `groups` separately-normalised groups.
@@ -79,11 +71,7 @@ impl Mlp {
         for i in 0..self.layers.len() {
             let (prev, rest) = self.layers.split_at_mut(i);
             let l = &mut rest[0];
-            let input = if i == 0 {
-                x
-            } else {
-                &prev[i - 1].out()[..rows * l.linear.inp]
-            };
+            let input = if i == 0 { x } else { &prev[i - 1].out()[..rows * l.linear.inp] };
             l.linear.forward(input, rows);
             let n = rows * l.linear.out;
             if let Some(bn) = &mut l.bn {
@@ -98,12 +86,7 @@ impl Mlp {
 
     /// Backward from the gradient of the output; writes the input gradient into `dx`.
     pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: &mut [f32]) {
-        let maxw = self
-            .layers
-            .iter()
-            .map(|l| l.linear.out.max(l.linear.inp))
-            .max()
-            .unwrap();
+        let maxw = self.layers.iter().map(|l| l.linear.out.max(l.linear.inp)).max().unwrap();
         ensure(&mut self.d1, rows * maxw);
         ensure(&mut self.d2, rows * maxw);
         let (mut g, mut s) = (&mut self.d1, &mut self.d2);
@@ -124,8 +107,7 @@ impl Mlp {
             if i == 0 {
                 l.linear.backward(x, &g[..n], rows, Some(&mut dx[..ni]));
             } else {
-                l.linear
-                    .backward(&prev[i - 1].out()[..ni], &g[..n], rows, Some(&mut s[..ni]));
+                l.linear.backward(&prev[i - 1].out()[..ni], &g[..n], rows, Some(&mut s[..ni]));
                 std::mem::swap(&mut g, &mut s);
             }
         }
@@ -176,11 +158,7 @@ mod tests {
                 rows * out,
                 |m, x| m.forward(x, rows, 2).to_vec(),
                 |m, x, dy, dx| m.backward(x, dy, rows, dx),
-                Probe {
-                    eps: 1e-3,
-                    tol: 2e-2,
-                    ..Probe::default()
-                },
+                Probe { eps: 1e-3, tol: 2e-2, ..Probe::default() },
             );
         }
     }
@@ -191,15 +169,7 @@ mod tests {
         let mut mlp = Mlp::new("predictor", 2, 4, 8, 4, true, &mut rng);
         let mut names = Vec::new();
         mlp.visit(&mut |p| names.push(p.name.clone()));
-        assert_eq!(
-            names,
-            [
-                "predictor.0.weight",
-                "predictor.1.weight",
-                "predictor.1.bias",
-                "predictor.3.weight"
-            ]
-        );
+        assert_eq!(names, ["predictor.0.weight", "predictor.1.weight", "predictor.1.bias", "predictor.3.weight"]);
         let mut bufs = Vec::new();
         mlp.visit_buffers(&mut |b| bufs.push(b.name));
         assert_eq!(bufs[3], "predictor.4.running_mean");

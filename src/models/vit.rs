@@ -45,22 +45,13 @@ impl VitConfig {
 
     pub fn validate(&self) -> Result<(), String> {
         if self.patch == 0 || self.img % self.patch != 0 {
-            return Err(format!(
-                "image size {} must be a multiple of the patch size {}",
-                self.img, self.patch
-            ));
+            return Err(format!("image size {} must be a multiple of the patch size {}", self.img, self.patch));
         }
         if self.heads == 0 || self.dim % self.heads != 0 {
-            return Err(format!(
-                "dim {} must be divisible by the number of heads {}",
-                self.dim, self.heads
-            ));
+            return Err(format!("dim {} must be divisible by the number of heads {}", self.dim, self.heads));
         }
         if self.pos == PosEmbedKind::Sincos && self.dim % 4 != 0 {
-            return Err(format!(
-                "the 2D sin-cos position embedding needs dim divisible by 4 (dim {})",
-                self.dim
-            ));
+            return Err(format!("the 2D sin-cos position embedding needs dim divisible by 4 (dim {})", self.dim));
         }
         if self.depth == 0 || self.in_chans == 0 {
             return Err("depth and input channels must be at least 1".into());
@@ -89,8 +80,7 @@ impl Vit {
     pub fn new(cfg: &VitConfig, rng: &mut Rng) -> Vit {
         cfg.validate().expect("invalid ViT configuration");
         let (d, t) = (cfg.dim, cfg.tokens());
-        let mut patch_embed =
-            PatchEmbed::new("patch_embed.proj", cfg.img, cfg.patch, cfg.in_chans, d);
+        let mut patch_embed = PatchEmbed::new("patch_embed.proj", cfg.img, cfg.patch, cfg.in_chans, d);
         let mut cls_token = Param::zeros("cls_token", &[1, 1, d], ParamKind::Token);
         let pos_embed = match cfg.pos {
             PosEmbedKind::Sincos => {
@@ -106,9 +96,7 @@ impl Vit {
             }
             PosEmbedKind::None => None,
         };
-        let mut blocks: Vec<Block> = (0..cfg.depth)
-            .map(|i| Block::new(i, d, cfg.heads, cfg.mlp_ratio))
-            .collect();
+        let mut blocks: Vec<Block> = (0..cfg.depth).map(|i| Block::new(i, d, cfg.heads, cfg.mlp_ratio)).collect();
         // Official init: xavier-uniform for every Linear (qkv as three separate matrices), zero
         // biases; patch projection as a Linear of fan-in 3·p·p (the official code hard-codes 3
         // channels, which we keep for parity); cls token ~ N(0, 1e-6).
@@ -168,16 +156,11 @@ impl Vit {
                 // Block i-2 is done with: hand its buffers to block i.
                 rest[0].swap_activations(&mut prev[i - 2]);
             }
-            let input = if i == 0 {
-                &self.tokens[..batch * t * d]
-            } else {
-                &prev[i - 1].out[..batch * t * d]
-            };
+            let input = if i == 0 { &self.tokens[..batch * t * d] } else { &prev[i - 1].out[..batch * t * d] };
             // Only the cls token's output is used: the last block computes that row alone.
             rest[0].forward(input, batch, t, i == n - 1);
         }
-        self.norm
-            .forward(&self.blocks[n - 1].out[..batch * d], batch);
+        self.norm.forward(&self.blocks[n - 1].out[..batch * d], batch);
         if !self.keep_activations {
             // Return the two live buffer sets to blocks 0 and 1 for the next call.
             for i in n.saturating_sub(2)..n {
@@ -192,10 +175,7 @@ impl Vit {
 
     /// Gradients of all trainable parameters given the gradient of the features.
     pub fn backward(&mut self, dfeat: &[f32], batch: usize) {
-        assert!(
-            self.keep_activations,
-            "backward through a ViT that does not keep its activations"
-        );
+        assert!(self.keep_activations, "backward through a ViT that does not keep its activations");
         let (d, t) = (self.cfg.dim, self.cfg.tokens());
         let m = batch * t;
         for v in self.dtok.iter_mut() {
@@ -205,19 +185,10 @@ impl Vit {
         let (mut cur, mut next) = (&mut ga[..m * d], &mut gb[..m * d]);
         // Final norm on the cls rows, then the blocks, the last one for its cls rows only.
         let n = self.blocks.len();
-        self.norm.backward(
-            &self.blocks[n - 1].out[..batch * d],
-            dfeat,
-            batch,
-            &mut cur[..batch * d],
-        );
+        self.norm.backward(&self.blocks[n - 1].out[..batch * d], dfeat, batch, &mut cur[..batch * d]);
         for i in (0..n).rev() {
             let (prev, rest) = self.blocks.split_at_mut(i);
-            let input = if i == 0 {
-                &self.tokens[..m * d]
-            } else {
-                &prev[i - 1].out[..m * d]
-            };
+            let input = if i == 0 { &self.tokens[..m * d] } else { &prev[i - 1].out[..m * d] };
             rest[0].backward(input, cur, next, &mut self.scratch, batch, t, i == n - 1);
             std::mem::swap(&mut cur, &mut next);
         }
@@ -246,8 +217,7 @@ impl Vit {
             ensure(&mut self.scratch.hidden, batch * np * d);
             let dp = &mut self.scratch.hidden[..batch * np * d];
             for b in 0..batch {
-                dp[b * np * d..(b + 1) * np * d]
-                    .copy_from_slice(&dt[(b * t + 1) * d..(b + 1) * t * d]);
+                dp[b * np * d..(b + 1) * np * d].copy_from_slice(&dt[(b * t + 1) * d..(b + 1) * t * d]);
             }
             self.patch_embed.backward(dp, batch);
         }
@@ -277,11 +247,7 @@ mod tests {
 
     #[test]
     fn finite_differences_of_features() {
-        for (pos, sg) in [
-            (PosEmbedKind::Learned, false),
-            (PosEmbedKind::Sincos, true),
-            (PosEmbedKind::None, false),
-        ] {
+        for (pos, sg) in [(PosEmbedKind::Learned, false), (PosEmbedKind::Sincos, true), (PosEmbedKind::None, false)] {
             let cfg = VitConfig {
                 img: 8,
                 patch: 4,
@@ -303,12 +269,7 @@ mod tests {
                 b * 8,
                 |v, x| v.forward(x, b).to_vec(),
                 |v, _, dy, _| v.backward(dy, b),
-                Probe {
-                    eps: 1e-3,
-                    check_input: false,
-                    max_per_param: 24,
-                    ..Probe::default()
-                },
+                Probe { eps: 1e-3, check_input: false, max_per_param: 24, ..Probe::default() },
             );
         }
     }
@@ -333,18 +294,10 @@ mod tests {
             let mut rng = Rng::new(3);
             for _ in 0..3 {
                 let x: Vec<f32> = (0..2 * 64).map(|_| rng.normal()).collect();
-                assert_eq!(
-                    a.forward(&x, 2).to_vec(),
-                    b.forward(&x, 2).to_vec(),
-                    "depth {depth}"
-                );
+                assert_eq!(a.forward(&x, 2).to_vec(), b.forward(&x, 2).to_vec(), "depth {depth}");
             }
             // Only two blocks hold buffers between calls.
-            assert!(b
-                .blocks
-                .iter()
-                .skip(2)
-                .all(|blk| blk.out.is_empty() && blk.fc1.y.is_empty()));
+            assert!(b.blocks.iter().skip(2).all(|blk| blk.out.is_empty() && blk.fc1.y.is_empty()));
         }
     }
 }

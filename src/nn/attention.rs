@@ -22,13 +22,7 @@ impl Attention {
     pub fn new(dim: usize, heads: usize) -> Attention {
         assert!(dim % heads == 0, "dim {dim} not divisible by heads {heads}");
         let hd = dim / heads;
-        Attention {
-            dim,
-            heads,
-            scale: (hd as f32).powf(-0.5),
-            p: Vec::new(),
-            o: Vec::new(),
-        }
+        Attention { dim, heads, scale: (hd as f32).powf(-0.5), p: Vec::new(), o: Vec::new() }
     }
 
     pub fn forward(&mut self, qkv: &[f32], batch: usize, t: usize) {
@@ -67,19 +61,7 @@ impl Attention {
             }
             unsafe {
                 let o = op.ptr().add(b * t * d + hi * hd);
-                sgemm_raw(
-                    t,
-                    hd,
-                    t,
-                    Mat::rows(p, t),
-                    Mat::raw(v, 3 * d, 1),
-                    o,
-                    d,
-                    1,
-                    1.0,
-                    false,
-                    false,
-                );
+                sgemm_raw(t, hd, t, Mat::rows(p, t), Mat::raw(v, 3 * d, 1), o, d, 1, 1.0, false, false);
             }
         });
     }
@@ -177,15 +159,7 @@ impl Attention {
     /// `do_` is the gradient of `o`; writes the gradient of `qkv` into `dqkv`. `scratch` is
     /// workspace (grown to `batch·heads·tokens²` floats), shared by all blocks.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(
-        &self,
-        qkv: &[f32],
-        do_: &[f32],
-        dqkv: &mut [f32],
-        scratch: &mut Vec<f32>,
-        batch: usize,
-        t: usize,
-    ) {
+    pub fn backward(&self, qkv: &[f32], do_: &[f32], dqkv: &mut [f32], scratch: &mut Vec<f32>, batch: usize, t: usize) {
         let (d, h) = (self.dim, self.heads);
         let hd = d / h;
         ensure(scratch, batch * h * t * t);
@@ -308,10 +282,7 @@ mod tests {
                 a.o[..b * t * d].to_vec()
             },
             |a, x, dy, dx| a.backward(x, dy, dx, &mut Vec::new(), b, t),
-            Probe {
-                eps: 1e-3,
-                ..Probe::default()
-            },
+            Probe { eps: 1e-3, ..Probe::default() },
         );
     }
 

@@ -34,8 +34,7 @@ pub struct BatchNorm1d {
 impl BatchNorm1d {
     pub fn new(name: &str, c: usize, affine: bool) -> BatchNorm1d {
         BatchNorm1d {
-            gamma: affine
-                .then(|| Param::filled(&format!("{name}.weight"), &[c], ParamKind::Norm, 1.0)),
+            gamma: affine.then(|| Param::filled(&format!("{name}.weight"), &[c], ParamKind::Norm, 1.0)),
             beta: affine.then(|| Param::zeros(&format!("{name}.bias"), &[c], ParamKind::Norm)),
             running_mean: vec![0.0; c],
             running_var: vec![1.0; c],
@@ -56,10 +55,7 @@ impl BatchNorm1d {
     pub fn forward(&mut self, x: &[f32], rows: usize, groups: usize) {
         let c = self.c;
         assert_eq!(x.len(), rows * c, "batchnorm {}: input shape", self.name);
-        assert!(
-            groups > 0 && rows % groups == 0,
-            "batchnorm: rows not divisible into groups"
-        );
+        assert!(groups > 0 && rows % groups == 0, "batchnorm: rows not divisible into groups");
         ensure(&mut self.y, rows * c);
         let n = rows / groups;
         self.groups = groups;
@@ -109,11 +105,7 @@ impl BatchNorm1d {
             }
             let mut rstd = [0.0f32; BLOCK];
             unsafe {
-                let (ms, ss, us) = (
-                    mp.slice(gi * c + c0, w),
-                    sp.slice(gi * c + c0, w),
-                    up.slice(gi * c + c0, w),
-                );
+                let (ms, ss, us) = (mp.slice(gi * c + c0, w), sp.slice(gi * c + c0, w), up.slice(gi * c + c0, w));
                 for k in 0..w {
                     rstd[k] = 1.0 / (q[k] / n as f32 + eps).sqrt();
                     ms[k] = mean[k];
@@ -125,21 +117,15 @@ impl BatchNorm1d {
                 let y = unsafe { yp.slice(r * c + c0, w) };
                 for k in 0..w {
                     let v = (x[r * c + c0 + k] - mean[k]) * rstd[k];
-                    y[k] = if g.is_empty() {
-                        v
-                    } else {
-                        v * g[c0 + k] + b[c0 + k]
-                    };
+                    y[k] = if g.is_empty() { v } else { v * g[c0 + k] + b[c0 + k] };
                 }
             }
         });
         let mom = self.momentum;
         for gi in 0..groups {
             for j in 0..c {
-                self.running_mean[j] =
-                    mom * self.mean[gi * c + j] + (1.0 - mom) * self.running_mean[j];
-                self.running_var[j] =
-                    mom * self.var_unbiased[gi * c + j] + (1.0 - mom) * self.running_var[j];
+                self.running_mean[j] = mom * self.mean[gi * c + j] + (1.0 - mom) * self.running_mean[j];
+                self.running_var[j] = mom * self.var_unbiased[gi * c + j] + (1.0 - mom) * self.running_var[j];
             }
             self.num_batches_tracked[0] += 1.0;
         }
@@ -162,9 +148,7 @@ impl BatchNorm1d {
             });
             let rm = &self.running_mean;
             if let (Some(gm), Some(bt)) = (&mut self.gamma, &mut self.beta) {
-                param_grads(&mut gm.g, &mut bt.g, dy, rows, c, |r, j| {
-                    (x[r * c + j] - rm[j]) / (rv[j] + eps).sqrt()
-                });
+                param_grads(&mut gm.g, &mut bt.g, dy, rows, c, |r, j| (x[r * c + j] - rm[j]) / (rv[j] + eps).sqrt());
             }
             return;
         }
@@ -215,21 +199,18 @@ fn param_grads(
     c: usize,
     xhat: impl Fn(usize, usize) -> f32 + Sync,
 ) {
-    gg.par_chunks_mut(BLOCK)
-        .zip(bg.par_chunks_mut(BLOCK))
-        .enumerate()
-        .for_each(|(bi, (sg, sb))| {
-            let c0 = bi * BLOCK;
-            sg.fill(0.0);
-            sb.fill(0.0);
-            for r in 0..rows {
-                for k in 0..sg.len() {
-                    let d = dy[r * c + c0 + k];
-                    sg[k] += d * xhat(r, c0 + k);
-                    sb[k] += d;
-                }
+    gg.par_chunks_mut(BLOCK).zip(bg.par_chunks_mut(BLOCK)).enumerate().for_each(|(bi, (sg, sb))| {
+        let c0 = bi * BLOCK;
+        sg.fill(0.0);
+        sb.fill(0.0);
+        for r in 0..rows {
+            for k in 0..sg.len() {
+                let d = dy[r * c + c0 + k];
+                sg[k] += d * xhat(r, c0 + k);
+                sb[k] += d;
             }
-        });
+        }
+    });
 }
 
 impl Module for BatchNorm1d {
@@ -244,16 +225,8 @@ impl Module for BatchNorm1d {
 
     fn visit_buffers(&mut self, f: &mut dyn FnMut(Buffer)) {
         let c = self.c;
-        f(Buffer {
-            name: format!("{}.running_mean", self.name),
-            shape: vec![c],
-            data: &mut self.running_mean,
-        });
-        f(Buffer {
-            name: format!("{}.running_var", self.name),
-            shape: vec![c],
-            data: &mut self.running_var,
-        });
+        f(Buffer { name: format!("{}.running_mean", self.name), shape: vec![c], data: &mut self.running_mean });
+        f(Buffer { name: format!("{}.running_var", self.name), shape: vec![c], data: &mut self.running_var });
         f(Buffer {
             name: format!("{}.num_batches_tracked", self.name),
             shape: vec![],
@@ -288,10 +261,7 @@ mod tests {
                 l.y[..rows * c].to_vec()
             },
             |l, x, dy, dx| l.backward(x, dy, rows, dx),
-            Probe {
-                eps: 3e-3,
-                ..Probe::default()
-            },
+            Probe { eps: 3e-3, ..Probe::default() },
         );
     }
 

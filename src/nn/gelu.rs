@@ -46,11 +46,7 @@ mod tests {
     #[test]
     fn values_and_finite_differences() {
         // torch.nn.functional.gelu(torch.tensor([-1., 0.5, 2.]))
-        for (x, want) in [
-            (-1.0f32, -0.158_655_25f32),
-            (0.5, 0.345_731_14),
-            (2.0, 1.954_499_7),
-        ] {
+        for (x, want) in [(-1.0f32, -0.158_655_25f32), (0.5, 0.345_731_14), (2.0, 1.954_499_7)] {
             assert!((gelu(x) - want).abs() < 1e-6, "{x}");
         }
         let n = 40;
@@ -66,11 +62,7 @@ mod tests {
                 dx.copy_from_slice(dy);
                 Gelu::backward_inplace(x, dx);
             },
-            Probe {
-                eps: 1e-3,
-                x_scale: 2.0,
-                ..Probe::default()
-            },
+            Probe { eps: 1e-3, x_scale: 2.0, ..Probe::default() },
         );
     }
 }

@@ -20,14 +20,7 @@ pub struct Probe {
 
 impl Default for Probe {
     fn default() -> Self {
-        Probe {
-            eps: 1e-2,
-            tol: 1e-2,
-            check_input: true,
-            max_per_param: 48,
-            seed: 11,
-            x_scale: 1.0,
-        }
+        Probe { eps: 1e-2, tol: 1e-2, check_input: true, max_per_param: 48, seed: 11, x_scale: 1.0 }
     }
 }
 
@@ -36,15 +29,9 @@ fn loss(y: &[f32], r: &[f32]) -> f64 {
 }
 
 fn compare(what: &str, analytic: &[f64], numeric: &[f64], tol: f64) {
-    let scale = numeric
-        .iter()
-        .chain(analytic)
-        .fold(1e-3f64, |m, v| m.max(v.abs()));
+    let scale = numeric.iter().chain(analytic).fold(1e-3f64, |m, v| m.max(v.abs()));
     for (i, (a, n)) in analytic.iter().zip(numeric).enumerate() {
-        assert!(
-            (a - n).abs() <= tol * scale,
-            "{what}[{i}]: analytic {a:.6} vs numeric {n:.6} (scale {scale:.4})"
-        );
+        assert!((a - n).abs() <= tol * scale, "{what}[{i}]: analytic {a:.6} vs numeric {n:.6} (scale {scale:.4})");
     }
 }
 

@@ -33,23 +33,17 @@ impl LayerNorm {
         ensure(&mut self.y, rows * d);
         ensure(&mut self.stats, rows * 2);
         let (g, b, eps) = (&self.g.w, &self.b.w, self.eps);
-        par::for_rows2(
-            &mut self.y[..rows * d],
-            d,
-            &mut self.stats[..rows * 2],
-            2,
-            |r, y, st| {
-                let xr = &x[r * d..(r + 1) * d];
-                let mean = vec::sum(xr) / d as f32;
-                let var = vec::sq_dev(xr, mean) / d as f32;
-                let rstd = 1.0 / (var + eps).sqrt();
-                st[0] = mean;
-                st[1] = rstd;
-                for i in 0..d {
-                    y[i] = (xr[i] - mean) * rstd * g[i] + b[i];
-                }
-            },
-        );
+        par::for_rows2(&mut self.y[..rows * d], d, &mut self.stats[..rows * 2], 2, |r, y, st| {
+            let xr = &x[r * d..(r + 1) * d];
+            let mean = vec::sum(xr) / d as f32;
+            let var = vec::sq_dev(xr, mean) / d as f32;
+            let rstd = 1.0 / (var + eps).sqrt();
+            st[0] = mean;
+            st[1] = rstd;
+            for i in 0..d {
+                y[i] = (xr[i] - mean) * rstd * g[i] + b[i];
+            }
+        });
     }
 
     /// Exchange saved buffers with another layer (for forward-only reuse of memory).
@@ -125,10 +119,7 @@ mod tests {
                 l.y[..rows * d].to_vec()
             },
             |l, x, dy, dx| l.backward(x, dy, rows, dx),
-            Probe {
-                eps: 3e-3,
-                ..Probe::default()
-            },
+            Probe { eps: 3e-3, ..Probe::default() },
         );
     }
 

@@ -32,30 +32,12 @@ impl Linear {
         if let Some(b) = &self.b {
             par::for_rows(y, o, |_, row| row.copy_from_slice(&b.w));
         }
-        sgemm(
-            rows,
-            o,
-            i,
-            Mat::rows(x, i),
-            Mat::trans(&self.w.w, i),
-            y,
-            o,
-            1.0,
-            self.b.is_some(),
-            true,
-        );
+        sgemm(rows, o, i, Mat::rows(x, i), Mat::trans(&self.w.w, i), y, o, 1.0, self.b.is_some(), true);
     }
 
     /// out = res + x Wᵀ + b, with row r of `res` at `res[r * res_stride..]`: the residual
     /// connection folded into the GEMM's accumulation (no separate output buffer or add pass).
-    pub fn forward_residual(
-        &self,
-        x: &[f32],
-        rows: usize,
-        res: &[f32],
-        res_stride: usize,
-        out: &mut [f32],
-    ) {
+    pub fn forward_residual(&self, x: &[f32], rows: usize, res: &[f32], res_stride: usize, out: &mut [f32]) {
         let (i, o) = (self.inp, self.out);
         assert_eq!(x.len(), rows * i, "linear {}: input shape", self.w.name);
         let out = &mut out[..rows * o];
@@ -63,26 +45,11 @@ impl Linear {
         par::for_rows(out, o, |r, row| {
             let rr = &res[r * res_stride..r * res_stride + o];
             match b {
-                Some(b) => row
-                    .iter_mut()
-                    .zip(rr)
-                    .zip(b)
-                    .for_each(|((y, &v), &bb)| *y = v + bb),
+                Some(b) => row.iter_mut().zip(rr).zip(b).for_each(|((y, &v), &bb)| *y = v + bb),
                 None => row.copy_from_slice(rr),
             }
         });
-        sgemm(
-            rows,
-            o,
-            i,
-            Mat::rows(x, i),
-            Mat::trans(&self.w.w, i),
-            out,
-            o,
-            1.0,
-            true,
-            true,
-        );
+        sgemm(rows, o, i, Mat::rows(x, i), Mat::trans(&self.w.w, i), out, o, 1.0, true, true);
     }
 
     /// Exchange output buffers with another layer (for forward-only reuse of memory).
@@ -95,32 +62,10 @@ impl Linear {
         let (i, o) = (self.inp, self.out);
         let dy = &dy[..rows * o];
         if let Some(dx) = dx {
-            sgemm(
-                rows,
-                i,
-                o,
-                Mat::rows(dy, o),
-                Mat::rows(&self.w.w, i),
-                &mut dx[..rows * i],
-                i,
-                1.0,
-                false,
-                true,
-            );
+            sgemm(rows, i, o, Mat::rows(dy, o), Mat::rows(&self.w.w, i), &mut dx[..rows * i], i, 1.0, false, true);
         }
         if self.w.trainable {
-            sgemm(
-                o,
-                i,
-                rows,
-                Mat::trans(dy, o),
-                Mat::rows(x, i),
-                &mut self.w.g,
-                i,
-                1.0,
-                false,
-                true,
-            );
+            sgemm(o, i, rows, Mat::trans(dy, o), Mat::rows(x, i), &mut self.w.g, i, 1.0, false, true);
         }
         if let Some(b) = &mut self.b {
             if b.trainable {

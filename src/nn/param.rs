@@ -26,14 +26,7 @@ pub struct Param {
 impl Param {
     pub fn zeros(name: &str, shape: &[usize], kind: ParamKind) -> Param {
         let n = shape.iter().product();
-        Param {
-            name: name.to_string(),
-            shape: shape.to_vec(),
-            w: vec![0.0; n],
-            g: vec![0.0; n],
-            trainable: true,
-            kind,
-        }
+        Param { name: name.to_string(), shape: shape.to_vec(), w: vec![0.0; n], g: vec![0.0; n], trainable: true, kind }
     }
 
     pub fn filled(name: &str, shape: &[usize], kind: ParamKind, v: f32) -> Param {

@@ -16,19 +16,10 @@ pub struct PatchEmbed {
 
 impl PatchEmbed {
     pub fn new(name: &str, img: usize, patch: usize, chans: usize, dim: usize) -> PatchEmbed {
-        assert!(
-            img % patch == 0,
-            "image size {img} is not a multiple of the patch size {patch}"
-        );
+        assert!(img % patch == 0, "image size {img} is not a multiple of the patch size {patch}");
         let mut proj = Linear::new(name, chans * patch * patch, dim, true);
         proj.w.shape = vec![dim, chans, patch, patch];
-        PatchEmbed {
-            proj,
-            chans,
-            img,
-            patch,
-            cols: Vec::new(),
-        }
+        PatchEmbed { proj, chans, img, patch, cols: Vec::new() }
     }
 
     pub fn grid(&self) -> usize {
@@ -98,9 +89,7 @@ mod tests {
                             for ki in 0..p {
                                 for kj in 0..p {
                                     let w = pe.proj.w.w[((o * c + ch) * p + ki) * p + kj] as f64;
-                                    acc += w * x
-                                        [((bi * c + ch) * s + gi * p + ki) * s + gj * p + kj]
-                                        as f64;
+                                    acc += w * x[((bi * c + ch) * s + gi * p + ki) * s + gj * p + kj] as f64;
                                 }
                             }
                         }
@@ -128,10 +117,7 @@ mod tests {
                 l.proj.y[..ny].to_vec()
             },
             |l, _, dy, _| l.backward(dy, b),
-            Probe {
-                check_input: false,
-                ..Probe::default()
-            },
+            Probe { check_input: false, ..Probe::default() },
         );
     }
 }

@@ -55,10 +55,7 @@ mod tests {
                 dx.copy_from_slice(dy);
                 l.backward_inplace(dx);
             },
-            Probe {
-                eps: 1e-3,
-                ..Probe::default()
-            },
+            Probe { eps: 1e-3, ..Probe::default() },
         );
     }
 }

@@ -43,11 +43,7 @@ impl AdamW {
             self.exp_avg = params.iter().map(|p| vec![0.0; p.len()]).collect();
             self.exp_avg_sq = params.iter().map(|p| vec![0.0; p.len()]).collect();
         }
-        assert_eq!(
-            self.exp_avg.len(),
-            params.len(),
-            "optimiser state does not match the parameters"
-        );
+        assert_eq!(self.exp_avg.len(), params.len(), "optimiser state does not match the parameters");
         self.step += 1;
         let t = self.step as f64;
         let bc1 = 1.0 - self.beta1.powf(t);
@@ -56,25 +52,16 @@ impl AdamW {
         let (b1, b2) = (self.beta1 as f32, self.beta2 as f32);
         let (w1, w2) = ((1.0 - self.beta1) as f32, (1.0 - self.beta2) as f32);
         let (eps, bc2s) = (self.eps as f32, bc2_sqrt as f32);
-        for ((p, m), v) in params
-            .iter_mut()
-            .zip(self.exp_avg.iter_mut())
-            .zip(self.exp_avg_sq.iter_mut())
-        {
-            let decay = if self.weight_decay != 0.0
-                && !(self.exclude_norm_bias && p.kind != ParamKind::Weight)
-            {
+        for ((p, m), v) in params.iter_mut().zip(self.exp_avg.iter_mut()).zip(self.exp_avg_sq.iter_mut()) {
+            let decay = if self.weight_decay != 0.0 && !(self.exclude_norm_bias && p.kind != ParamKind::Weight) {
                 (1.0 - lr * self.weight_decay) as f32
             } else {
                 1.0
             };
             let Param { w, g, .. } = &mut **p;
             const CH: usize = 8192;
-            w.par_chunks_mut(CH)
-                .zip(g.par_chunks(CH))
-                .zip(m.par_chunks_mut(CH))
-                .zip(v.par_chunks_mut(CH))
-                .for_each(|(((w, g), m), v)| {
+            w.par_chunks_mut(CH).zip(g.par_chunks(CH)).zip(m.par_chunks_mut(CH)).zip(v.par_chunks_mut(CH)).for_each(
+                |(((w, g), m), v)| {
                     for i in 0..w.len() {
                         let gi = g[i];
                         w[i] *= decay;
@@ -84,7 +71,8 @@ impl AdamW {
                         let denom = v[i].sqrt() / bc2s + eps;
                         w[i] += -step_size * (m[i] / denom);
                     }
-                });
+                },
+            );
             let _ = b1;
         }
     }
@@ -110,11 +98,7 @@ mod tests {
             v = b2 * v + (1.0 - b2) * g * g;
             let denom = (v / (1.0 - b2.powi(t))).sqrt() + eps;
             w -= lr / (1.0 - b1.powi(t)) * m / denom;
-            assert!(
-                (p.w[0] as f64 - w).abs() < 1e-6,
-                "step {t}: {} vs {w}",
-                p.w[0]
-            );
+            assert!((p.w[0] as f64 - w).abs() < 1e-6, "step {t}: {} vs {w}", p.w[0]);
         }
     }
 

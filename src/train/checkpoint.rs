@@ -27,30 +27,14 @@ pub struct TrainState {
 }
 
 /// Every named tensor of the model and optimiser, as (name, shape, mutable data).
-fn for_each_tensor(
-    model: &mut MoCo,
-    opt: &mut AdamW,
-    f: &mut dyn FnMut(String, Vec<usize>, &mut Vec<f32>),
-) {
+fn for_each_tensor(model: &mut MoCo, opt: &mut AdamW, f: &mut dyn FnMut(String, Vec<usize>, &mut Vec<f32>)) {
     model.visit_tensors(&mut |name, shape, data| f(name, shape.to_vec(), data));
     let keys = model.trainable_keys();
-    let shapes: Vec<Vec<usize>> = model
-        .trainable_params()
-        .iter()
-        .map(|p| p.shape.clone())
-        .collect();
+    let shapes: Vec<Vec<usize>> = model.trainable_params().iter().map(|p| p.shape.clone()).collect();
     if opt.exp_avg.len() == keys.len() {
         for (i, (n, s)) in keys.iter().zip(shapes).enumerate() {
-            f(
-                format!("optimizer.exp_avg.{n}"),
-                s.clone(),
-                &mut opt.exp_avg[i],
-            );
-            f(
-                format!("optimizer.exp_avg_sq.{n}"),
-                s,
-                &mut opt.exp_avg_sq[i],
-            );
+            f(format!("optimizer.exp_avg.{n}"), s.clone(), &mut opt.exp_avg[i]);
+            f(format!("optimizer.exp_avg_sq.{n}"), s, &mut opt.exp_avg_sq[i]);
         }
     }
 }
@@ -73,52 +57,32 @@ pub fn save(path: &Path, model: &mut MoCo, opt: &AdamW, state: &TrainState) -> R
     let tmp = path.with_extension("safetensors.tmp");
     {
         use std::io::Write;
-        let mut f = std::fs::File::create(&tmp)
-            .with_context(|| format!("cannot create {}", tmp.display()))?;
-        f.write_all(&bytes)
-            .with_context(|| format!("cannot write {}", tmp.display()))?;
+        let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
+        f.write_all(&bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
         f.sync_all()?;
     }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
+    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
 /// Load a checkpoint written by [`save`]: the model, the optimiser and the training state.
 pub fn load(path: &Path) -> Result<(MoCo, AdamW, TrainState)> {
-    let bytes = std::fs::read(path)
-        .with_context(|| format!("cannot read checkpoint {}", path.display()))?;
-    let fix =
-        "it is corrupt or truncated: resume from an earlier checkpoint or start the run again";
-    let (_, meta) = SafeTensors::read_metadata(&bytes)
-        .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}; {fix}", path.display()))?;
-    let st = SafeTensors::deserialize(&bytes)
-        .map_err(|e| anyhow::anyhow!("checkpoint {}: {e}; {fix}", path.display()))?;
-    let info = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("mocov3"))
-        .with_context(|| {
-            format!(
-                "{} has no mocov3 training state: it was not written by `mocov3 pretrain`",
-                path.display()
-            )
-        })?;
-    let state: TrainState = serde_json::from_str(info)
-        .with_context(|| format!("{}: unreadable training state", path.display()))?;
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let fix = "it is corrupt or truncated: resume from an earlier checkpoint or start the run again";
+    let (_, meta) =
+        SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("checkpoint {}: {e}; {fix}", path.display()))?;
+    let st =
+        SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("checkpoint {}: {e}; {fix}", path.display()))?;
+    let info = meta.metadata().as_ref().and_then(|m| m.get("mocov3")).with_context(|| {
+        format!("{} has no mocov3 training state: it was not written by `mocov3 pretrain`", path.display())
+    })?;
+    let state: TrainState =
+        serde_json::from_str(info).with_context(|| format!("{}: unreadable training state", path.display()))?;
     if state.format != FORMAT {
-        bail!(
-            "{}: checkpoint format {} is not supported (expected {FORMAT})",
-            path.display(),
-            state.format
-        );
+        bail!("{}: checkpoint format {} is not supported (expected {FORMAT})", path.display(), state.format);
     }
-    let adam_step: u64 = meta
-        .metadata()
-        .as_ref()
-        .and_then(|m| m.get("adam_step"))
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(0);
+    let adam_step: u64 =
+        meta.metadata().as_ref().and_then(|m| m.get("adam_step")).and_then(|s| s.parse().ok()).unwrap_or(0);
     let cfg = state.config.model(state.in_chans)?;
     let mut model = MoCo::new(&cfg, state.config.seed);
     let mut opt = AdamW::new(state.config.weight_decay);
@@ -135,12 +99,7 @@ pub fn load(path: &Path) -> Result<(MoCo, AdamW, TrainState)> {
             return;
         }
         match st.tensor(&name) {
-            Err(_) => {
-                err = Some(anyhow::anyhow!(
-                    "{}: tensor '{name}' is missing; {fix}",
-                    path.display()
-                ))
-            }
+            Err(_) => err = Some(anyhow::anyhow!("{}: tensor '{name}' is missing; {fix}", path.display())),
             Ok(t) if t.dtype() != Dtype::F32 || t.shape() != shape.as_slice() => {
                 err = Some(anyhow::anyhow!(
                     "{}: tensor '{name}' has shape {:?} ({:?}), the model expects {shape:?} (f32)",

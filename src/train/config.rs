@@ -47,6 +47,14 @@ pub struct PretrainConfig {
     pub out_dir: PathBuf,
     /// Print and log metrics every this many steps.
     pub log_every: usize,
+    /// Run the kNN monitor every this many steps (0: off).
+    pub knn_every: usize,
+    /// Size of the monitor's queue of training features (0: 10% of the training set).
+    pub knn_bank: usize,
+    /// Held-out labelled images (from the test split) the monitor classifies.
+    pub knn_eval: usize,
+    pub knn_k: usize,
+    pub knn_t: f32,
 }
 
 impl Default for PretrainConfig {
@@ -56,22 +64,10 @@ impl Default for PretrainConfig {
 }
 
 pub const PRESETS: &[(&str, &str)] = &[
-    (
-        "fashion-mnist",
-        "ViT 192-d x 6 blocks, 28 px, patch 7, on Fashion-MNIST (2 CPU cores)",
-    ),
-    (
-        "vit_small",
-        "official ViT-S/16 recipe at batch 1024 (300 epochs, ImageNet)",
-    ),
-    (
-        "vit_base",
-        "official ViT-B/16 recipe at batch 4096 (300 epochs, ImageNet)",
-    ),
-    (
-        "tiny-synthetic",
-        "a very small ViT on synthetic images, for smoke tests",
-    ),
+    ("fashion-mnist", "ViT 192-d x 6 blocks, 28 px, patch 7, on Fashion-MNIST (2 CPU cores)"),
+    ("vit_small", "official ViT-S/16 recipe at batch 1024 (300 epochs, ImageNet)"),
+    ("vit_base", "official ViT-B/16 recipe at batch 4096 (300 epochs, ImageNet)"),
+    ("tiny-synthetic", "a very small ViT on synthetic images, for smoke tests"),
 ];
 
 /// The official ViT recipe (CONFIG.md) with the given architecture and batch.
@@ -104,6 +100,11 @@ fn official(arch: &str, batch: usize) -> PretrainConfig {
         threads: 0,
         out_dir: PathBuf::from("runs/pretrain"),
         log_every: 10,
+        knn_every: 0,
+        knn_bank: 0,
+        knn_eval: 1000,
+        knn_k: 20,
+        knn_t: 0.07,
     }
 }
 
@@ -123,6 +124,7 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
             crop_min: 0.2,
             dataset: "fashion-mnist".into(),
             out_dir: PathBuf::from("runs/fashion-mnist"),
+            knn_every: 20,
             ..official("vit_tiny", 256)
         },
         "tiny-synthetic" => PretrainConfig {
@@ -146,34 +148,23 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         },
         other => {
             let names: Vec<&str> = PRESETS.iter().map(|p| p.0).collect();
-            bail!(
-                "unknown preset '{other}': expected one of {}",
-                names.join(", ")
-            )
+            bail!("unknown preset '{other}': expected one of {}", names.join(", "))
         }
     })
 }
 
 /// Merge the keys of a TOML table over `cfg` (unknown keys and wrong types are errors).
-pub fn merge_toml(
-    cfg: &PretrainConfig,
-    table: toml::Table,
-    origin: &str,
-) -> Result<PretrainConfig> {
+pub fn merge_toml(cfg: &PretrainConfig, table: toml::Table, origin: &str) -> Result<PretrainConfig> {
     let mut base = toml::Table::try_from(cfg).context("serialising the configuration")?;
     for (k, v) in table {
         base.insert(k, v);
     }
-    toml::Value::Table(base)
-        .try_into()
-        .with_context(|| format!("invalid configuration in {origin}"))
+    toml::Value::Table(base).try_into().with_context(|| format!("invalid configuration in {origin}"))
 }
 
 pub fn merge_file(cfg: &PretrainConfig, path: &Path) -> Result<PretrainConfig> {
-    let text = std::fs::read_to_string(path)
-        .with_context(|| format!("cannot read config {}", path.display()))?;
-    let table: toml::Table =
-        toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
+    let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
+    let table: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
     merge_toml(cfg, table, &path.display().to_string())
 }
 
@@ -182,9 +173,7 @@ pub fn merge_file(cfg: &PretrainConfig, path: &Path) -> Result<PretrainConfig> {
 pub fn merge_sets(cfg: &PretrainConfig, sets: &[String]) -> Result<PretrainConfig> {
     let mut table = toml::Table::new();
     for s in sets {
-        let Some((k, v)) = s.split_once('=') else {
-            bail!("--set expects key=value, got '{s}'")
-        };
+        let Some((k, v)) = s.split_once('=') else { bail!("--set expects key=value, got '{s}'") };
         let (k, v) = (k.trim(), v.trim());
         let value = match toml::from_str::<toml::Table>(&format!("v = {v}")) {
             Ok(mut t) => t.remove("v").unwrap(),
@@ -199,11 +188,7 @@ impl PretrainConfig {
     /// The model configuration for images of `chans` channels; checks every shape constraint.
     pub fn model(&self, chans: usize) -> Result<MocoConfig> {
         let Some((d, depth, heads)) = arch_dims(&self.arch) else {
-            bail!(
-                "unknown arch '{}': expected one of {}",
-                self.arch,
-                ARCHS.join(", ")
-            )
+            bail!("unknown arch '{}': expected one of {}", self.arch, ARCHS.join(", "))
         };
         let vit = VitConfig {
             img: self.img_size,
@@ -216,8 +201,7 @@ impl PretrainConfig {
             pos: self.pos_embed,
             stop_grad_conv1: self.stop_grad_conv1,
         };
-        vit.validate()
-            .map_err(|e| anyhow::anyhow!("invalid model configuration: {e}"))?;
+        vit.validate().map_err(|e| anyhow::anyhow!("invalid model configuration: {e}"))?;
         if self.batch_size < 2 {
             bail!("batch_size must be at least 2 (BatchNorm needs two samples per view)");
         }
@@ -233,12 +217,7 @@ impl PretrainConfig {
         if !(self.crop_min > 0.0 && self.crop_min <= 1.0) {
             bail!("crop_min must be in (0, 1]");
         }
-        Ok(MocoConfig {
-            vit,
-            mlp_dim: self.moco_mlp_dim,
-            out_dim: self.moco_dim,
-            t: self.moco_t,
-        })
+        Ok(MocoConfig { vit, mlp_dim: self.moco_mlp_dim, out_dim: self.moco_dim, t: self.moco_t })
     }
 
     /// The effective peak learning rate, lr × batch / 256.
@@ -258,28 +237,14 @@ mod tests {
             c.model(3).unwrap();
         }
         let c = preset("fashion-mnist").unwrap();
-        let c = merge_sets(
-            &c,
-            &[
-                "epochs=3".into(),
-                "pos_embed=learned".into(),
-                "lr = 0.001".into(),
-            ],
-        )
-        .unwrap();
-        assert_eq!(
-            (c.epochs, c.pos_embed, c.lr),
-            (3, PosEmbedKind::Learned, 0.001)
-        );
+        let c = merge_sets(&c, &["epochs=3".into(), "pos_embed=learned".into(), "lr = 0.001".into()]).unwrap();
+        assert_eq!((c.epochs, c.pos_embed, c.lr), (3, PosEmbedKind::Learned, 0.001));
         let e = format!("{:#}", merge_sets(&c, &["epochz=3".into()]).unwrap_err());
         assert!(e.contains("epochz"), "{e}");
         let bad = merge_sets(&c, &["heads=5".into()]).unwrap();
         let e = bad.model(1).unwrap_err().to_string();
         assert!(e.contains("heads"), "{e}");
         let m = preset("vit_small").unwrap().model(3).unwrap();
-        assert_eq!(
-            (m.vit.dim, m.vit.depth, m.vit.heads, m.vit.tokens()),
-            (384, 12, 12, 197)
-        );
+        assert_eq!((m.vit.dim, m.vit.depth, m.vit.heads, m.vit.tokens()), (384, 12, 12, 197));
     }
 }

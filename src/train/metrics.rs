@@ -22,6 +22,9 @@ pub struct StepMetrics {
     pub grad_norm_first_block: f64,
     pub grad_norm_last_block: f64,
     pub img_per_s: f64,
+    /// kNN top-1 (%) of the held-out subset against the queue, on the steps the monitor runs.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub knn_top1: Option<f64>,
 }
 
 impl MetricsLog {

@@ -6,6 +6,7 @@ use super::config::PretrainConfig;
 use super::metrics::{MetricsLog, StepMetrics};
 use crate::data::augment::Augment;
 use crate::data::loader::TwoViewLoader;
+use crate::eval::monitor::KnnMonitor;
 use crate::moco::MoCo;
 use crate::nn::{Module, Param};
 use crate::optim::{schedule, AdamW};
@@ -30,6 +31,11 @@ pub struct RunSummary {
     pub losses: Vec<f32>,
     pub checkpoint: PathBuf,
     pub next_epoch: usize,
+    /// The last kNN monitor accuracy (%), if the monitor ran.
+    pub last_knn: Option<f64>,
+    /// Seconds spent in the kNN monitor, and in the whole run.
+    pub monitor_secs: f64,
+    pub total_secs: f64,
 }
 
 /// L2 norm of the gradients of a module's trainable parameters.
@@ -61,12 +67,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     crate::engine::init_threads(cfg.threads);
     let set = crate::data::load(&cfg.dataset, cfg.data_dir.as_deref(), true)?;
     if set.len() < cfg.batch_size {
-        bail!(
-            "dataset '{}' has {} images, fewer than one batch of {}",
-            cfg.dataset,
-            set.len(),
-            cfg.batch_size
-        );
+        bail!("dataset '{}' has {} images, fewer than one batch of {}", cfg.dataset, set.len(), cfg.batch_size);
     }
     let (mut model, mut opt, start_epoch, mut step) = match resumed {
         Some((model, opt, state)) => {
@@ -87,30 +88,30 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             (MoCo::new(&mcfg, cfg.seed), opt, 0, 0)
         }
     };
-    std::fs::create_dir_all(&cfg.out_dir)
-        .with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
+    std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
     std::fs::write(cfg.out_dir.join("config.toml"), toml::to_string(&cfg)?)?;
     let mut log = MetricsLog::open(&cfg.out_dir.join("metrics.jsonl"), start_epoch == 0)?;
     let ckpt = checkpoint_path(&cfg.out_dir);
 
     let (mean, std) = set.channel_stats();
-    let aug = Augment {
-        out: cfg.img_size,
-        crop_min: cfg.crop_min,
-        flip: true,
-        mean,
-        std,
+    let aug = Augment { out: cfg.img_size, crop_min: cfg.crop_min, flip: true, mean, std };
+    let mut monitor = if cfg.knn_every > 0 {
+        let eval = crate::data::load(&cfg.dataset, cfg.data_dir.as_deref(), false)?;
+        let cap = if cfg.knn_bank > 0 { cfg.knn_bank } else { (set.len() / 10).max(cfg.knn_k) };
+        let d = model.cfg.vit.dim;
+        let classes = set.classes.max(eval.classes);
+        Some((KnnMonitor::new(cfg.knn_every, cap, cfg.knn_eval, cfg.knn_k, cfg.knn_t, d, classes), eval))
+    } else {
+        None
     };
+    let mut monitor_secs = 0.0f64;
+    let run_start = Instant::now();
     let mut loader = TwoViewLoader::new(&set, aug, cfg.batch_size, cfg.seed);
-    let steps = cfg
-        .max_steps_per_epoch
-        .map_or(loader.steps(), |m| m.min(loader.steps()));
+    let steps = cfg.max_steps_per_epoch.map_or(loader.steps(), |m| m.min(loader.steps()));
     let n = cfg.batch_size;
     let mut x = vec![0.0f32; 2 * n * loader.image_len()];
     let peak = cfg.peak_lr();
-    let end_epoch = opts
-        .stop_after_epochs
-        .map_or(cfg.epochs, |k| (start_epoch + k).min(cfg.epochs));
+    let end_epoch = opts.stop_after_epochs.map_or(cfg.epochs, |k| (start_epoch + k).min(cfg.epochs));
 
     let show = !opts.quiet;
     let tty = std::io::stderr().is_terminal();
@@ -122,15 +123,14 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         );
     }
     let mut losses = Vec::new();
+    let mut last_knn: Option<f64> = None;
     for epoch in start_epoch..end_epoch {
         let bar = if show && tty {
             let b = ProgressBar::new(steps as u64);
             b.set_style(
-                ProgressStyle::with_template(
-                    "epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})",
-                )
-                .unwrap()
-                .progress_chars("=> "),
+                ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
+                    .unwrap()
+                    .progress_chars("=> "),
             );
             b.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
             b
@@ -145,6 +145,12 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             let m = schedule::momentum(cfg.moco_m, e, cfg.epochs as f64, cfg.moco_m_cos);
             loader.fill(epoch, i, &mut x);
             let loss = model.forward_backward(&x, n, m);
+            if let Some((mon, _)) = &mut monitor {
+                // The step's own features of the first views feed the queue.
+                let d = model.cfg.vit.dim;
+                let labels: Vec<u32> = loader.ids(i).iter().map(|&id| set.labels[id]).collect();
+                mon.push(&model.base.backbone.norm.y[..n * d], &labels);
+            }
             if !loss.is_finite() {
                 bar.abandon();
                 let kept = if ckpt.exists() {
@@ -159,22 +165,29 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             }
             let vit = &mut model.base.backbone;
             let last = vit.blocks.len() - 1;
-            let (gp, g0, gl) = (
-                grad_norm(&mut vit.patch_embed),
-                grad_norm(&mut vit.blocks[0]),
-                grad_norm(&mut vit.blocks[last]),
-            );
+            let (gp, g0, gl) =
+                (grad_norm(&mut vit.patch_embed), grad_norm(&mut vit.blocks[0]), grad_norm(&mut vit.blocks[last]));
             opt.update(&mut model.trainable_params(), lr);
             step += 1;
+            let mut knn_top1 = None;
+            if let Some((mon, eval)) = &mut monitor {
+                if mon.due(step) {
+                    let t = Instant::now();
+                    knn_top1 = Some(mon.evaluate(&mut model.base.backbone, eval, &loader.aug, 2 * n));
+                    monitor_secs += t.elapsed().as_secs_f64();
+                }
+            }
             losses.push(loss);
             let dt = t0.elapsed().as_secs_f64();
             let r = n as f64 / dt;
             rate = if i == 0 { r } else { 0.9 * rate + 0.1 * r };
-            bar.set_message(format!(
-                "loss {loss:.4} lr {lr:.2e} m {m:.4} {rate:.1} img/s"
-            ));
+            if let Some(v) = knn_top1 {
+                last_knn = Some(v);
+            }
+            let knn = last_knn.map(|v| format!(" knn {v:.1}%")).unwrap_or_default();
+            bar.set_message(format!("loss {loss:.4} lr {lr:.2e} m {m:.4} {rate:.1} img/s{knn}"));
             bar.inc(1);
-            if i % cfg.log_every.max(1) == 0 || i + 1 == steps {
+            if i % cfg.log_every.max(1) == 0 || i + 1 == steps || knn_top1.is_some() {
                 log.write(&StepMetrics {
                     step,
                     epoch: e,
@@ -185,10 +198,12 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                     grad_norm_first_block: g0,
                     grad_norm_last_block: gl,
                     img_per_s: r,
+                    knn_top1,
                 })?;
                 if show && !tty {
+                    let knn = knn_top1.map(|v| format!(" knn {v:.2}%")).unwrap_or_default();
                     eprintln!(
-                        "epoch {} step {}/{} loss {loss:.4} lr {lr:.3e} m {m:.5} {rate:.1} img/s",
+                        "epoch {} step {}/{} loss {loss:.4} lr {lr:.3e} m {m:.5} {rate:.1} img/s{knn}",
                         epoch + 1,
                         i + 1,
                         steps
@@ -197,28 +212,20 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             }
         }
         bar.finish();
-        let state = TrainState {
-            format: FORMAT,
-            epoch: epoch + 1,
-            step,
-            in_chans: set.c,
-            config: cfg.clone(),
-        };
+        let state = TrainState { format: FORMAT, epoch: epoch + 1, step, in_chans: set.c, config: cfg.clone() };
         checkpoint::save(&ckpt, &mut model, &opt, &state)?;
         if show {
             let k = losses.len().saturating_sub(steps);
-            let mean =
-                losses[k..].iter().map(|&v| v as f64).sum::<f64>() / (losses.len() - k) as f64;
-            eprintln!(
-                "epoch {} done: mean loss {mean:.4}; checkpoint {}",
-                epoch + 1,
-                ckpt.display()
-            );
+            let mean = losses[k..].iter().map(|&v| v as f64).sum::<f64>() / (losses.len() - k) as f64;
+            eprintln!("epoch {} done: mean loss {mean:.4}; checkpoint {}", epoch + 1, ckpt.display());
         }
     }
-    Ok(RunSummary {
-        losses,
-        checkpoint: ckpt,
-        next_epoch: end_epoch,
-    })
+    let total_secs = run_start.elapsed().as_secs_f64();
+    if show && monitor.is_some() && total_secs > 0.0 {
+        eprintln!(
+            "kNN monitor: {monitor_secs:.1} s of {total_secs:.1} s ({:.1}% of the run)",
+            100.0 * monitor_secs / total_secs
+        );
+    }
+    Ok(RunSummary { losses, checkpoint: ckpt, next_epoch: end_epoch, last_knn, monitor_secs, total_secs })
 }

@@ -1,0 +1,41 @@
+//! Features of a dataset from a backbone (cls token after the final norm, L2-normalised), or
+//! from raw pixels (the baseline).
+
+use super::knn::normalize_rows;
+use crate::data::augment::Augment;
+use crate::data::ImageSet;
+use crate::models::vit::Vit;
+use rayon::prelude::*;
+
+/// Which images of `set` to use: the first `limit` (all when None).
+pub fn count(set: &ImageSet, limit: Option<usize>) -> usize {
+    limit.map_or(set.len(), |l| l.min(set.len()))
+}
+
+/// Normalised cls features of the first `n` images, resized without augmentation, in batches of
+/// `batch` (use the training batch size so no buffer has to grow).
+pub fn backbone(vit: &mut Vit, set: &ImageSet, n: usize, aug: &Augment, batch: usize) -> Vec<f32> {
+    let d = vit.cfg.dim;
+    let len = set.c * aug.out * aug.out;
+    let mut x = vec![0.0f32; batch * len];
+    let mut out = vec![0.0f32; n * d];
+    for b0 in (0..n).step_by(batch) {
+        let rows = batch.min(n - b0);
+        x[..rows * len]
+            .par_chunks_mut(len)
+            .enumerate()
+            .for_each(|(i, v)| aug.plain(set.image(b0 + i), set.h, set.w, set.c, v));
+        let f = vit.forward(&x[..rows * len], rows);
+        out[b0 * d..(b0 + rows) * d].copy_from_slice(f);
+    }
+    normalize_rows(&mut out, d);
+    out
+}
+
+/// Normalised raw pixels of the first `n` images (values in [0, 1]).
+pub fn pixels(set: &ImageSet, n: usize) -> (Vec<f32>, usize) {
+    let d = set.h * set.w * set.c;
+    let mut out: Vec<f32> = set.pixels[..n * d].iter().map(|&p| p as f32 / 255.0).collect();
+    normalize_rows(&mut out, d);
+    (out, d)
+}

@@ -1,0 +1,5 @@
+//! Evaluation: weighted kNN on features (offline and as a dense monitor during pre-training).
+
+pub mod features;
+pub mod knn;
+pub mod monitor;
