@@ -99,7 +99,12 @@ pub fn load(path: &Path) -> Result<(MoCo, AdamW, TrainState)> {
             return;
         }
         match st.tensor(&name) {
-            Err(_) => err = Some(anyhow::anyhow!("{}: tensor '{name}' is missing; {fix}", path.display())),
+            Err(_) => {
+                err = Some(anyhow::anyhow!(
+                    "{}: tensor '{name}' is missing: the file is damaged or was written for another model or version",
+                    path.display()
+                ))
+            }
             Ok(t) if t.dtype() != Dtype::F32 || t.shape() != shape.as_slice() => {
                 err = Some(anyhow::anyhow!(
                     "{}: tensor '{name}' has shape {:?} ({:?}), the model expects {shape:?} (f32)",
