@@ -28,8 +28,57 @@ enum Cmd {
     },
     /// Weighted kNN accuracy of a checkpoint's features (or of raw pixels) on a labelled dataset.
     Knn(KnnArgs),
+    /// Linear probe of a checkpoint's frozen backbone (the official main_lincls.py protocol).
+    Lincls(LinclsArgs),
+    /// Backbone features (cls token after the final norm) of a dataset split, to safetensors.
+    Extract(ExtractArgs),
     /// List the named presets.
     Presets,
+}
+
+#[derive(Args)]
+struct LinclsArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 90)]
+    epochs: usize,
+    #[arg(long, default_value_t = 256)]
+    batch_size: usize,
+    /// Base learning rate, scaled by batch / 256 (the official ViT recipe uses 3.0).
+    #[arg(long, default_value_t = 3.0)]
+    lr: f64,
+    /// Train on cached features of the un-augmented images (fast; no augmentation).
+    #[arg(long)]
+    cached: bool,
+    /// Where to write lincls.jsonl (default: beside the checkpoint).
+    #[arg(long)]
+    out: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
+}
+
+#[derive(Args)]
+struct ExtractArgs {
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// train or test
+    #[arg(long, default_value = "test")]
+    split: String,
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Output file (tensors `features` [n, dim] and `labels` [n]).
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Args)]
@@ -184,6 +233,8 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Knn(a) => knn(a)?,
+        Cmd::Lincls(a) => lincls(a)?,
+        Cmd::Extract(a) => extract(a)?,
         Cmd::Presets => {
             for (name, what) in PRESETS {
                 println!("{name:16} {what}");
@@ -299,5 +350,105 @@ fn knn(a: KnnArgs) -> Result<()> {
             x.top5
         );
     }
+    Ok(())
+}
+
+/// A checkpoint's model, training state, and the dataset split(s) it was trained on (or named).
+struct Probe {
+    model: mocov3::moco::MoCo,
+    state: mocov3::train::checkpoint::TrainState,
+    train: mocov3::data::ImageSet,
+    plain: mocov3::data::augment::Augment,
+}
+
+fn open_probe(checkpoint: &std::path::Path, dataset: &Option<String>, data_dir: &Option<PathBuf>) -> Result<Probe> {
+    let (model, _, state) = mocov3::train::checkpoint::load(checkpoint)?;
+    let name = dataset.clone().unwrap_or_else(|| state.config.dataset.clone());
+    let dir = data_dir.clone().or_else(|| state.config.data_dir.clone());
+    let train = mocov3::data::load(&name, dir.as_deref(), true)?;
+    if state.in_chans != train.c {
+        anyhow::bail!("the checkpoint expects {}-channel images, dataset '{name}' has {}", state.in_chans, train.c);
+    }
+    let (mean, std) = train.channel_stats();
+    let plain = mocov3::data::augment::Augment { out: state.config.img_size, crop_min: 1.0, flip: false, mean, std };
+    Ok(Probe { model, state, train, plain })
+}
+
+fn lincls(a: LinclsArgs) -> Result<()> {
+    use mocov3::eval::lincls;
+    mocov3::engine::init_threads(a.threads);
+    let mut p = open_probe(&a.checkpoint, &a.dataset, &a.data_dir)?;
+    let name = a.dataset.clone().unwrap_or_else(|| p.state.config.dataset.clone());
+    let dir = a.data_dir.clone().or_else(|| p.state.config.data_dir.clone());
+    let test = mocov3::data::load(&name, dir.as_deref(), false)?;
+    let cfg = lincls::LinclsConfig {
+        epochs: a.epochs,
+        batch: a.batch_size,
+        lr: a.lr,
+        momentum: 0.9,
+        seed: a.seed,
+        cached: a.cached,
+        crop_min: 0.08,
+    };
+    let out = a.out.clone().unwrap_or_else(|| a.checkpoint.parent().map(|d| d.to_path_buf()).unwrap_or_default());
+    std::fs::create_dir_all(&out)?;
+    let mut log = mocov3::train::metrics::MetricsLog::open(&out.join("lincls.jsonl"), true)?;
+    let mut err = None;
+    let res = lincls::run(&mut p.model.base.backbone, &p.train, &test, &p.plain, &cfg, |r| {
+        eprintln!(
+            "epoch {:3}/{}: lr {:.4} loss {:.4} top1 {:.2} top5 {:.2}",
+            r.epoch + 1,
+            cfg.epochs,
+            r.lr,
+            r.train_loss,
+            r.top1,
+            r.top5
+        );
+        if let Err(e) = log.write(r) {
+            err = Some(e);
+        }
+    })?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let best = res.iter().map(|r| r.top1).fold(f64::NEG_INFINITY, f64::max);
+    let last = res.last().map(|r| (r.top1, r.top5)).unwrap_or((0.0, 0.0));
+    println!(
+        "lincls dataset={name} epochs={} mode={} best_top1={best:.2} last_top1={:.2} last_top5={:.2} backbone=unchanged",
+        cfg.epochs,
+        if cfg.cached { "cached" } else { "augmented" },
+        last.0,
+        last.1
+    );
+    Ok(())
+}
+
+fn extract(a: ExtractArgs) -> Result<()> {
+    mocov3::engine::init_threads(a.threads);
+    let mut p = open_probe(&a.checkpoint, &a.dataset, &a.data_dir)?;
+    let set = match a.split.as_str() {
+        "train" => p.train,
+        "test" => {
+            let name = a.dataset.clone().unwrap_or_else(|| p.state.config.dataset.clone());
+            let dir = a.data_dir.clone().or_else(|| p.state.config.data_dir.clone());
+            mocov3::data::load(&name, dir.as_deref(), false)?
+        }
+        other => anyhow::bail!("--split must be train or test, not '{other}'"),
+    };
+    let vit = &mut p.model.base.backbone;
+    vit.keep_activations = false;
+    let d = vit.cfg.dim;
+    let f = mocov3::eval::features::backbone(vit, &set, set.len(), &p.plain, 256);
+    let fb: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let lb: Vec<u8> = set.labels.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect();
+    use safetensors::tensor::{Dtype, TensorView};
+    let views = vec![
+        ("features".to_string(), TensorView::new(Dtype::F32, vec![set.len(), d], &fb)?),
+        ("labels".to_string(), TensorView::new(Dtype::I64, vec![set.len()], &lb)?),
+    ];
+    let tmp = a.out.with_extension("tmp");
+    safetensors::tensor::serialize_to_file(views, &None, &tmp)?;
+    std::fs::rename(&tmp, &a.out)?;
+    println!("extract: {} features of dim {d} (L2-normalised) and labels -> {}", set.len(), a.out.display());
     Ok(())
 }

@@ -90,17 +90,10 @@ impl Augment {
         }
     }
 
-    /// The un-augmented image resized to the output size (for evaluation), CHW normalised.
+    /// The un-augmented image resized to the output size (for evaluation): the same bilinear
+    /// resampling as the training views, of the whole image, CHW normalised.
     pub fn plain(&self, img: &[u8], h: usize, w: usize, c: usize, out: &mut [f32]) {
-        let s = self.out;
-        for y in 0..s {
-            for x in 0..s {
-                let (yy, xx) = (y * h / s, x * w / s);
-                for k in 0..c {
-                    out[(k * s + y) * s + x] = (img[(yy * w + xx) * c + k] as f32 / 255.0 - self.mean[k]) / self.std[k];
-                }
-            }
-        }
+        self.render(img, w, c, (0, 0, h, w), false, out);
     }
 }
 

@@ -2,4 +2,5 @@
 
 pub mod features;
 pub mod knn;
+pub mod lincls;
 pub mod monitor;

@@ -1,0 +1,241 @@
+//! The linear-probing protocol of the official `main_lincls.py`: the backbone frozen (and, for a
+//! ViT, with nothing that differs between train and eval modes), a linear head on the cls feature
+//! after the final norm, initialised N(0, 0.01) with zero bias, SGD with momentum 0.9 and no
+//! weight decay, lr = base × batch / 256 on a per-epoch cosine, random-resized-crop + flip for
+//! training and the plain resized image for evaluation, top-1 / top-5 every epoch, best and last.
+//! A fast mode trains on cached features of the un-augmented images instead.
+//! The backbone's weights are compared bit for bit before and after.
+
+use super::features;
+use crate::data::augment::Augment;
+use crate::data::ImageSet;
+use crate::engine::gemm::{sgemm, Mat};
+use crate::engine::rng::Rng;
+use crate::models::vit::Vit;
+use crate::nn::Module;
+use rayon::prelude::*;
+
+#[derive(Clone, Debug)]
+pub struct LinclsConfig {
+    pub epochs: usize,
+    pub batch: usize,
+    /// Base lr; the effective one is lr × batch / 256 (official ViT recipe: 3.0).
+    pub lr: f64,
+    pub momentum: f64,
+    pub seed: u64,
+    /// Train on cached features of the un-augmented images (no augmentation).
+    pub cached: bool,
+    pub crop_min: f64,
+}
+
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct EpochResult {
+    pub epoch: usize,
+    pub lr: f64,
+    pub train_loss: f64,
+    pub top1: f64,
+    pub top5: f64,
+}
+
+/// A linear classifier `[classes, d]` + bias, trained by SGD with momentum (PyTorch semantics:
+/// the first step's buffer is the gradient itself).
+pub struct LinearHead {
+    pub d: usize,
+    pub classes: usize,
+    pub w: Vec<f32>,
+    pub b: Vec<f32>,
+    gw: Vec<f32>,
+    gb: Vec<f32>,
+    mw: Vec<f32>,
+    mb: Vec<f32>,
+    started: bool,
+}
+
+impl LinearHead {
+    pub fn new(d: usize, classes: usize, rng: &mut Rng) -> LinearHead {
+        let w = (0..d * classes).map(|_| 0.01 * rng.normal()).collect();
+        LinearHead {
+            d,
+            classes,
+            w,
+            b: vec![0.0; classes],
+            gw: vec![0.0; d * classes],
+            gb: vec![0.0; classes],
+            mw: vec![0.0; d * classes],
+            mb: vec![0.0; classes],
+            started: false,
+        }
+    }
+
+    pub fn logits(&self, x: &[f32], rows: usize, out: &mut [f32]) {
+        let c = self.classes;
+        for r in 0..rows {
+            out[r * c..(r + 1) * c].copy_from_slice(&self.b);
+        }
+        sgemm(
+            rows,
+            c,
+            self.d,
+            Mat::rows(x, self.d),
+            Mat::trans(&self.w, self.d),
+            &mut out[..rows * c],
+            c,
+            1.0,
+            true,
+            true,
+        );
+    }
+
+    /// One SGD step on mean cross-entropy; returns the loss.
+    pub fn step(&mut self, x: &[f32], labels: &[u32], lr: f32, momentum: f32, scratch: &mut Vec<f32>) -> f64 {
+        let (rows, c, d) = (labels.len(), self.classes, self.d);
+        scratch.resize(rows * c, 0.0);
+        self.logits(x, rows, scratch);
+        let mut loss = 0.0f64;
+        for (r, row) in scratch.chunks_mut(c).enumerate() {
+            let m = crate::engine::vec::max(row);
+            let s: f32 = row.iter().map(|v| (v - m).exp()).sum();
+            let lse = m + s.ln();
+            loss += (lse - row[labels[r] as usize]) as f64;
+            for v in row.iter_mut() {
+                *v = (*v - lse).exp() / rows as f32;
+            }
+            row[labels[r] as usize] -= 1.0 / rows as f32;
+        }
+        sgemm(c, d, rows, Mat::trans(scratch, c), Mat::rows(x, d), &mut self.gw, d, 1.0, false, true);
+        crate::engine::par::col_sum(&mut self.gb, scratch, rows, c, false);
+        for (p, (g, m)) in self
+            .w
+            .iter_mut()
+            .chain(self.b.iter_mut())
+            .zip(self.gw.iter().chain(&self.gb).zip(self.mw.iter_mut().chain(self.mb.iter_mut())))
+        {
+            *m = if self.started { momentum * *m + g } else { *g };
+            *p -= lr * *m;
+        }
+        self.started = true;
+        loss / rows as f64
+    }
+
+    /// Top-1 and top-5 accuracy (%) on features `x` with `labels`.
+    pub fn accuracy(&self, x: &[f32], labels: &[u32]) -> (f64, f64) {
+        let (n, c) = (labels.len(), self.classes);
+        let mut logits = vec![0.0f32; n * c];
+        self.logits(x, n, &mut logits);
+        let (a1, a5) = logits
+            .par_chunks(c)
+            .zip(labels.par_iter())
+            .map(|(row, &l)| {
+                let mut order: Vec<usize> = (0..c).collect();
+                order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap().then(a.cmp(&b)));
+                ((order[0] == l as usize) as usize, order.iter().take(5).any(|&k| k == l as usize) as usize)
+            })
+            .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        (100.0 * a1 as f64 / n.max(1) as f64, 100.0 * a5 as f64 / n.max(1) as f64)
+    }
+}
+
+/// Bit patterns of every backbone parameter (for the frozen-backbone check).
+pub fn fingerprint(vit: &mut Vit) -> Vec<u32> {
+    let mut v = Vec::new();
+    vit.visit(&mut |p| v.extend(p.w.iter().map(|x| x.to_bits())));
+    v
+}
+
+/// Run the protocol; `report` is called after every epoch.
+pub fn run(
+    vit: &mut Vit,
+    train: &ImageSet,
+    test: &ImageSet,
+    plain: &Augment,
+    cfg: &LinclsConfig,
+    mut report: impl FnMut(&EpochResult),
+) -> anyhow::Result<Vec<EpochResult>> {
+    let before = fingerprint(vit);
+    vit.keep_activations = false;
+    let d = vit.cfg.dim;
+    let classes = train.classes.max(test.classes);
+    let mut rng = Rng::new(cfg.seed);
+    let mut head = LinearHead::new(d, classes, &mut rng);
+    let test_feats = features::backbone(vit, test, test.len(), plain, cfg.batch);
+    let train_cached =
+        if cfg.cached { Some(features::backbone(vit, train, train.len(), plain, cfg.batch)) } else { None };
+    let aug = Augment { crop_min: cfg.crop_min, flip: true, ..plain.clone() };
+    let init_lr = cfg.lr * cfg.batch as f64 / 256.0;
+    let len = train.c * plain.out * plain.out;
+    let mut x = vec![0.0f32; cfg.batch * len];
+    let mut feats = vec![0.0f32; cfg.batch * d];
+    let mut labels = vec![0u32; cfg.batch];
+    let mut scratch = Vec::new();
+    let mut out = Vec::new();
+    let steps = train.len() / cfg.batch;
+    for epoch in 0..cfg.epochs {
+        let lr = init_lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / cfg.epochs as f64).cos());
+        let mut order: Vec<usize> = (0..train.len()).collect();
+        Rng::derive(cfg.seed, &[epoch as u64]).shuffle(&mut order);
+        let mut loss = 0.0;
+        for s in 0..steps {
+            let ids = &order[s * cfg.batch..(s + 1) * cfg.batch];
+            for (l, &i) in labels.iter_mut().zip(ids) {
+                *l = train.labels[i];
+            }
+            match &train_cached {
+                Some(f) => {
+                    for (k, &i) in ids.iter().enumerate() {
+                        feats[k * d..(k + 1) * d].copy_from_slice(&f[i * d..(i + 1) * d]);
+                    }
+                }
+                None => {
+                    x.par_chunks_mut(len).zip(ids.par_iter()).for_each(|(v, &i)| {
+                        let mut r = Rng::derive(cfg.seed, &[1 + epoch as u64, i as u64]);
+                        aug.view(&mut r, train.image(i), train.h, train.w, train.c, v);
+                    });
+                    feats.copy_from_slice(vit.forward(&x, cfg.batch));
+                }
+            }
+            loss += head.step(&feats, &labels, lr as f32, cfg.momentum as f32, &mut scratch);
+        }
+        let (top1, top5) = head.accuracy(&test_feats, &test.labels);
+        let r = EpochResult { epoch, lr, train_loss: loss / steps.max(1) as f64, top1, top5 };
+        report(&r);
+        out.push(r);
+    }
+    if fingerprint(vit) != before {
+        anyhow::bail!("the backbone's weights changed during linear probing: this is a bug, please report it");
+    }
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn separable_features_are_learned() {
+        // Four classes on four directions with noise: a linear head must reach ~100%.
+        let (d, c, n) = (8, 4, 400);
+        let mut rng = Rng::new(2);
+        let mut x = Vec::new();
+        let mut y = Vec::new();
+        for i in 0..n {
+            let k = i % c;
+            for j in 0..d {
+                x.push(if j == 2 * k { 1.0 } else { 0.0 } + 0.3 * rng.normal());
+            }
+            y.push(k as u32);
+        }
+        let mut head = LinearHead::new(d, c, &mut rng);
+        let (before, _) = head.accuracy(&x, &y);
+        let mut scratch = Vec::new();
+        let mut first = None;
+        let mut last = 0.0;
+        for _ in 0..200 {
+            last = head.step(&x, &y, 0.5, 0.9, &mut scratch);
+            first.get_or_insert(last);
+        }
+        let (after, top5) = head.accuracy(&x, &y);
+        assert!(before < 60.0 && after > 98.0, "{before} -> {after}");
+        assert_eq!(top5, 100.0);
+        assert!(last < 0.2 * first.unwrap());
+    }
+}
