@@ -393,6 +393,7 @@ fn lincls(a: LinclsArgs) -> Result<()> {
     let out = a.out.clone().unwrap_or_else(|| a.checkpoint.parent().map(|d| d.to_path_buf()).unwrap_or_default());
     std::fs::create_dir_all(&out)?;
     let mut log = mocov3::train::metrics::MetricsLog::open(&out.join("lincls.jsonl"), true)?;
+    let mut tb = mocov3::train::tensorboard::EventWriter::create(&out)?;
     let mut err = None;
     let res = lincls::run(&mut p.model.base.backbone, &p.train, &test, &p.plain, &cfg, |r| {
         eprintln!(
@@ -404,7 +405,13 @@ fn lincls(a: LinclsArgs) -> Result<()> {
             r.top1,
             r.top5
         );
-        if let Err(e) = log.write(r) {
+        let values = [
+            ("lincls/train_loss", r.train_loss as f32),
+            ("lincls/lr", r.lr as f32),
+            ("lincls/top1", r.top1 as f32),
+            ("lincls/top5", r.top5 as f32),
+        ];
+        if let Err(e) = log.write(r).and_then(|_| tb.scalars(r.epoch as u64 + 1, &values)) {
             err = Some(e);
         }
     })?;

@@ -4,3 +4,4 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod pretrain;
+pub mod tensorboard;

@@ -4,6 +4,7 @@
 use super::checkpoint::{self, TrainState, FORMAT};
 use super::config::PretrainConfig;
 use super::metrics::{MetricsLog, StepMetrics};
+use super::tensorboard::EventWriter;
 use crate::data::augment::Augment;
 use crate::data::loader::TwoViewLoader;
 use crate::eval::monitor::KnnMonitor;
@@ -92,6 +93,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     std::fs::write(cfg.out_dir.join("config.toml"), toml::to_string(&cfg)?)?;
     let mut log = MetricsLog::open(&cfg.out_dir.join("metrics.jsonl"), start_epoch == 0)?;
     let ckpt = checkpoint_path(&cfg.out_dir);
+    let mut tb = EventWriter::create(&cfg.out_dir)?;
 
     let (mean, std) = set.channel_stats();
     let aug = Augment { out: cfg.img_size, crop_min: cfg.crop_min, flip: true, mean, std };
@@ -200,6 +202,19 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                     img_per_s: r,
                     knn_top1,
                 })?;
+                let mut values = vec![
+                    ("train/loss", loss),
+                    ("train/lr", lr as f32),
+                    ("train/momentum", m as f32),
+                    ("grad_norm/patch_embed", gp as f32),
+                    ("grad_norm/first_block", g0 as f32),
+                    ("grad_norm/last_block", gl as f32),
+                    ("train/img_per_s", r as f32),
+                ];
+                if let Some(v) = knn_top1 {
+                    values.push(("knn/top1", v as f32));
+                }
+                tb.scalars(step, &values)?;
                 if show && !tty {
                     let knn = knn_top1.map(|v| format!(" knn {v:.2}%")).unwrap_or_default();
                     eprintln!(
