@@ -11,4 +11,5 @@ pub mod moco;
 pub mod models;
 pub mod nn;
 pub mod optim;
+pub mod report;
 pub mod train;

@@ -32,6 +32,8 @@ enum Cmd {
     Lincls(LinclsArgs),
     /// Backbone features (cls token after the final norm) of a dataset split, to safetensors.
     Extract(ExtractArgs),
+    /// Render the curves of a run directory (metrics.jsonl, lincls.jsonl) into RUN_DIR/report.png.
+    Report { run_dir: PathBuf },
     /// List the named presets.
     Presets,
 }
@@ -233,6 +235,10 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Knn(a) => knn(a)?,
+        Cmd::Report { run_dir } => {
+            let out = mocov3::report::render(&run_dir)?;
+            println!("report: {}", out.display());
+        }
         Cmd::Lincls(a) => lincls(a)?,
         Cmd::Extract(a) => extract(a)?,
         Cmd::Presets => {
