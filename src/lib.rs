@@ -7,6 +7,7 @@ pub mod bench;
 pub mod data;
 pub mod engine;
 pub mod eval;
+pub mod interop;
 pub mod moco;
 pub mod models;
 pub mod nn;

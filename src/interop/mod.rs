@@ -1,0 +1,6 @@
+//! Interoperability with the official PyTorch code: reading `torch.save` checkpoints (zip and
+//! legacy formats) without running any pickle code.
+
+pub mod official;
+pub mod pickle;
+pub mod torchfile;

@@ -1,0 +1,108 @@
+//! Load a checkpoint of the official `main_moco.py` (`module.base_encoder.*`,
+//! `module.momentum_encoder.*`, `module.predictor.*`, `epoch`, `optimizer`) into our model and
+//! AdamW state. Every key must match: missing, unexpected and mis-shaped tensors are errors that
+//! name the key.
+
+use super::pickle::Value;
+use super::torchfile::TorchFile;
+use crate::moco::MoCo;
+use crate::nn::Module;
+use crate::optim::AdamW;
+use anyhow::{bail, Context, Result};
+use std::collections::HashMap;
+use std::path::Path;
+
+pub struct OfficialInfo {
+    /// The next epoch (as `main_moco.py` saves it).
+    pub epoch: i64,
+    pub arch: Option<String>,
+}
+
+/// Fill `model` (built with the matching configuration) and `opt` from an official checkpoint.
+pub fn load_into(path: &Path, model: &mut MoCo, opt: &mut AdamW) -> Result<OfficialInfo> {
+    let f = TorchFile::open(path)?;
+    let p = path.display();
+    let Some(Value::Dict(sd)) = f.root.get("state_dict") else {
+        bail!("{p}: no state_dict: not a checkpoint of the official main_moco.py")
+    };
+    let mut file: HashMap<String, &Value> = HashMap::new();
+    for (k, v) in sd {
+        let Value::Str(k) = k else { bail!("{p}: a state_dict key is not a string") };
+        file.insert(k.strip_prefix("module.").unwrap_or(k).to_string(), v);
+    }
+    let mut seen = 0usize;
+    let mut err: Option<anyhow::Error> = None;
+    model.visit_tensors(&mut |key, shape, data| {
+        if err.is_some() {
+            return;
+        }
+        let Some(t) = file.get(&key) else {
+            err = Some(anyhow::anyhow!("{p}: key module.{key} is missing (the model configuration may differ)"));
+            return;
+        };
+        match f.tensor_f32(t) {
+            Ok((s, v)) if s == shape || (shape.is_empty() && s.is_empty()) => {
+                *data = v;
+                seen += 1;
+            }
+            Ok((s, _)) => err = Some(anyhow::anyhow!("{p}: module.{key} has shape {s:?}, the model expects {shape:?}")),
+            Err(e) => err = Some(e.context(format!("{p}: reading module.{key}"))),
+        }
+    });
+    if let Some(e) = err {
+        return Err(e);
+    }
+    if seen != file.len() {
+        let mut ours = std::collections::HashSet::new();
+        model.visit_tensors(&mut |k, _, _| {
+            ours.insert(k);
+        });
+        let mut extra: Vec<&String> = file.keys().filter(|k| !ours.contains(*k)).collect();
+        extra.sort();
+        bail!(
+            "{p}: unexpected keys (the model configuration may differ): module.{}",
+            extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", module.")
+        );
+    }
+    // AdamW state: indices follow model.parameters() (base, momentum, predictor); only parameters
+    // with a gradient have state.
+    if let Some(optim) = f.root.get("optimizer") {
+        let mut all: Vec<bool> = model.base.params_mut().iter().map(|q| q.trainable).collect();
+        all.extend(model.momentum.params_mut().iter().map(|q| q.trainable));
+        all.extend(model.predictor.params_mut().iter().map(|q| q.trainable));
+        let trainable_pos: Vec<Option<usize>> = {
+            let mut k = 0;
+            all.iter().map(|&t| t.then(|| (k, k += 1).0)).collect()
+        };
+        let params = model.trainable_params();
+        let Some(Value::Dict(state)) = optim.get("state") else { bail!("{p}: optimizer has no state") };
+        opt.exp_avg = params.iter().map(|q| vec![0.0; q.len()]).collect();
+        opt.exp_avg_sq = opt.exp_avg.clone();
+        for (idx, st) in state {
+            let i = idx.as_int().context("optimizer state index is not an integer")? as usize;
+            let Some(Some(pos)) = trainable_pos.get(i) else {
+                bail!("{p}: optimizer state for parameter {i}, which is not trainable here");
+            };
+            for (name, dst) in [("exp_avg", &mut opt.exp_avg[*pos]), ("exp_avg_sq", &mut opt.exp_avg_sq[*pos])] {
+                let t = st.get(name).with_context(|| format!("{p}: optimizer state {i} lacks {name}"))?;
+                let (_, v) = f.tensor_f32(t)?;
+                if v.len() != dst.len() {
+                    bail!("{p}: optimizer {name} of parameter {i} has {} values, the parameter {}", v.len(), dst.len());
+                }
+                *dst = v;
+            }
+            if let Some(s) = st.get("step") {
+                opt.step = match s {
+                    Value::Tensor { .. } => f.tensor_f32(s)?.1[0] as u64,
+                    other => other.as_int().unwrap_or(0) as u64,
+                };
+            }
+        }
+    }
+    let epoch = f.root.get("epoch").and_then(|v| v.as_int()).unwrap_or(0);
+    let arch = match f.root.get("arch") {
+        Some(Value::Str(s)) => Some(s.clone()),
+        _ => None,
+    };
+    Ok(OfficialInfo { epoch, arch })
+}

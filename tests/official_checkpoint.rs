@@ -1,0 +1,86 @@
+//! Reading checkpoints of the official code (fixtures from scripts/make_checkpoint_fixtures.py:
+//! the same state saved by torch.save in the zip and the legacy format, and as safetensors).
+
+use mocov3::interop::official::load_into;
+use mocov3::moco::{MoCo, MocoConfig};
+use mocov3::models::vit::VitConfig;
+use mocov3::nn::posembed::PosEmbedKind;
+use mocov3::optim::AdamW;
+use safetensors::SafeTensors;
+use std::path::PathBuf;
+
+fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
+}
+
+fn tiny(dim: usize) -> MocoConfig {
+    MocoConfig {
+        vit: VitConfig {
+            img: 16,
+            patch: 8,
+            in_chans: 3,
+            dim,
+            depth: 1,
+            heads: 2,
+            mlp_ratio: 4,
+            pos: PosEmbedKind::Sincos,
+            stop_grad_conv1: true,
+        },
+        mlp_dim: 32,
+        out_dim: 8,
+        t: 0.2,
+    }
+}
+
+fn floats(st: &SafeTensors, key: &str) -> Vec<f32> {
+    st.tensor(key).unwrap().data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+}
+
+#[test]
+fn zip_and_legacy_checkpoints_load_exactly() {
+    let bytes = std::fs::read(fixture("official_expected.safetensors")).unwrap();
+    let want = SafeTensors::deserialize(&bytes).unwrap();
+    for file in ["official_zip.pth.tar", "official_legacy.pth.tar"] {
+        let mut model = MoCo::new(&tiny(16), 9);
+        let mut opt = AdamW::new(0.1);
+        let info = load_into(&fixture(file), &mut model, &mut opt).unwrap();
+        assert_eq!(info.epoch, 3);
+        assert_eq!(info.arch.as_deref(), Some("vit_test"));
+        let mut n = 0;
+        model.visit_tensors(&mut |key, _, data| {
+            assert_eq!(*data, floats(&want, &format!("state_dict.module.{key}")), "{file}: {key}");
+            n += 1;
+        });
+        assert_eq!(n, want.names().iter().filter(|k| k.starts_with("state_dict.")).count());
+        assert_eq!(opt.step, 1);
+        let keys = model.trainable_keys();
+        for (i, k) in keys.iter().enumerate() {
+            assert_eq!(opt.exp_avg[i], floats(&want, &format!("optimizer.exp_avg.{k}")), "{file}: {k}");
+            assert_eq!(opt.exp_avg_sq[i], floats(&want, &format!("optimizer.exp_avg_sq.{k}")), "{file}: {k}");
+        }
+    }
+}
+
+#[test]
+fn mismatches_and_damage_are_clear_errors() {
+    // A model of another width: the first tensor's shape is named.
+    let e = format!(
+        "{:#}",
+        load_into(&fixture("official_zip.pth.tar"), &mut MoCo::new(&tiny(32), 0), &mut AdamW::new(0.1)).err().unwrap()
+    );
+    assert!(e.contains("module.base_encoder.cls_token") && e.contains("shape"), "{e}");
+    // Truncated files in both formats.
+    let dir = std::env::temp_dir().join(format!("mocov3-official-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    for file in ["official_zip.pth.tar", "official_legacy.pth.tar"] {
+        let b = std::fs::read(fixture(file)).unwrap();
+        let cut = dir.join(file);
+        std::fs::write(&cut, &b[..b.len() * 2 / 3]).unwrap();
+        let e = format!("{:#}", load_into(&cut, &mut MoCo::new(&tiny(16), 0), &mut AdamW::new(0.1)).err().unwrap());
+        assert!(e.contains(file) && e.contains("truncated"), "{e}");
+    }
+    let junk = dir.join("junk.pth.tar");
+    std::fs::write(&junk, b"hello world, not a checkpoint").unwrap();
+    let e = format!("{:#}", load_into(&junk, &mut MoCo::new(&tiny(16), 0), &mut AdamW::new(0.1)).err().unwrap());
+    assert!(e.contains("junk.pth.tar"), "{e}");
+}
