@@ -34,8 +34,31 @@ enum Cmd {
     Extract(ExtractArgs),
     /// Render the curves of a run directory (metrics.jsonl, lincls.jsonl) into RUN_DIR/report.png.
     Report { run_dir: PathBuf },
+    /// Convert an official main_moco.py checkpoint (.pth.tar, zip or legacy) into a native
+    /// checkpoint that `pretrain --resume`, `knn` and `lincls` read.
+    Convert(ConvertArgs),
     /// List the named presets.
     Presets,
+}
+
+#[derive(Args)]
+struct ConvertArgs {
+    /// The official checkpoint.
+    input: PathBuf,
+    /// Output format (only `safetensors`, the native checkpoint, for now).
+    #[arg(long, default_value = "safetensors")]
+    to: String,
+    #[arg(long)]
+    out: PathBuf,
+    /// Attention heads (not recorded in the weights; the official ViT-S and ViT-B use 12).
+    #[arg(long, default_value_t = 12)]
+    heads: usize,
+    /// The run froze the patch projection (--stop-grad-conv1, the official ViT recipe).
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    stop_grad_conv1: bool,
+    /// Dataset the native checkpoint should name for later commands.
+    #[arg(long, default_value = "imagenet")]
+    dataset: String,
 }
 
 #[derive(Args)]
@@ -235,6 +258,7 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Knn(a) => knn(a)?,
+        Cmd::Convert(a) => convert(a)?,
         Cmd::Report { run_dir } => {
             let out = mocov3::report::render(&run_dir)?;
             println!("report: {}", out.display());
@@ -463,5 +487,54 @@ fn extract(a: ExtractArgs) -> Result<()> {
     safetensors::tensor::serialize_to_file(views, &None, &tmp)?;
     std::fs::rename(&tmp, &a.out)?;
     println!("extract: {} features of dim {d} (L2-normalised) and labels -> {}", set.len(), a.out.display());
+    Ok(())
+}
+
+fn convert(a: ConvertArgs) -> Result<()> {
+    use mocov3::interop::official;
+    if a.to != "safetensors" {
+        anyhow::bail!("--to {}: only `safetensors` (the native checkpoint) is supported so far", a.to);
+    }
+    let s = official::infer_shape(&a.input)?;
+    let arch = mocov3::models::vit::ARCHS
+        .iter()
+        .find(|n| mocov3::models::vit::arch_dims(n) == Some((s.dim, s.depth, a.heads)))
+        .copied()
+        .unwrap_or("vit_tiny");
+    let sets = vec![
+        format!("arch = \"{arch}\""),
+        format!("dim = {}", s.dim),
+        format!("depth = {}", s.depth),
+        format!("heads = {}", a.heads),
+        format!("img_size = {}", s.img),
+        format!("patch_size = {}", s.patch),
+        format!("moco_mlp_dim = {}", s.mlp_dim),
+        format!("moco_dim = {}", s.out_dim),
+        format!("stop_grad_conv1 = {}", a.stop_grad_conv1),
+        format!("dataset = \"{}\"", a.dataset),
+    ];
+    let cfg = config::merge_sets(&config::preset("vit_small")?, &sets)?;
+    let mut model = mocov3::moco::MoCo::new(&cfg.model(s.in_chans)?, 0);
+    let mut opt = mocov3::optim::AdamW::new(cfg.weight_decay);
+    let info = official::load_into(&a.input, &mut model, &mut opt)?;
+    let state = mocov3::train::checkpoint::TrainState {
+        format: mocov3::train::checkpoint::FORMAT,
+        epoch: info.epoch.max(0) as usize,
+        step: opt.step,
+        in_chans: s.in_chans,
+        config: cfg,
+    };
+    mocov3::train::checkpoint::save(&a.out, &mut model, &opt, &state)?;
+    println!(
+        "convert: {} ({arch}: dim {}, depth {}, heads {}, {} px / patch {}, epoch {}) -> {}",
+        a.input.display(),
+        s.dim,
+        s.depth,
+        a.heads,
+        s.img,
+        s.patch,
+        info.epoch,
+        a.out.display()
+    );
     Ok(())
 }

@@ -84,3 +84,9 @@ fn mismatches_and_damage_are_clear_errors() {
     let e = format!("{:#}", load_into(&junk, &mut MoCo::new(&tiny(16), 0), &mut AdamW::new(0.1)).err().unwrap());
     assert!(e.contains("junk.pth.tar"), "{e}");
 }
+
+#[test]
+fn shapes_are_inferred_from_the_weights() {
+    let s = mocov3::interop::official::infer_shape(&fixture("official_legacy.pth.tar")).unwrap();
+    assert_eq!((s.dim, s.depth, s.patch, s.in_chans, s.img, s.mlp_dim, s.out_dim), (16, 1, 8, 3, 16, 32, 8));
+}

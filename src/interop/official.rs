@@ -106,3 +106,58 @@ pub fn load_into(path: &Path, model: &mut MoCo, opt: &mut AdamW) -> Result<Offic
     };
     Ok(OfficialInfo { epoch, arch })
 }
+
+/// What the weights of an official checkpoint say about the model: (dim, depth, patch, in_chans,
+/// image size, mlp_dim, out_dim, learned-or-fixed position embedding present). The number of heads
+/// and whether the patch projection was frozen are not in the weights.
+pub struct InferredShape {
+    pub dim: usize,
+    pub depth: usize,
+    pub patch: usize,
+    pub in_chans: usize,
+    pub img: usize,
+    pub mlp_dim: usize,
+    pub out_dim: usize,
+}
+
+pub fn infer_shape(path: &Path) -> Result<InferredShape> {
+    let f = TorchFile::open(path)?;
+    let p = path.display();
+    let Some(Value::Dict(sd)) = f.root.get("state_dict") else {
+        bail!("{p}: no state_dict: not a checkpoint of the official main_moco.py")
+    };
+    let shape = |key: &str| -> Result<Vec<usize>> {
+        for (k, v) in sd {
+            if let (Value::Str(k), Value::Tensor { shape, .. }) = (k, v) {
+                if k.strip_prefix("module.").unwrap_or(k) == key {
+                    return Ok(shape.clone());
+                }
+            }
+        }
+        bail!("{p}: key module.{key} is missing: not a MoCo v3 ViT checkpoint")
+    };
+    let pe = shape("base_encoder.patch_embed.proj.weight")?;
+    if pe.len() != 4 || pe[2] != pe[3] {
+        bail!("{p}: patch_embed.proj.weight has shape {pe:?}, expected [dim, chans, p, p]");
+    }
+    let pos = shape("base_encoder.pos_embed")?;
+    let grid = ((pos[1] - 1) as f64).sqrt().round() as usize;
+    if pos.len() != 3 || grid * grid + 1 != pos[1] {
+        bail!("{p}: pos_embed has shape {pos:?}, expected [1, 1 + grid², dim]");
+    }
+    let mut depth = 0;
+    while shape(&format!("base_encoder.blocks.{depth}.norm1.weight")).is_ok() {
+        depth += 1;
+    }
+    let h0 = shape("base_encoder.head.0.weight")?;
+    let h6 = shape("base_encoder.head.6.weight")?;
+    Ok(InferredShape {
+        dim: pe[0],
+        depth,
+        patch: pe[2],
+        in_chans: pe[1],
+        img: grid * pe[2],
+        mlp_dim: h0[0],
+        out_dim: h6[0],
+    })
+}
