@@ -34,8 +34,9 @@ enum Cmd {
     Extract(ExtractArgs),
     /// Render the curves of a run directory (metrics.jsonl, lincls.jsonl) into RUN_DIR/report.png.
     Report { run_dir: PathBuf },
-    /// Convert an official main_moco.py checkpoint (.pth.tar, zip or legacy) into a native
-    /// checkpoint that `pretrain --resume`, `knn` and `lincls` read.
+    /// Convert between checkpoints: an official main_moco.py .pth.tar (zip or legacy) to a native
+    /// one (`--to safetensors`), or a native one to the official layout (`--to official`) or to
+    /// the DeiT fine-tuning layout (`--to deit`).
     Convert(ConvertArgs),
     /// List the named presets.
     Presets,
@@ -43,10 +44,10 @@ enum Cmd {
 
 #[derive(Args)]
 struct ConvertArgs {
-    /// The official checkpoint.
+    /// The checkpoint to convert.
     input: PathBuf,
-    /// Output format (only `safetensors`, the native checkpoint, for now).
-    #[arg(long, default_value = "safetensors")]
+    /// safetensors (official -> native), official or deit (native -> torch.save file).
+    #[arg(long)]
     to: String,
     #[arg(long)]
     out: PathBuf,
@@ -492,8 +493,19 @@ fn extract(a: ExtractArgs) -> Result<()> {
 
 fn convert(a: ConvertArgs) -> Result<()> {
     use mocov3::interop::official;
+    if a.to == "official" || a.to == "deit" {
+        let (mut model, _, state) = mocov3::train::checkpoint::load(&a.input)?;
+        let obj = if a.to == "official" {
+            official::to_official(&mut model, state.epoch as i64, &state.config.arch)
+        } else {
+            official::to_deit(&mut model)
+        };
+        mocov3::interop::writer::save(&a.out, &obj)?;
+        println!("convert: {} -> {} ({} layout, torch.save zip format)", a.input.display(), a.out.display(), a.to);
+        return Ok(());
+    }
     if a.to != "safetensors" {
-        anyhow::bail!("--to {}: only `safetensors` (the native checkpoint) is supported so far", a.to);
+        anyhow::bail!("--to {}: expected safetensors, official or deit", a.to);
     }
     let s = official::infer_shape(&a.input)?;
     let arch = mocov3::models::vit::ARCHS

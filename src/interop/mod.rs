@@ -4,3 +4,4 @@
 pub mod official;
 pub mod pickle;
 pub mod torchfile;
+pub mod writer;

@@ -161,3 +161,39 @@ pub fn infer_shape(path: &Path) -> Result<InferredShape> {
         out_dim: h6[0],
     })
 }
+
+/// The official checkpoint layout of a model: `{'epoch', 'arch', 'state_dict'}` with the DDP
+/// `module.` prefix (what `main_lincls.py --pretrained` and `convert_to_deit.py` read). The
+/// optimizer state is not written.
+pub fn to_official(model: &mut MoCo, epoch: i64, arch: &str) -> super::writer::Obj {
+    use super::writer::Obj;
+    let mut sd = Vec::new();
+    model.visit_tensors(&mut |key, shape, data| {
+        let t = if key.ends_with("num_batches_tracked") {
+            Obj::Long(shape.to_vec(), data.iter().map(|&v| v as i64).collect())
+        } else {
+            Obj::Float(shape.to_vec(), data.clone())
+        };
+        sd.push((format!("module.{key}"), t));
+    });
+    Obj::Dict(vec![
+        ("epoch".into(), Obj::Int(epoch)),
+        ("arch".into(), Obj::Str(arch.into())),
+        ("state_dict".into(), Obj::OrderedDict(sd)),
+    ])
+}
+
+/// The layout `convert_to_deit.py` writes: `{'model': backbone state_dict}` without the
+/// projector (`head.*`) and without prefixes.
+pub fn to_deit(model: &mut MoCo) -> super::writer::Obj {
+    use super::writer::Obj;
+    let mut sd = Vec::new();
+    model.visit_tensors(&mut |key, shape, data| {
+        if let Some(k) = key.strip_prefix("base_encoder.") {
+            if !k.starts_with("head.") {
+                sd.push((k.to_string(), Obj::Float(shape.to_vec(), data.clone())));
+            }
+        }
+    });
+    Obj::Dict(vec![("model".into(), Obj::OrderedDict(sd))])
+}
