@@ -33,6 +33,11 @@ sd = {k[len("module."):]: v for k, v in ckpt["state_dict"].items()}
 result = model.load_state_dict(sd, strict=True)
 print(f"official MoCo_ViT.load_state_dict(strict=True): {result}; epoch {ckpt['epoch']}, arch {ckpt['arch']}, "
       f"{len(sd)} tensors")
+if "optimizer" in ckpt:
+    opt = torch.optim.AdamW(model.parameters(), 1e-3)
+    opt.load_state_dict(ckpt["optimizer"])
+    print(f"torch.optim.AdamW.load_state_dict: {len(opt.state)} parameter states, step "
+          f"{float(next(iter(opt.state.values()))['step'])}")
 if a.deit:
     d = torch.load(a.deit, map_location="cpu", weights_only=False)["model"]
     vit = arch(num_classes=10)

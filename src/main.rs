@@ -38,8 +38,41 @@ enum Cmd {
     /// one (`--to safetensors`), or a native one to the official layout (`--to official`) or to
     /// the DeiT fine-tuning layout (`--to deit`).
     Convert(ConvertArgs),
+    /// Exactly one training step from an official checkpoint on given views (x1, x2 in a
+    /// safetensors file), written in the official layout with the AdamW state: a parity check.
+    Step(StepCmd),
     /// List the named presets.
     Presets,
+}
+
+#[derive(Args)]
+struct StepCmd {
+    /// Official checkpoint (.pth.tar) to start from.
+    #[arg(long)]
+    checkpoint: PathBuf,
+    /// safetensors file with `x1` and `x2`, f32 [N, C, H, W].
+    #[arg(long)]
+    views: PathBuf,
+    #[arg(long)]
+    out: PathBuf,
+    #[arg(long)]
+    lr: f64,
+    #[arg(long)]
+    wd: f64,
+    #[arg(long)]
+    moco_m: f64,
+    #[arg(long)]
+    moco_t: f32,
+    /// Attention heads (not in the weights).
+    #[arg(long, default_value_t = 12)]
+    heads: usize,
+    /// Position embedding (not told apart by the weights).
+    #[arg(long, value_enum, default_value = "sincos")]
+    pos: mocov3::nn::posembed::PosEmbedKind,
+    #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
+    stop_grad_conv1: bool,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Args)]
@@ -259,6 +292,21 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Knn(a) => knn(a)?,
+        Cmd::Step(a) => {
+            mocov3::engine::init_threads(a.threads);
+            let args = mocov3::interop::step::StepArgs {
+                heads: a.heads,
+                pos: a.pos,
+                stop_grad_conv1: a.stop_grad_conv1,
+                lr: a.lr,
+                wd: a.wd,
+                m: a.moco_m,
+                t: a.moco_t,
+            };
+            let loss = mocov3::interop::step::run(&a.checkpoint, &a.views, &a.out, &args)?;
+            println!("loss {loss:.8}");
+            eprintln!("step: {} -> {}", a.checkpoint.display(), a.out.display());
+        }
         Cmd::Convert(a) => convert(a)?,
         Cmd::Report { run_dir } => {
             let out = mocov3::report::render(&run_dir)?;

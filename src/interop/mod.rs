@@ -3,5 +3,6 @@
 
 pub mod official;
 pub mod pickle;
+pub mod step;
 pub mod torchfile;
 pub mod writer;

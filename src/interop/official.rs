@@ -166,6 +166,13 @@ pub fn infer_shape(path: &Path) -> Result<InferredShape> {
 /// `module.` prefix (what `main_lincls.py --pretrained` and `convert_to_deit.py` read). The
 /// optimizer state is not written.
 pub fn to_official(model: &mut MoCo, epoch: i64, arch: &str) -> super::writer::Obj {
+    to_official_with(model, epoch, arch, None)
+}
+
+/// As [`to_official`], with the AdamW state in `torch.optim.AdamW.state_dict()` form when `opt`
+/// is given (indices over all parameters: base, momentum, predictor; state only for trainable
+/// ones; `step` as a float tensor).
+pub fn to_official_with(model: &mut MoCo, epoch: i64, arch: &str, opt: Option<(&AdamW, f64)>) -> super::writer::Obj {
     use super::writer::Obj;
     let mut sd = Vec::new();
     model.visit_tensors(&mut |key, shape, data| {
@@ -176,11 +183,50 @@ pub fn to_official(model: &mut MoCo, epoch: i64, arch: &str) -> super::writer::O
         };
         sd.push((format!("module.{key}"), t));
     });
-    Obj::Dict(vec![
+    let mut top = vec![
         ("epoch".into(), Obj::Int(epoch)),
         ("arch".into(), Obj::Str(arch.into())),
         ("state_dict".into(), Obj::OrderedDict(sd)),
-    ])
+    ];
+    if let Some((opt, lr)) = opt {
+        let mut flags: Vec<bool> = model.base.params_mut().iter().map(|q| q.trainable).collect();
+        flags.extend(model.momentum.params_mut().iter().map(|q| q.trainable));
+        flags.extend(model.predictor.params_mut().iter().map(|q| q.trainable));
+        let shapes: Vec<Vec<usize>> = model.trainable_params().iter().map(|q| q.shape.clone()).collect();
+        let mut state = Vec::new();
+        let mut k = 0;
+        for (i, &t) in flags.iter().enumerate() {
+            if t && k < opt.exp_avg.len() {
+                state.push((
+                    i as i64,
+                    Obj::Dict(vec![
+                        ("step".into(), Obj::Float(vec![], vec![opt.step as f32])),
+                        ("exp_avg".into(), Obj::Float(shapes[k].clone(), opt.exp_avg[k].clone())),
+                        ("exp_avg_sq".into(), Obj::Float(shapes[k].clone(), opt.exp_avg_sq[k].clone())),
+                    ]),
+                ));
+                k += 1;
+            }
+        }
+        let group = Obj::Dict(vec![
+            ("lr".into(), Obj::F64(lr)),
+            ("betas".into(), Obj::Tuple(vec![Obj::F64(opt.beta1), Obj::F64(opt.beta2)])),
+            ("eps".into(), Obj::F64(opt.eps)),
+            ("weight_decay".into(), Obj::F64(opt.weight_decay)),
+            ("amsgrad".into(), Obj::Bool(false)),
+            ("maximize".into(), Obj::Bool(false)),
+            ("foreach".into(), Obj::None),
+            ("capturable".into(), Obj::Bool(false)),
+            ("differentiable".into(), Obj::Bool(false)),
+            ("fused".into(), Obj::None),
+            ("decoupled_weight_decay".into(), Obj::Bool(true)),
+            ("params".into(), Obj::List((0..flags.len() as i64).map(Obj::Int).collect())),
+        ]);
+        let optimizer =
+            Obj::Dict(vec![("state".into(), Obj::IntDict(state)), ("param_groups".into(), Obj::List(vec![group]))]);
+        top.push(("optimizer".into(), optimizer));
+    }
+    Obj::Dict(top)
 }
 
 /// The layout `convert_to_deit.py` writes: `{'model': backbone state_dict}` without the

@@ -10,7 +10,14 @@ use std::path::Path;
 /// A value to pickle.
 pub enum Obj {
     Int(i64),
+    F64(f64),
+    Bool(bool),
+    None,
     Str(String),
+    List(Vec<Obj>),
+    Tuple(Vec<Obj>),
+    /// A dict with integer keys (the optimizer's `state`).
+    IntDict(Vec<(i64, Obj)>),
     /// A plain dict (string keys, insertion order).
     Dict(Vec<(String, Obj)>),
     /// A `collections.OrderedDict` (what `state_dict()` returns).
@@ -104,7 +111,41 @@ impl Pickler {
     fn obj(&mut self, o: &Obj) {
         match o {
             Obj::Int(v) => self.int(*v),
+            Obj::F64(v) => {
+                self.out.push(b'G');
+                self.out.extend_from_slice(&v.to_be_bytes());
+            }
+            Obj::Bool(b) => self.out.push(if *b { 0x88 } else { 0x89 }),
+            Obj::None => self.out.push(b'N'),
             Obj::Str(s) => self.str(s),
+            Obj::List(items) | Obj::Tuple(items) => {
+                let list = matches!(o, Obj::List(_));
+                self.out.push(if list { b']' } else { b'(' });
+                if list && !items.is_empty() {
+                    self.out.push(b'(');
+                }
+                for v in items {
+                    self.obj(v);
+                }
+                if list {
+                    if !items.is_empty() {
+                        self.out.push(b'e');
+                    }
+                } else {
+                    self.out.push(b't');
+                }
+            }
+            Obj::IntDict(items) => {
+                self.out.push(b'}');
+                if !items.is_empty() {
+                    self.out.push(b'(');
+                    for (k, v) in items {
+                        self.int(*k);
+                        self.obj(v);
+                    }
+                    self.out.push(b'u');
+                }
+            }
             Obj::Dict(items) | Obj::OrderedDict(items) => {
                 if matches!(o, Obj::OrderedDict(_)) {
                     self.global("collections", "OrderedDict");

@@ -1,0 +1,78 @@
+//! `mocov3 step`: exactly one MoCo v3 training step from an official checkpoint on given views,
+//! with explicit hyper-parameters (no schedule, no augmentation, no randomness), the AdamW state
+//! carried, and the result written in the official layout: the tool to check parity with the
+//! official code on any checkpoint.
+
+use super::official;
+use crate::moco::{MoCo, MocoConfig};
+use crate::models::vit::VitConfig;
+use crate::nn::posembed::PosEmbedKind;
+use crate::optim::AdamW;
+use anyhow::{bail, Context, Result};
+use safetensors::SafeTensors;
+use std::path::Path;
+
+pub struct StepArgs {
+    pub heads: usize,
+    pub pos: PosEmbedKind,
+    pub stop_grad_conv1: bool,
+    pub lr: f64,
+    pub wd: f64,
+    pub m: f64,
+    pub t: f32,
+}
+
+/// Read views `x1` and `x2` (f32, `[N, C, H, W]`) and stack them as [x1; x2].
+pub fn read_views(path: &Path, chans: usize, img: usize) -> Result<(Vec<f32>, usize)> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let mut x = Vec::new();
+    let mut n = None;
+    for name in ["x1", "x2"] {
+        let t = st.tensor(name).map_err(|_| anyhow::anyhow!("{}: no tensor named {name}", path.display()))?;
+        let s = t.shape();
+        if t.dtype() != safetensors::Dtype::F32 || s.len() != 4 || s[1] != chans || s[2] != img || s[3] != img {
+            bail!(
+                "{}: {name} has shape {s:?} ({:?}); the model expects f32 [N, {chans}, {img}, {img}]",
+                path.display(),
+                t.dtype()
+            );
+        }
+        if *n.get_or_insert(s[0]) != s[0] {
+            bail!("{}: x1 and x2 have different batch sizes", path.display());
+        }
+        x.extend(t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())));
+    }
+    Ok((x, n.unwrap()))
+}
+
+/// Run the step; writes `out` and returns the loss.
+pub fn run(input: &Path, views: &Path, out: &Path, a: &StepArgs) -> Result<f32> {
+    let s = official::infer_shape(input)?;
+    let vit = VitConfig {
+        img: s.img,
+        patch: s.patch,
+        in_chans: s.in_chans,
+        dim: s.dim,
+        depth: s.depth,
+        heads: a.heads,
+        mlp_ratio: 4,
+        pos: a.pos,
+        stop_grad_conv1: a.stop_grad_conv1,
+    };
+    vit.validate().map_err(|e| anyhow::anyhow!("{}: {e} (check --heads)", input.display()))?;
+    let cfg = MocoConfig { vit, mlp_dim: s.mlp_dim, out_dim: s.out_dim, t: a.t };
+    let mut model = MoCo::new(&cfg, 0);
+    let mut opt = AdamW::new(a.wd);
+    let info = official::load_into(input, &mut model, &mut opt)?;
+    let (x, n) = read_views(views, s.in_chans, s.img)?;
+    if n < 2 {
+        bail!("{}: at least 2 images per view are needed (BatchNorm)", views.display());
+    }
+    let loss = model.forward_backward(&x, n, a.m);
+    opt.update(&mut model.trainable_params(), a.lr);
+    let obj =
+        official::to_official_with(&mut model, info.epoch, info.arch.as_deref().unwrap_or("vit"), Some((&opt, a.lr)));
+    super::writer::save(out, &obj)?;
+    Ok(loss)
+}
