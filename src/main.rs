@@ -79,7 +79,7 @@ struct StepCmd {
 struct ConvertArgs {
     /// The checkpoint to convert.
     input: PathBuf,
-    /// safetensors (official -> native), official or deit (native -> torch.save file).
+    /// safetensors (official -> native), official, deit or timm (native -> torch.save file).
     #[arg(long)]
     to: String,
     #[arg(long)]
@@ -541,19 +541,19 @@ fn extract(a: ExtractArgs) -> Result<()> {
 
 fn convert(a: ConvertArgs) -> Result<()> {
     use mocov3::interop::official;
-    if a.to == "official" || a.to == "deit" {
+    if a.to == "official" || a.to == "deit" || a.to == "timm" {
         let (mut model, _, state) = mocov3::train::checkpoint::load(&a.input)?;
-        let obj = if a.to == "official" {
-            official::to_official(&mut model, state.epoch as i64, &state.config.arch)
-        } else {
-            official::to_deit(&mut model)
+        let obj = match a.to.as_str() {
+            "official" => official::to_official(&mut model, state.epoch as i64, &state.config.arch),
+            "deit" => official::to_deit(&mut model),
+            _ => official::to_timm(&mut model),
         };
         mocov3::interop::writer::save(&a.out, &obj)?;
         println!("convert: {} -> {} ({} layout, torch.save zip format)", a.input.display(), a.out.display(), a.to);
         return Ok(());
     }
     if a.to != "safetensors" {
-        anyhow::bail!("--to {}: expected safetensors, official or deit", a.to);
+        anyhow::bail!("--to {}: expected safetensors, official, deit or timm", a.to);
     }
     let s = official::infer_shape(&a.input)?;
     let arch = mocov3::models::vit::ARCHS

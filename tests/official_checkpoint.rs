@@ -5,6 +5,7 @@ use mocov3::interop::official::load_into;
 use mocov3::moco::{MoCo, MocoConfig};
 use mocov3::models::vit::VitConfig;
 use mocov3::nn::posembed::PosEmbedKind;
+use mocov3::nn::Module;
 use mocov3::optim::AdamW;
 use safetensors::SafeTensors;
 use std::path::PathBuf;
@@ -107,4 +108,29 @@ fn official_layout_round_trips_bit_exactly() {
     let mut tb = Vec::new();
     b.visit_tensors(&mut |k, _, d| tb.push((k, d.iter().map(|v| v.to_bits()).collect::<Vec<_>>())));
     assert_eq!(ta, tb);
+}
+
+#[test]
+fn backbone_only_layouts_load_bit_exactly() {
+    use mocov3::interop::{official, writer};
+    let mut a = MoCo::new(&tiny(16), 9);
+    load_into(&fixture("official_legacy.pth.tar"), &mut a, &mut AdamW::new(0.1)).unwrap();
+    let dir = std::env::temp_dir().join(format!("mocov3-backbone-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let (deit, timm) = (dir.join("deit.pth"), dir.join("timm.pth"));
+    writer::save(&deit, &official::to_deit(&mut a)).unwrap();
+    writer::save(&timm, &official::to_timm(&mut a)).unwrap();
+    let bits = |m: &mut MoCo| {
+        let mut v = Vec::new();
+        m.base.backbone.visit(&mut |p| v.push((p.name.clone(), p.w.iter().map(|x| x.to_bits()).collect::<Vec<_>>())));
+        v
+    };
+    let want = bits(&mut a);
+    for file in [deit.clone(), timm, fixture("official_zip.pth.tar")] {
+        let mut b = MoCo::new(&tiny(16), 2);
+        official::load_backbone(&file, &mut b.base.backbone).unwrap();
+        assert_eq!(bits(&mut b), want, "{}", file.display());
+    }
+    let e = official::load_backbone(&deit, &mut MoCo::new(&tiny(32), 2).base.backbone).unwrap_err().to_string();
+    assert!(e.contains("shape"), "{e}");
 }

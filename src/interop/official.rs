@@ -243,3 +243,53 @@ pub fn to_deit(model: &mut MoCo) -> super::writer::Obj {
     });
     Obj::Dict(vec![("model".into(), Obj::OrderedDict(sd))])
 }
+
+/// The backbone alone as a timm `VisionTransformer` state_dict (no wrapper, no head).
+pub fn to_timm(model: &mut MoCo) -> super::writer::Obj {
+    match to_deit(model) {
+        super::writer::Obj::Dict(mut top) => top.remove(0).1,
+        other => other,
+    }
+}
+
+/// Load a backbone-only file into a ViT: the DeiT layout (`{'model': ...}`), a plain timm
+/// state_dict, a `main_lincls.py` checkpoint (`state_dict` with `module.` keys and a classifier),
+/// or an official pre-training checkpoint (its `base_encoder`). Classifier / projector keys
+/// (`head.*`) are ignored; every backbone tensor must be present with the right shape.
+pub fn load_backbone(path: &Path, vit: &mut crate::models::vit::Vit) -> Result<()> {
+    let f = TorchFile::open(path)?;
+    let p = path.display();
+    let dict = f.root.get("model").or_else(|| f.root.get("state_dict")).unwrap_or(&f.root);
+    let Value::Dict(items) = dict else { bail!("{p}: no state_dict found") };
+    let mut by_name: HashMap<String, &Value> = HashMap::new();
+    for (k, v) in items {
+        let Value::Str(k) = k else { continue };
+        let k = k.strip_prefix("module.").unwrap_or(k);
+        let k = k.strip_prefix("base_encoder.").unwrap_or(k);
+        if k.starts_with("momentum_encoder.") || k.starts_with("predictor.") || k.starts_with("head.") {
+            continue;
+        }
+        by_name.insert(k.to_string(), v);
+    }
+    let mut err = None;
+    vit.visit(&mut |param| {
+        if err.is_some() {
+            return;
+        }
+        match by_name.get(&param.name) {
+            None => err = Some(anyhow::anyhow!("{p}: backbone key {} is missing", param.name)),
+            Some(t) => match f.tensor_f32(t) {
+                Ok((s, v)) if s == param.shape => param.w = v,
+                Ok((s, _)) => {
+                    err = Some(anyhow::anyhow!(
+                        "{p}: {} has shape {s:?}, the model expects {:?}",
+                        param.name,
+                        param.shape
+                    ))
+                }
+                Err(e) => err = Some(e),
+            },
+        }
+    });
+    err.map_or(Ok(()), Err)
+}
