@@ -134,3 +134,33 @@ fn backbone_only_layouts_load_bit_exactly() {
     let e = official::load_backbone(&deit, &mut MoCo::new(&tiny(32), 2).base.backbone).unwrap_err().to_string();
     assert!(e.contains("shape"), "{e}");
 }
+
+#[test]
+fn missing_and_unexpected_keys_are_named() {
+    use mocov3::interop::writer::{self, Obj};
+    let mut a = MoCo::new(&tiny(16), 9);
+    let mut sd = Vec::new();
+    a.visit_tensors(&mut |k, s, d| sd.push((format!("module.{k}"), Obj::Float(s.to_vec(), d.clone()))));
+    let dir = std::env::temp_dir().join(format!("mocov3-keys-{}", std::process::id()));
+    std::fs::create_dir_all(&dir).unwrap();
+    let without: Vec<(String, Obj)> =
+        sd.iter().filter(|(k, _)| !k.ends_with("blocks.0.norm2.bias")).map(|(k, v)| (k.clone(), clone(v))).collect();
+    let missing = dir.join("missing.pth.tar");
+    writer::save(&missing, &Obj::Dict(vec![("state_dict".into(), Obj::OrderedDict(without))])).unwrap();
+    let e = load_into(&missing, &mut MoCo::new(&tiny(16), 0), &mut AdamW::new(0.1)).err().unwrap().to_string();
+    assert!(e.contains("module.base_encoder.blocks.0.norm2.bias") && e.contains("missing"), "{e}");
+    let mut extra: Vec<(String, Obj)> = sd.iter().map(|(k, v)| (k.clone(), clone(v))).collect();
+    extra.push(("module.base_encoder.fc_norm.weight".into(), Obj::Float(vec![16], vec![1.0; 16])));
+    let unexpected = dir.join("unexpected.pth.tar");
+    writer::save(&unexpected, &Obj::Dict(vec![("state_dict".into(), Obj::OrderedDict(extra))])).unwrap();
+    let e = load_into(&unexpected, &mut MoCo::new(&tiny(16), 0), &mut AdamW::new(0.1)).err().unwrap().to_string();
+    assert!(e.contains("unexpected") && e.contains("module.base_encoder.fc_norm.weight"), "{e}");
+}
+
+fn clone(o: &mocov3::interop::writer::Obj) -> mocov3::interop::writer::Obj {
+    use mocov3::interop::writer::Obj;
+    match o {
+        Obj::Float(s, d) => Obj::Float(s.clone(), d.clone()),
+        _ => unreachable!("only tensors here"),
+    }
+}
