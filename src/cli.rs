@@ -1,0 +1,227 @@
+//! The evaluation, conversion and interop commands of the CLI.
+
+use super::*;
+
+pub fn knn(a: KnnArgs) -> Result<()> {
+    use mocov3::eval::{features, knn};
+    mocov3::engine::init_threads(a.threads);
+    let loaded = match &a.checkpoint {
+        Some(p) => Some(mocov3::train::checkpoint::load(p)?),
+        None => None,
+    };
+    let dataset = a
+        .dataset
+        .clone()
+        .or_else(|| loaded.as_ref().map(|l| l.2.config.dataset.clone()))
+        .unwrap_or_else(|| "fashion-mnist".into());
+    let data_dir = a.data_dir.clone().or_else(|| loaded.as_ref().and_then(|l| l.2.config.data_dir.clone()));
+    let train = mocov3::data::load(&dataset, data_dir.as_deref(), true)?;
+    let test = mocov3::data::load(&dataset, data_dir.as_deref(), false)?;
+    let (nb, nq) = (features::count(&train, a.train_limit), features::count(&test, a.test_limit));
+    let classes = train.classes.max(test.classes);
+    let t0 = std::time::Instant::now();
+    let (bank, query, d, what) = match loaded {
+        None => {
+            let (b, d) = features::pixels(&train, nb);
+            let (q, _) = features::pixels(&test, nq);
+            (b, q, d, "pixels".to_string())
+        }
+        Some((mut model, _, state)) => {
+            if state.in_chans != train.c {
+                anyhow::bail!(
+                    "the checkpoint expects {}-channel images, dataset '{dataset}' has {}",
+                    state.in_chans,
+                    train.c
+                );
+            }
+            let (mean, std) = train.channel_stats();
+            let aug =
+                mocov3::data::augment::Augment { out: state.config.img_size, crop_min: 1.0, flip: false, mean, std };
+            let vit = &mut model.base.backbone;
+            vit.keep_activations = false;
+            let b = features::backbone(vit, &train, nb, &aug, 256);
+            let q = features::backbone(vit, &test, nq, &aug, 256);
+            (b, q, vit.cfg.dim, format!("{} (epoch {})", a.checkpoint.as_ref().unwrap().display(), state.epoch))
+        }
+    };
+    let r = knn::classify(&bank, &train.labels[..nb], &query, &test.labels[..nq], d, classes, &a.k, a.t);
+    eprintln!("features of {nb} train and {nq} test images from {what} in {:.1} s", t0.elapsed().as_secs_f64());
+    for x in r {
+        println!(
+            "knn dataset={dataset} features={} k={} t={} top1={:.2} top5={:.2}",
+            if a.pixels { "pixels" } else { "checkpoint" },
+            x.k,
+            a.t,
+            x.top1,
+            x.top5
+        );
+    }
+    Ok(())
+}
+
+/// A checkpoint's model, training state, and the dataset split(s) it was trained on (or named).
+struct Probe {
+    model: mocov3::moco::MoCo,
+    state: mocov3::train::checkpoint::TrainState,
+    train: mocov3::data::ImageSet,
+    plain: mocov3::data::augment::Augment,
+}
+
+fn open_probe(checkpoint: &std::path::Path, dataset: &Option<String>, data_dir: &Option<PathBuf>) -> Result<Probe> {
+    let (model, _, state) = mocov3::train::checkpoint::load(checkpoint)?;
+    let name = dataset.clone().unwrap_or_else(|| state.config.dataset.clone());
+    let dir = data_dir.clone().or_else(|| state.config.data_dir.clone());
+    let train = mocov3::data::load(&name, dir.as_deref(), true)?;
+    if state.in_chans != train.c {
+        anyhow::bail!("the checkpoint expects {}-channel images, dataset '{name}' has {}", state.in_chans, train.c);
+    }
+    let (mean, std) = train.channel_stats();
+    let plain = mocov3::data::augment::Augment { out: state.config.img_size, crop_min: 1.0, flip: false, mean, std };
+    Ok(Probe { model, state, train, plain })
+}
+
+pub fn lincls(a: LinclsArgs) -> Result<()> {
+    use mocov3::eval::lincls;
+    mocov3::engine::init_threads(a.threads);
+    let mut p = open_probe(&a.checkpoint, &a.dataset, &a.data_dir)?;
+    let name = a.dataset.clone().unwrap_or_else(|| p.state.config.dataset.clone());
+    let dir = a.data_dir.clone().or_else(|| p.state.config.data_dir.clone());
+    let test = mocov3::data::load(&name, dir.as_deref(), false)?;
+    let cfg = lincls::LinclsConfig {
+        epochs: a.epochs,
+        batch: a.batch_size,
+        lr: a.lr,
+        momentum: 0.9,
+        seed: a.seed,
+        cached: a.cached,
+        crop_min: 0.08,
+    };
+    let out = a.out.clone().unwrap_or_else(|| a.checkpoint.parent().map(|d| d.to_path_buf()).unwrap_or_default());
+    std::fs::create_dir_all(&out)?;
+    let mut log = mocov3::train::metrics::MetricsLog::open(&out.join("lincls.jsonl"), true)?;
+    let mut tb = mocov3::train::tensorboard::EventWriter::create(&out)?;
+    let mut err = None;
+    let res = lincls::run(&mut p.model.base.backbone, &p.train, &test, &p.plain, &cfg, |r| {
+        eprintln!(
+            "epoch {:3}/{}: lr {:.4} loss {:.4} top1 {:.2} top5 {:.2}",
+            r.epoch + 1,
+            cfg.epochs,
+            r.lr,
+            r.train_loss,
+            r.top1,
+            r.top5
+        );
+        let values = [
+            ("lincls/train_loss", r.train_loss as f32),
+            ("lincls/lr", r.lr as f32),
+            ("lincls/top1", r.top1 as f32),
+            ("lincls/top5", r.top5 as f32),
+        ];
+        if let Err(e) = log.write(r).and_then(|_| tb.scalars(r.epoch as u64 + 1, &values)) {
+            err = Some(e);
+        }
+    })?;
+    if let Some(e) = err {
+        return Err(e);
+    }
+    let best = res.iter().map(|r| r.top1).fold(f64::NEG_INFINITY, f64::max);
+    let last = res.last().map(|r| (r.top1, r.top5)).unwrap_or((0.0, 0.0));
+    println!(
+        "lincls dataset={name} epochs={} mode={} best_top1={best:.2} last_top1={:.2} last_top5={:.2} backbone=unchanged",
+        cfg.epochs,
+        if cfg.cached { "cached" } else { "augmented" },
+        last.0,
+        last.1
+    );
+    Ok(())
+}
+
+pub fn extract(a: ExtractArgs) -> Result<()> {
+    mocov3::engine::init_threads(a.threads);
+    let mut p = open_probe(&a.checkpoint, &a.dataset, &a.data_dir)?;
+    let set = match a.split.as_str() {
+        "train" => p.train,
+        "test" => {
+            let name = a.dataset.clone().unwrap_or_else(|| p.state.config.dataset.clone());
+            let dir = a.data_dir.clone().or_else(|| p.state.config.data_dir.clone());
+            mocov3::data::load(&name, dir.as_deref(), false)?
+        }
+        other => anyhow::bail!("--split must be train or test, not '{other}'"),
+    };
+    let vit = &mut p.model.base.backbone;
+    vit.keep_activations = false;
+    let d = vit.cfg.dim;
+    let f = mocov3::eval::features::backbone(vit, &set, set.len(), &p.plain, 256);
+    let fb: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
+    let lb: Vec<u8> = set.labels.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect();
+    use safetensors::tensor::{Dtype, TensorView};
+    let views = vec![
+        ("features".to_string(), TensorView::new(Dtype::F32, vec![set.len(), d], &fb)?),
+        ("labels".to_string(), TensorView::new(Dtype::I64, vec![set.len()], &lb)?),
+    ];
+    let tmp = a.out.with_extension("tmp");
+    safetensors::tensor::serialize_to_file(views, &None, &tmp)?;
+    std::fs::rename(&tmp, &a.out)?;
+    println!("extract: {} features of dim {d} (L2-normalised) and labels -> {}", set.len(), a.out.display());
+    Ok(())
+}
+
+pub fn convert(a: ConvertArgs) -> Result<()> {
+    use mocov3::interop::official;
+    if a.to == "official" || a.to == "deit" || a.to == "timm" {
+        let (mut model, _, state) = mocov3::train::checkpoint::load(&a.input)?;
+        let obj = match a.to.as_str() {
+            "official" => official::to_official(&mut model, state.epoch as i64, &state.config.arch),
+            "deit" => official::to_deit(&mut model),
+            _ => official::to_timm(&mut model),
+        };
+        mocov3::interop::writer::save(&a.out, &obj)?;
+        println!("convert: {} -> {} ({} layout, torch.save zip format)", a.input.display(), a.out.display(), a.to);
+        return Ok(());
+    }
+    if a.to != "safetensors" {
+        anyhow::bail!("--to {}: expected safetensors, official, deit or timm", a.to);
+    }
+    let s = official::infer_shape(&a.input)?;
+    let arch = mocov3::models::vit::ARCHS
+        .iter()
+        .find(|n| mocov3::models::vit::arch_dims(n) == Some((s.dim, s.depth, a.heads)))
+        .copied()
+        .unwrap_or("vit_tiny");
+    let sets = vec![
+        format!("arch = \"{arch}\""),
+        format!("dim = {}", s.dim),
+        format!("depth = {}", s.depth),
+        format!("heads = {}", a.heads),
+        format!("img_size = {}", s.img),
+        format!("patch_size = {}", s.patch),
+        format!("moco_mlp_dim = {}", s.mlp_dim),
+        format!("moco_dim = {}", s.out_dim),
+        format!("stop_grad_conv1 = {}", a.stop_grad_conv1),
+        format!("dataset = \"{}\"", a.dataset),
+    ];
+    let cfg = config::merge_sets(&config::preset("vit_small")?, &sets)?;
+    let mut model = mocov3::moco::MoCo::new(&cfg.model(s.in_chans)?, 0);
+    let mut opt = mocov3::optim::AdamW::new(cfg.weight_decay);
+    let info = official::load_into(&a.input, &mut model, &mut opt)?;
+    let state = mocov3::train::checkpoint::TrainState {
+        format: mocov3::train::checkpoint::FORMAT,
+        epoch: info.epoch.max(0) as usize,
+        step: opt.step,
+        in_chans: s.in_chans,
+        config: cfg,
+    };
+    mocov3::train::checkpoint::save(&a.out, &mut model, &opt, &state)?;
+    println!(
+        "convert: {} ({arch}: dim {}, depth {}, heads {}, {} px / patch {}, epoch {}) -> {}",
+        a.input.display(),
+        s.dim,
+        s.depth,
+        a.heads,
+        s.img,
+        s.patch,
+        info.epoch,
+        a.out.display()
+    );
+    Ok(())
+}
