@@ -143,63 +143,101 @@ pub fn fingerprint(vit: &mut Vit) -> Vec<u32> {
 }
 
 /// Run the protocol; `report` is called after every epoch.
+/// The protocol's training loop: `fill(epoch, ids, feats)` provides the features of a batch of
+/// training images; SGD with momentum on a per-epoch cosine; evaluation on `test` after every
+/// epoch.
+#[allow(clippy::too_many_arguments)]
+fn train_head(
+    train_labels: &[u32],
+    test: &[f32],
+    test_labels: &[u32],
+    d: usize,
+    classes: usize,
+    cfg: &LinclsConfig,
+    mut fill: impl FnMut(usize, &[usize], &mut [f32]),
+    mut report: impl FnMut(&EpochResult),
+) -> Vec<EpochResult> {
+    let mut rng = Rng::new(cfg.seed);
+    let mut head = LinearHead::new(d, classes, &mut rng);
+    let init_lr = cfg.lr * cfg.batch as f64 / 256.0;
+    let n = train_labels.len();
+    let steps = n / cfg.batch;
+    let mut feats = vec![0.0f32; cfg.batch * d];
+    let mut labels = vec![0u32; cfg.batch];
+    let mut scratch = Vec::new();
+    let mut out = Vec::new();
+    for epoch in 0..cfg.epochs {
+        let lr = init_lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / cfg.epochs as f64).cos());
+        let mut order: Vec<usize> = (0..n).collect();
+        Rng::derive(cfg.seed, &[epoch as u64]).shuffle(&mut order);
+        let mut loss = 0.0;
+        for s in 0..steps {
+            let ids = &order[s * cfg.batch..(s + 1) * cfg.batch];
+            for (l, &i) in labels.iter_mut().zip(ids) {
+                *l = train_labels[i];
+            }
+            fill(epoch, ids, &mut feats);
+            loss += head.step(&feats, &labels, lr as f32, cfg.momentum as f32, &mut scratch);
+        }
+        let (top1, top5) = head.accuracy(test, test_labels);
+        let r = EpochResult { epoch, lr, train_loss: loss / steps.max(1) as f64, top1, top5 };
+        report(&r);
+        out.push(r);
+    }
+    out
+}
+
+/// Train and evaluate a linear head on fixed features (`[n, d]` each): `--cached`, and the
+/// raw-pixel logistic-regression baseline.
+#[allow(clippy::too_many_arguments)]
+pub fn probe_features(
+    train: &[f32],
+    train_labels: &[u32],
+    test: &[f32],
+    test_labels: &[u32],
+    d: usize,
+    classes: usize,
+    cfg: &LinclsConfig,
+    report: impl FnMut(&EpochResult),
+) -> Vec<EpochResult> {
+    let fill = |_: usize, ids: &[usize], feats: &mut [f32]| {
+        for (k, &i) in ids.iter().enumerate() {
+            feats[k * d..(k + 1) * d].copy_from_slice(&train[i * d..(i + 1) * d]);
+        }
+    };
+    train_head(train_labels, test, test_labels, d, classes, cfg, fill, report)
+}
+
+/// Run the protocol; `report` is called after every epoch.
 pub fn run(
     vit: &mut Vit,
     train: &ImageSet,
     test: &ImageSet,
     plain: &Augment,
     cfg: &LinclsConfig,
-    mut report: impl FnMut(&EpochResult),
+    report: impl FnMut(&EpochResult),
 ) -> anyhow::Result<Vec<EpochResult>> {
     let before = fingerprint(vit);
     vit.keep_activations = false;
     let d = vit.cfg.dim;
     let classes = train.classes.max(test.classes);
-    let mut rng = Rng::new(cfg.seed);
-    let mut head = LinearHead::new(d, classes, &mut rng);
     let test_feats = features::backbone(vit, test, test.len(), plain, cfg.batch);
-    let train_cached =
-        if cfg.cached { Some(features::backbone(vit, train, train.len(), plain, cfg.batch)) } else { None };
-    let aug = Augment { crop_min: cfg.crop_min, flip: true, ..plain.clone() };
-    let init_lr = cfg.lr * cfg.batch as f64 / 256.0;
-    let len = train.c * plain.out * plain.out;
-    let mut x = vec![0.0f32; cfg.batch * len];
-    let mut feats = vec![0.0f32; cfg.batch * d];
-    let mut labels = vec![0u32; cfg.batch];
-    let mut scratch = Vec::new();
-    let mut out = Vec::new();
-    let steps = train.len() / cfg.batch;
-    for epoch in 0..cfg.epochs {
-        let lr = init_lr * 0.5 * (1.0 + (std::f64::consts::PI * epoch as f64 / cfg.epochs as f64).cos());
-        let mut order: Vec<usize> = (0..train.len()).collect();
-        Rng::derive(cfg.seed, &[epoch as u64]).shuffle(&mut order);
-        let mut loss = 0.0;
-        for s in 0..steps {
-            let ids = &order[s * cfg.batch..(s + 1) * cfg.batch];
-            for (l, &i) in labels.iter_mut().zip(ids) {
-                *l = train.labels[i];
-            }
-            match &train_cached {
-                Some(f) => {
-                    for (k, &i) in ids.iter().enumerate() {
-                        feats[k * d..(k + 1) * d].copy_from_slice(&f[i * d..(i + 1) * d]);
-                    }
-                }
-                None => {
-                    x.par_chunks_mut(len).zip(ids.par_iter()).for_each(|(v, &i)| {
-                        let mut r = Rng::derive(cfg.seed, &[1 + epoch as u64, i as u64]);
-                        aug.view(&mut r, train.image(i), train.h, train.w, train.c, v);
-                    });
-                    feats.copy_from_slice(vit.forward(&x, cfg.batch));
-                }
-            }
-            loss += head.step(&feats, &labels, lr as f32, cfg.momentum as f32, &mut scratch);
-        }
-        let (top1, top5) = head.accuracy(&test_feats, &test.labels);
-        let r = EpochResult { epoch, lr, train_loss: loss / steps.max(1) as f64, top1, top5 };
-        report(&r);
-        out.push(r);
-    }
+    let out = if cfg.cached {
+        let train_feats = features::backbone(vit, train, train.len(), plain, cfg.batch);
+        probe_features(&train_feats, &train.labels, &test_feats, &test.labels, d, classes, cfg, report)
+    } else {
+        let aug = Augment { crop_min: cfg.crop_min, flip: true, ..plain.clone() };
+        let len = train.c * plain.out * plain.out;
+        let mut x = vec![0.0f32; cfg.batch * len];
+        let fill = |epoch: usize, ids: &[usize], feats: &mut [f32]| {
+            x.par_chunks_mut(len).zip(ids.par_iter()).for_each(|(v, &i)| {
+                let mut r = Rng::derive(cfg.seed, &[1 + epoch as u64, i as u64]);
+                aug.view(&mut r, train.image(i), train.h, train.w, train.c, v);
+            });
+            feats.copy_from_slice(vit.forward(&x, cfg.batch));
+        };
+        train_head(&train.labels, &test_feats, &test.labels, d, classes, cfg, fill, report)
+    };
     if fingerprint(vit) != before {
         anyhow::bail!("the backbone's weights changed during linear probing: this is a bug, please report it");
     }
