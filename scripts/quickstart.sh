@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Quickstart: make sure Fashion-MNIST is on the machine (Debian package dataset-fashion-mnist),
-# build, and pre-train the small ViT preset on it. Extra arguments go to `mocov3 pretrain`.
+# build, pre-train the small ViT preset on it, then score it (kNN and linear probe, beside the
+# raw-pixel baselines) and draw its curves. Extra arguments go to `mocov3 quickstart`.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z "${MOCOV3_DATA:-}" ]; then
@@ -9,4 +10,4 @@ if [ ! -e /usr/share/datasets/fashion-mnist/train-images-idx3-ubyte.gz ] && [ -z
   else sudo apt-get update -qq && sudo apt-get install -y -qq dataset-fashion-mnist; fi
 fi
 cargo build --release
-exec ./target/release/mocov3 pretrain --preset fashion-mnist --out runs/fashion-mnist "$@"
+exec ./target/release/mocov3 quickstart --out runs/quickstart "$@"

@@ -225,3 +225,84 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// The whole small-scale pipeline: pre-train (or resume) the Fashion-MNIST preset, then kNN and
+/// the linear probe on its features and on raw pixels, the report, and a summary.
+pub fn quickstart(a: QuickstartArgs) -> Result<()> {
+    use mocov3::eval::{features, knn, lincls};
+    mocov3::engine::init_threads(a.threads);
+    let t0 = std::time::Instant::now();
+    let mut cfg = config::preset("fashion-mnist")?;
+    cfg.out_dir = a.out.clone();
+    if let Some(e) = a.epochs {
+        cfg.epochs = e;
+    }
+    cfg.data_dir = a.data_dir.clone();
+    let ckpt = pretrain::checkpoint_path(&cfg.out_dir);
+    let resume = if ckpt.is_file() { Some(mocov3::train::checkpoint::load(&ckpt)?.2.epoch) } else { None };
+    match resume {
+        Some(e) if e >= cfg.epochs => {
+            eprintln!("quickstart: {} already holds {e} epochs; evaluating it", ckpt.display())
+        }
+        _ => {
+            let opts = RunOptions { resume: resume.map(|_| ckpt.clone()), stop_after_epochs: None, quiet: false };
+            pretrain::run(cfg.clone(), &opts)?;
+        }
+    }
+    let train_secs = t0.elapsed().as_secs_f64();
+    let mut p = open_probe(&ckpt, &None, &a.data_dir)?;
+    let test = mocov3::data::load("fashion-mnist", a.data_dir.as_deref(), false)?;
+    let classes = p.train.classes.max(test.classes);
+    let vit = &mut p.model.base.backbone;
+    vit.keep_activations = false;
+    let d = vit.cfg.dim;
+    eprintln!("quickstart: features of {} train and {} test images", p.train.len(), test.len());
+    let ftrain = features::backbone(vit, &p.train, p.train.len(), &p.plain, 256);
+    let ftest = features::backbone(vit, &test, test.len(), &p.plain, 256);
+    let (ptrain, pd) = features::pixels(&p.train, p.train.len());
+    let (ptest, _) = features::pixels(&test, test.len());
+    let knn_model = knn::classify(&ftrain, &p.train.labels, &ftest, &test.labels, d, classes, &[20], 0.07)[0];
+    let knn_pixels = knn::classify(&ptrain, &p.train.labels, &ptest, &test.labels, pd, classes, &[20], 0.07)[0];
+    let lcfg = lincls::LinclsConfig {
+        epochs: a.lincls_epochs,
+        batch: 256,
+        lr: 3.0,
+        momentum: 0.9,
+        seed: 0,
+        cached: true,
+        crop_min: 0.08,
+    };
+    let quiet = |_: &lincls::EpochResult| {};
+    let lin_model = lincls::probe_features(&ftrain, &p.train.labels, &ftest, &test.labels, d, classes, &lcfg, quiet);
+    let lin_pixels = lincls::probe_features(&ptrain, &p.train.labels, &ptest, &test.labels, pd, classes, &lcfg, quiet);
+    let best = |r: &[lincls::EpochResult]| r.iter().map(|x| x.top1).fold(f64::NEG_INFINITY, f64::max);
+    let last = |r: &[lincls::EpochResult]| r.last().map(|x| x.top1).unwrap_or(f64::NAN);
+    let report = mocov3::report::render(&cfg.out_dir)?;
+    let summary = serde_json::json!({
+        "epochs": p.state.epoch,
+        "pretrain_seconds": train_secs,
+        "total_seconds": t0.elapsed().as_secs_f64(),
+        "knn_top1": knn_model.top1, "knn_top1_pixels": knn_pixels.top1,
+        "linear_top1_best": best(&lin_model), "linear_top1_last": last(&lin_model),
+        "linear_top1_pixels_best": best(&lin_pixels), "linear_top1_pixels_last": last(&lin_pixels),
+    });
+    std::fs::write(cfg.out_dir.join("quickstart.json"), serde_json::to_string_pretty(&summary)?)?;
+    println!("Fashion-MNIST test set, top-1 (%)       ViT ({} epochs)   raw pixels", p.state.epoch);
+    println!("  weighted kNN (k 20, T 0.07)           {:>10.2}   {:>10.2}", knn_model.top1, knn_pixels.top1);
+    println!(
+        "  linear probe ({} epochs, best/last)   {:>5.2}/{:<5.2}  {:>5.2}/{:<5.2}",
+        lcfg.epochs,
+        best(&lin_model),
+        last(&lin_model),
+        best(&lin_pixels),
+        last(&lin_pixels)
+    );
+    println!(
+        "pre-training {:.1} min, all {:.1} min; curves: {}; summary: {}",
+        train_secs / 60.0,
+        t0.elapsed().as_secs_f64() / 60.0,
+        report.display(),
+        cfg.out_dir.join("quickstart.json").display()
+    );
+    Ok(())
+}

@@ -7,7 +7,7 @@ use mocov3::train::pretrain::{self, RunOptions};
 use std::path::PathBuf;
 
 mod cli;
-use cli::{convert, extract, knn, lincls};
+use cli::{convert, extract, knn, lincls, quickstart};
 
 #[derive(Parser)]
 #[command(
@@ -44,8 +44,27 @@ enum Cmd {
     /// Exactly one training step from an official checkpoint on given views (x1, x2 in a
     /// safetensors file), written in the official layout with the AdamW state: a parity check.
     Step(StepCmd),
+    /// Pre-train the Fashion-MNIST preset (or finish it), then kNN and linear probe on its
+    /// features and on raw pixels, the report, and a summary table.
+    Quickstart(QuickstartArgs),
     /// List the named presets.
     Presets,
+}
+
+#[derive(Args)]
+struct QuickstartArgs {
+    #[arg(long, default_value = "runs/quickstart")]
+    out: PathBuf,
+    /// Pre-training epochs (default: the preset's).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Linear-probe epochs on cached features.
+    #[arg(long, default_value_t = 30)]
+    lincls_epochs: usize,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    #[arg(long, default_value_t = 0)]
+    threads: usize,
 }
 
 #[derive(Args)]
@@ -295,6 +314,7 @@ fn real_main() -> Result<()> {
     let cli = Cli::parse();
     match cli.cmd {
         Cmd::Knn(a) => knn(a)?,
+        Cmd::Quickstart(a) => quickstart(a)?,
         Cmd::Step(a) => {
             mocov3::engine::init_threads(a.threads);
             let args = mocov3::interop::step::StepArgs {
