@@ -3,6 +3,7 @@
 //! crate); a CUDA backend replaces the functions of `gemm.rs` and `par.rs` behind the same
 //! signatures.
 
+pub mod crc;
 pub mod fastmath;
 pub mod gemm;
 pub mod par;

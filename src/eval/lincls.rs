@@ -142,7 +142,6 @@ pub fn fingerprint(vit: &mut Vit) -> Vec<u32> {
     v
 }
 
-/// Run the protocol; `report` is called after every epoch.
 /// The protocol's training loop: `fill(epoch, ids, feats)` provides the features of a batch of
 /// training images; SGD with momentum on a per-epoch cosine; evaluation on `test` after every
 /// epoch.

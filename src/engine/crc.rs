@@ -1,0 +1,50 @@
+//! Table-driven CRC-32 checksums (reflected): IEEE 802.3 for zip archives, Castagnoli (CRC-32C)
+//! for TensorBoard's TFRecord framing.
+
+use std::sync::OnceLock;
+
+fn table(poly: u32) -> [u32; 256] {
+    let mut t = [0u32; 256];
+    for (i, e) in t.iter_mut().enumerate() {
+        let mut c = i as u32;
+        for _ in 0..8 {
+            c = if c & 1 != 0 { poly ^ (c >> 1) } else { c >> 1 };
+        }
+        *e = c;
+    }
+    t
+}
+
+fn run(t: &[u32; 256], data: &[u8]) -> u32 {
+    let mut c = !0u32;
+    for &b in data {
+        c = t[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
+    }
+    !c
+}
+
+/// CRC-32 (IEEE, as zip uses).
+pub fn crc32(data: &[u8]) -> u32 {
+    static T: OnceLock<[u32; 256]> = OnceLock::new();
+    run(T.get_or_init(|| table(0xEDB8_8320)), data)
+}
+
+/// CRC-32C (Castagnoli, as TFRecord uses).
+pub fn crc32c(data: &[u8]) -> u32 {
+    static T: OnceLock<[u32; 256]> = OnceLock::new();
+    run(T.get_or_init(|| table(0x82F6_3B78)), data)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn known_values() {
+        assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        // RFC 3720 test vectors for CRC-32C.
+        assert_eq!(crc32c(b"123456789"), 0xE306_9283);
+        assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);
+        assert_eq!(crc32c(&[0xFFu8; 32]), 0x62A8_AB43);
+    }
+}
