@@ -5,45 +5,29 @@ use super::*;
 pub fn knn(a: KnnArgs) -> Result<()> {
     use mocov3::eval::{features, knn};
     mocov3::engine::init_threads(a.threads);
-    let loaded = match &a.checkpoint {
-        Some(p) => Some(mocov3::train::checkpoint::load(p)?),
-        None => None,
-    };
-    let dataset = a
-        .dataset
-        .clone()
-        .or_else(|| loaded.as_ref().map(|l| l.2.config.dataset.clone()))
-        .unwrap_or_else(|| "fashion-mnist".into());
-    let data_dir = a.data_dir.clone().or_else(|| loaded.as_ref().and_then(|l| l.2.config.data_dir.clone()));
-    let train = mocov3::data::load(&dataset, data_dir.as_deref(), true)?;
-    let test = mocov3::data::load(&dataset, data_dir.as_deref(), false)?;
-    let (nb, nq) = (features::count(&train, a.train_limit), features::count(&test, a.test_limit));
-    let classes = train.classes.max(test.classes);
     let t0 = std::time::Instant::now();
-    let (bank, query, d, what) = match loaded {
-        None => {
-            let (b, d) = features::pixels(&train, nb);
-            let (q, _) = features::pixels(&test, nq);
-            (b, q, d, "pixels".to_string())
-        }
-        Some((mut model, _, state)) => {
-            if state.in_chans != train.c {
-                anyhow::bail!(
-                    "the checkpoint expects {}-channel images, dataset '{dataset}' has {}",
-                    state.in_chans,
-                    train.c
-                );
-            }
-            let (mean, std) = train.channel_stats();
-            let aug =
-                mocov3::data::augment::Augment { out: state.config.img_size, crop_min: 1.0, flip: false, mean, std };
-            let vit = &mut model.base.backbone;
+    let (dataset, train, test, bank, query, d, what) = match &a.checkpoint {
+        Some(ck) => {
+            let mut p = open_probe(ck, &a.dataset, &a.data_dir)?;
+            let (nb, nq) = (features::count(&p.train, a.train_limit), features::count(&p.test, a.test_limit));
+            let vit = &mut p.model.base.backbone;
             vit.keep_activations = false;
-            let b = features::backbone(vit, &train, nb, &aug, 256);
-            let q = features::backbone(vit, &test, nq, &aug, 256);
-            (b, q, vit.cfg.dim, format!("{} (epoch {})", a.checkpoint.as_ref().unwrap().display(), state.epoch))
+            let b = features::backbone(vit, &p.train, nb, &p.plain, 256);
+            let q = features::backbone(vit, &p.test, nq, &p.plain, 256);
+            let what = format!("{} (epoch {})", ck.display(), p.state.epoch);
+            (p.dataset, p.train, p.test, b, q, vit.cfg.dim, what)
+        }
+        None => {
+            let dataset = a.dataset.clone().unwrap_or_else(|| "fashion-mnist".into());
+            let train = mocov3::data::load(&dataset, a.data_dir.as_deref(), true)?;
+            let test = mocov3::data::load(&dataset, a.data_dir.as_deref(), false)?;
+            let (b, d) = features::pixels(&train, features::count(&train, a.train_limit));
+            let (q, _) = features::pixels(&test, features::count(&test, a.test_limit));
+            (dataset, train, test, b, q, d, "pixels".to_string())
         }
     };
+    let (nb, nq) = (bank.len() / d, query.len() / d);
+    let classes = train.classes.max(test.classes);
     let r = knn::classify(&bank, &train.labels[..nb], &query, &test.labels[..nq], d, classes, &a.k, a.t);
     eprintln!("features of {nb} train and {nq} test images from {what} in {:.1} s", t0.elapsed().as_secs_f64());
     for x in r {
@@ -59,11 +43,14 @@ pub fn knn(a: KnnArgs) -> Result<()> {
     Ok(())
 }
 
-/// A checkpoint's model, training state, and the dataset split(s) it was trained on (or named).
+/// A checkpoint's model and training state, with the dataset it was trained on (or the one
+/// named): both splits, and the evaluation resize.
 struct Probe {
     model: mocov3::moco::MoCo,
     state: mocov3::train::checkpoint::TrainState,
+    dataset: String,
     train: mocov3::data::ImageSet,
+    test: mocov3::data::ImageSet,
     plain: mocov3::data::augment::Augment,
 }
 
@@ -72,21 +59,20 @@ fn open_probe(checkpoint: &std::path::Path, dataset: &Option<String>, data_dir: 
     let name = dataset.clone().unwrap_or_else(|| state.config.dataset.clone());
     let dir = data_dir.clone().or_else(|| state.config.data_dir.clone());
     let train = mocov3::data::load(&name, dir.as_deref(), true)?;
+    let test = mocov3::data::load(&name, dir.as_deref(), false)?;
     if state.in_chans != train.c {
         anyhow::bail!("the checkpoint expects {}-channel images, dataset '{name}' has {}", state.in_chans, train.c);
     }
     let (mean, std) = train.channel_stats();
     let plain = mocov3::data::augment::Augment { out: state.config.img_size, crop_min: 1.0, flip: false, mean, std };
-    Ok(Probe { model, state, train, plain })
+    Ok(Probe { model, state, dataset: name, train, test, plain })
 }
 
 pub fn lincls(a: LinclsArgs) -> Result<()> {
     use mocov3::eval::lincls;
     mocov3::engine::init_threads(a.threads);
     let mut p = open_probe(&a.checkpoint, &a.dataset, &a.data_dir)?;
-    let name = a.dataset.clone().unwrap_or_else(|| p.state.config.dataset.clone());
-    let dir = a.data_dir.clone().or_else(|| p.state.config.data_dir.clone());
-    let test = mocov3::data::load(&name, dir.as_deref(), false)?;
+    let name = p.dataset.clone();
     let cfg = lincls::LinclsConfig {
         epochs: a.epochs,
         batch: a.batch_size,
@@ -101,7 +87,7 @@ pub fn lincls(a: LinclsArgs) -> Result<()> {
     let mut log = mocov3::train::metrics::MetricsLog::open(&out.join("lincls.jsonl"), true)?;
     let mut tb = mocov3::train::tensorboard::EventWriter::create(&out)?;
     let mut err = None;
-    let res = lincls::run(&mut p.model.base.backbone, &p.train, &test, &p.plain, &cfg, |r| {
+    let res = lincls::run(&mut p.model.base.backbone, &p.train, &p.test, &p.plain, &cfg, |r| {
         eprintln!(
             "epoch {:3}/{}: lr {:.4} loss {:.4} top1 {:.2} top5 {:.2}",
             r.epoch + 1,
@@ -140,18 +126,14 @@ pub fn extract(a: ExtractArgs) -> Result<()> {
     mocov3::engine::init_threads(a.threads);
     let mut p = open_probe(&a.checkpoint, &a.dataset, &a.data_dir)?;
     let set = match a.split.as_str() {
-        "train" => p.train,
-        "test" => {
-            let name = a.dataset.clone().unwrap_or_else(|| p.state.config.dataset.clone());
-            let dir = a.data_dir.clone().or_else(|| p.state.config.data_dir.clone());
-            mocov3::data::load(&name, dir.as_deref(), false)?
-        }
+        "train" => &p.train,
+        "test" => &p.test,
         other => anyhow::bail!("--split must be train or test, not '{other}'"),
     };
     let vit = &mut p.model.base.backbone;
     vit.keep_activations = false;
     let d = vit.cfg.dim;
-    let f = mocov3::eval::features::backbone(vit, &set, set.len(), &p.plain, 256);
+    let f = mocov3::eval::features::backbone(vit, set, set.len(), &p.plain, 256);
     let fb: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
     let lb: Vec<u8> = set.labels.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect();
     use safetensors::tensor::{Dtype, TensorView};
@@ -251,16 +233,16 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     }
     let train_secs = t0.elapsed().as_secs_f64();
     let mut p = open_probe(&ckpt, &None, &a.data_dir)?;
-    let test = mocov3::data::load("fashion-mnist", a.data_dir.as_deref(), false)?;
+    let test = &p.test;
     let classes = p.train.classes.max(test.classes);
     let vit = &mut p.model.base.backbone;
     vit.keep_activations = false;
     let d = vit.cfg.dim;
     eprintln!("quickstart: features of {} train and {} test images", p.train.len(), test.len());
     let ftrain = features::backbone(vit, &p.train, p.train.len(), &p.plain, 256);
-    let ftest = features::backbone(vit, &test, test.len(), &p.plain, 256);
+    let ftest = features::backbone(vit, test, test.len(), &p.plain, 256);
     let (ptrain, pd) = features::pixels(&p.train, p.train.len());
-    let (ptest, _) = features::pixels(&test, test.len());
+    let (ptest, _) = features::pixels(test, test.len());
     let knn_model = knn::classify(&ftrain, &p.train.labels, &ftest, &test.labels, d, classes, &[20], 0.07)[0];
     let knn_pixels = knn::classify(&ptrain, &p.train.labels, &ptest, &test.labels, pd, classes, &[20], 0.07)[0];
     let lcfg = lincls::LinclsConfig {
