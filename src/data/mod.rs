@@ -4,6 +4,7 @@
 //! `augment`.
 
 pub mod augment;
+pub mod cifar;
 pub mod idx;
 pub mod loader;
 pub mod synthetic;
@@ -65,8 +66,8 @@ pub fn system_dirs(name: &str) -> Vec<PathBuf> {
     v
 }
 
-/// Load a dataset by name: `fashion-mnist` or `mnist` (IDX files, gzipped or raw), or
-/// `synthetic`. `data_dir`, when given, is searched first (the folder holding the IDX files, or
+/// Load a dataset by name: `fashion-mnist` or `mnist` (IDX files, gzipped or raw), `cifar10` or
+/// `cifar100` (binary versions), or `synthetic`. `data_dir`, when given, is searched first (the folder holding the IDX files, or
 /// its parent holding a folder named after the dataset).
 pub fn load(name: &str, data_dir: Option<&Path>, train: bool) -> Result<ImageSet> {
     match name {
@@ -83,6 +84,11 @@ pub fn load(name: &str, data_dir: Option<&Path>, train: bool) -> Result<ImageSet
                 "pass --data-dir DIR holding train-images-idx3-ubyte and train-labels-idx1-ubyte (gzipped or raw)"
             };
             idx::load_split(name, &dirs, train, hint)
+        }
+        "cifar10" | "cifar100" => {
+            let mut dirs: Vec<PathBuf> = data_dir.map(|d| vec![d.to_path_buf(), d.join(name)]).unwrap_or_default();
+            dirs.extend(system_dirs(name));
+            cifar::load(name, &dirs, train)
         }
         "synthetic" => Ok(synthetic::generate(if train { 2048 } else { 512 }, 28, 1, 10, if train { 1 } else { 2 })),
         other => {
