@@ -9,6 +9,7 @@
 
 pub mod attention;
 pub mod batchnorm;
+pub mod conv;
 pub mod gelu;
 pub mod layernorm;
 pub mod linear;

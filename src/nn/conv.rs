@@ -1,0 +1,213 @@
+//! 2D convolution on NHWC activations (`[images, h, w, chans]` row-major), as im2col + GEMM. The
+//! weight keeps PyTorch's layout `[out, in, kh, kw]` (the im2col columns are ordered
+//! (in, kh, kw) to match), so checkpoints map one to one. Zero padding, any stride.
+
+use super::param::{Module, Param, ParamKind};
+use crate::engine::gemm::{sgemm, Mat};
+use crate::engine::{ensure, par};
+use rayon::prelude::*;
+
+pub struct Conv2d {
+    pub w: Param,
+    pub b: Option<Param>,
+    pub cin: usize,
+    pub cout: usize,
+    pub k: usize,
+    pub stride: usize,
+    pub pad: usize,
+    /// Output of the last forward, `[images, oh, ow, cout]`.
+    pub y: Vec<f32>,
+    cols: Vec<f32>,
+    dcols: Vec<f32>,
+    dims: (usize, usize, usize),
+}
+
+impl Conv2d {
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(name: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Conv2d {
+        Conv2d {
+            w: Param::zeros(&format!("{name}.weight"), &[cout, cin, k, k], ParamKind::Weight),
+            b: bias.then(|| Param::zeros(&format!("{name}.bias"), &[cout], ParamKind::Bias)),
+            cin,
+            cout,
+            k,
+            stride,
+            pad,
+            y: Vec::new(),
+            cols: Vec::new(),
+            dcols: Vec::new(),
+            dims: (0, 0, 0),
+        }
+    }
+
+    /// Output height and width for an input of `h` × `w`.
+    pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {
+        ((h + 2 * self.pad - self.k) / self.stride + 1, (w + 2 * self.pad - self.k) / self.stride + 1)
+    }
+
+    pub fn forward(&mut self, x: &[f32], images: usize, h: usize, w: usize) {
+        let (c, k, s, p) = (self.cin, self.k, self.stride, self.pad);
+        assert_eq!(x.len(), images * h * w * c, "conv {}: input shape", self.w.name);
+        let (oh, ow) = self.out_size(h, w);
+        self.dims = (images, h, w);
+        let rows = images * oh * ow;
+        let kk = c * k * k;
+        ensure(&mut self.cols, rows * kk);
+        par::for_rows(&mut self.cols[..rows * kk], kk, |r, col| {
+            let (n, rem) = (r / (oh * ow), r % (oh * ow));
+            let (oy, ox) = (rem / ow, rem % ow);
+            for ci in 0..c {
+                for ki in 0..k {
+                    for kj in 0..k {
+                        let (iy, ix) = ((oy * s + ki) as isize - p as isize, (ox * s + kj) as isize - p as isize);
+                        col[(ci * k + ki) * k + kj] = if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                            x[((n * h + iy as usize) * w + ix as usize) * c + ci]
+                        } else {
+                            0.0
+                        };
+                    }
+                }
+            }
+        });
+        ensure(&mut self.y, rows * self.cout);
+        let y = &mut self.y[..rows * self.cout];
+        if let Some(b) = &self.b {
+            par::for_rows(y, self.cout, |_, row| row.copy_from_slice(&b.w));
+        }
+        sgemm(
+            rows,
+            self.cout,
+            kk,
+            Mat::rows(&self.cols, kk),
+            Mat::trans(&self.w.w, kk),
+            y,
+            self.cout,
+            1.0,
+            self.b.is_some(),
+            true,
+        );
+    }
+
+    /// Gradients of the weights (and bias) and, when `dx` is given, of the input.
+    pub fn backward(&mut self, dy: &[f32], dx: Option<&mut [f32]>) {
+        let (images, h, w) = self.dims;
+        let (c, k, s, p) = (self.cin, self.k, self.stride, self.pad);
+        let (oh, ow) = self.out_size(h, w);
+        let rows = images * oh * ow;
+        let kk = c * k * k;
+        let dy = &dy[..rows * self.cout];
+        if self.w.trainable {
+            sgemm(
+                self.cout,
+                kk,
+                rows,
+                Mat::trans(dy, self.cout),
+                Mat::rows(&self.cols, kk),
+                &mut self.w.g,
+                kk,
+                1.0,
+                false,
+                true,
+            );
+        }
+        if let Some(b) = &mut self.b {
+            par::col_sum(&mut b.g, dy, rows, self.cout, false);
+        }
+        if let Some(dx) = dx {
+            ensure(&mut self.dcols, rows * kk);
+            let dc = &mut self.dcols[..rows * kk];
+            sgemm(rows, kk, self.cout, Mat::rows(dy, self.cout), Mat::rows(&self.w.w, kk), dc, kk, 1.0, false, true);
+            // col2im: each image's columns only touch that image's pixels, in a fixed order.
+            let dc = &self.dcols[..rows * kk];
+            dx[..images * h * w * c].par_chunks_mut(h * w * c).enumerate().for_each(|(n, img)| {
+                img.fill(0.0);
+                for oy in 0..oh {
+                    for ox in 0..ow {
+                        let col = &dc[((n * oh + oy) * ow + ox) * kk..][..kk];
+                        for ci in 0..c {
+                            for ki in 0..k {
+                                for kj in 0..k {
+                                    let (iy, ix) =
+                                        ((oy * s + ki) as isize - p as isize, (ox * s + kj) as isize - p as isize);
+                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                        img[(iy as usize * w + ix as usize) * c + ci] += col[(ci * k + ki) * k + kj];
+                                    }
+                                }
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    }
+}
+
+impl Module for Conv2d {
+    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        f(&mut self.w);
+        if let Some(b) = &mut self.b {
+            f(b);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::gradcheck::{check_layer, Probe};
+
+    #[test]
+    fn finite_differences() {
+        for (k, s, p, bias) in [(3, 1, 1, false), (3, 2, 1, true), (1, 1, 0, false), (2, 2, 0, true)] {
+            let (n, h, w, cin, cout) = (2, 5, 4, 3, 4);
+            let mut conv = Conv2d::new("conv", cin, cout, k, s, p, bias);
+            let mut rng = crate::engine::rng::Rng::new(7);
+            conv.visit(&mut |q| q.init_normal(&mut rng, 0.5));
+            let (oh, ow) = conv.out_size(h, w);
+            let ny = n * oh * ow * cout;
+            check_layer(
+                &mut conv,
+                n * h * w * cin,
+                ny,
+                |l, x| {
+                    l.forward(x, n, h, w);
+                    l.y[..ny].to_vec()
+                },
+                |l, _, dy, dx| l.backward(dy, Some(dx)),
+                Probe::default(),
+            );
+        }
+    }
+
+    #[test]
+    fn matches_direct_convolution_with_pytorch_weight_layout() {
+        let (n, h, w, cin, cout, k, s, p) = (1, 4, 5, 2, 3, 3, 2, 1);
+        let mut conv = Conv2d::new("c", cin, cout, k, s, p, true);
+        let mut rng = crate::engine::rng::Rng::new(1);
+        conv.visit(&mut |q| q.init_normal(&mut rng, 1.0));
+        let x: Vec<f32> = (0..n * h * w * cin).map(|_| rng.normal()).collect();
+        conv.forward(&x, n, h, w);
+        let (oh, ow) = conv.out_size(h, w);
+        assert_eq!((oh, ow), (2, 3));
+        for oy in 0..oh {
+            for ox in 0..ow {
+                for co in 0..cout {
+                    let mut acc = conv.b.as_ref().unwrap().w[co] as f64;
+                    for ci in 0..cin {
+                        for ki in 0..k {
+                            for kj in 0..k {
+                                let (iy, ix) = ((oy * s + ki) as isize - 1, (ox * s + kj) as isize - 1);
+                                if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                    let wv = conv.w.w[((co * cin + ci) * k + ki) * k + kj] as f64;
+                                    acc += wv * x[(iy as usize * w + ix as usize) * cin + ci] as f64;
+                                }
+                            }
+                        }
+                    }
+                    let got = conv.y[(oy * ow + ox) * cout + co] as f64;
+                    assert!((got - acc).abs() < 1e-4, "{got} vs {acc}");
+                }
+            }
+        }
+    }
+}
