@@ -1,6 +1,10 @@
 //! BatchNorm1d over `[rows, channels]`, PyTorch semantics (eps 1e-5, momentum 0.1, biased
 //! variance for normalising, unbiased for the running estimate), with an optional affine part.
 //!
+//! On NHWC activations flattened to `[images × positions, channels]` this is exactly PyTorch's
+//! BatchNorm2d (statistics over images and positions, unbiased factor from that count), which is
+//! how the ResNet layers use it.
+//!
 //! `groups` splits the rows into equal consecutive groups normalised separately: MoCo v3 runs
 //! each view through the model on its own, so each view has its own batch statistics. Running
 //! statistics are updated group after group, exactly as two separate forward passes would.

@@ -15,6 +15,7 @@ pub mod layernorm;
 pub mod linear;
 pub mod param;
 pub mod patch;
+pub mod pool;
 pub mod posembed;
 pub mod relu;
 
