@@ -2,4 +2,5 @@
 
 pub mod block;
 pub mod heads;
+pub mod resnet;
 pub mod vit;
