@@ -30,7 +30,7 @@ impl Stage {
     ) -> Stage {
         let mut conv = Conv2d::new(name, cin, cout, k, stride, k / 2, false);
         // kaiming_normal_(mode='fan_out', nonlinearity='relu')
-        conv.w.init_normal(rng, (2.0 / (cout * k * k) as f32).sqrt());
+        conv.proj.w.init_normal(rng, (2.0 / (cout * k * k) as f32).sqrt());
         Stage { conv, bn: BatchNorm1d::new(bn_name, cout, true), relu: relu.then(Relu::default) }
     }
 
@@ -44,7 +44,7 @@ impl Stage {
         let (oh, ow) = self.conv.out_size(h, w);
         let rows = n * oh * ow;
         let c = self.conv.cout;
-        self.bn.forward(&self.conv.y[..rows * c], rows, groups);
+        self.bn.forward(&self.conv.proj.y[..rows * c], rows, groups);
         if let Some(r) = &mut self.relu {
             r.forward(&self.bn.y[..rows * c]);
         }
@@ -59,7 +59,7 @@ impl Stage {
         let n = d.len();
         ensure(tmp, n);
         let rows = n / self.conv.cout;
-        self.bn.backward(&self.conv.y[..n], d, rows, &mut tmp[..n]);
+        self.bn.backward(&self.conv.proj.y[..n], d, rows, &mut tmp[..n]);
         self.conv.backward(&tmp[..n], dx);
     }
 

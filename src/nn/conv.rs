@@ -1,22 +1,22 @@
-//! 2D convolution on NHWC activations (`[images, h, w, chans]` row-major), as im2col + GEMM. The
-//! weight keeps PyTorch's layout `[out, in, kh, kw]` (the im2col columns are ordered
-//! (in, kh, kw) to match), so checkpoints map one to one. Zero padding, any stride.
+//! 2D convolution on NHWC activations (`[images, h, w, chans]` row-major), as im2col + a
+//! Linear layer over the columns. The weight keeps PyTorch's layout `[out, in, kh, kw]` (the
+//! im2col columns are ordered (in, kh, kw) to match), so checkpoints map one to one. Zero padding,
+//! any stride.
 
-use super::param::{Module, Param, ParamKind};
-use crate::engine::gemm::{sgemm, Mat};
+use super::linear::Linear;
+use super::param::{Module, Param};
 use crate::engine::{ensure, par};
 use rayon::prelude::*;
 
 pub struct Conv2d {
-    pub w: Param,
-    pub b: Option<Param>,
+    /// The GEMM over the im2col columns; its output `proj.y` is the convolution's,
+    /// `[images, oh, ow, cout]`.
+    pub proj: Linear,
     pub cin: usize,
     pub cout: usize,
     pub k: usize,
     pub stride: usize,
     pub pad: usize,
-    /// Output of the last forward, `[images, oh, ow, cout]`.
-    pub y: Vec<f32>,
     cols: Vec<f32>,
     dcols: Vec<f32>,
     dims: (usize, usize, usize),
@@ -25,19 +25,9 @@ pub struct Conv2d {
 impl Conv2d {
     #[allow(clippy::too_many_arguments)]
     pub fn new(name: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Conv2d {
-        Conv2d {
-            w: Param::zeros(&format!("{name}.weight"), &[cout, cin, k, k], ParamKind::Weight),
-            b: bias.then(|| Param::zeros(&format!("{name}.bias"), &[cout], ParamKind::Bias)),
-            cin,
-            cout,
-            k,
-            stride,
-            pad,
-            y: Vec::new(),
-            cols: Vec::new(),
-            dcols: Vec::new(),
-            dims: (0, 0, 0),
-        }
+        let mut proj = Linear::new(name, cin * k * k, cout, bias);
+        proj.w.shape = vec![cout, cin, k, k];
+        Conv2d { proj, cin, cout, k, stride, pad, cols: Vec::new(), dcols: Vec::new(), dims: (0, 0, 0) }
     }
 
     /// Output height and width for an input of `h` × `w`.
@@ -47,7 +37,7 @@ impl Conv2d {
 
     pub fn forward(&mut self, x: &[f32], images: usize, h: usize, w: usize) {
         let (c, k, s, p) = (self.cin, self.k, self.stride, self.pad);
-        assert_eq!(x.len(), images * h * w * c, "conv {}: input shape", self.w.name);
+        assert_eq!(x.len(), images * h * w * c, "conv {}: input shape", self.proj.w.name);
         let (oh, ow) = self.out_size(h, w);
         self.dims = (images, h, w);
         let rows = images * oh * ow;
@@ -69,23 +59,7 @@ impl Conv2d {
                 }
             }
         });
-        ensure(&mut self.y, rows * self.cout);
-        let y = &mut self.y[..rows * self.cout];
-        if let Some(b) = &self.b {
-            par::for_rows(y, self.cout, |_, row| row.copy_from_slice(&b.w));
-        }
-        sgemm(
-            rows,
-            self.cout,
-            kk,
-            Mat::rows(&self.cols, kk),
-            Mat::trans(&self.w.w, kk),
-            y,
-            self.cout,
-            1.0,
-            self.b.is_some(),
-            true,
-        );
+        self.proj.forward(&self.cols[..rows * kk], rows);
     }
 
     /// Gradients of the weights (and bias) and, when `dx` is given, of the input.
@@ -96,58 +70,41 @@ impl Conv2d {
         let rows = images * oh * ow;
         let kk = c * k * k;
         let dy = &dy[..rows * self.cout];
-        if self.w.trainable {
-            sgemm(
-                self.cout,
-                kk,
-                rows,
-                Mat::trans(dy, self.cout),
-                Mat::rows(&self.cols, kk),
-                &mut self.w.g,
-                kk,
-                1.0,
-                false,
-                true,
-            );
-        }
-        if let Some(b) = &mut self.b {
-            par::col_sum(&mut b.g, dy, rows, self.cout, false);
-        }
-        if let Some(dx) = dx {
-            ensure(&mut self.dcols, rows * kk);
-            let dc = &mut self.dcols[..rows * kk];
-            sgemm(rows, kk, self.cout, Mat::rows(dy, self.cout), Mat::rows(&self.w.w, kk), dc, kk, 1.0, false, true);
-            // col2im: each image's columns only touch that image's pixels, in a fixed order.
-            let dc = &self.dcols[..rows * kk];
-            dx[..images * h * w * c].par_chunks_mut(h * w * c).enumerate().for_each(|(n, img)| {
-                img.fill(0.0);
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        let col = &dc[((n * oh + oy) * ow + ox) * kk..][..kk];
-                        for ci in 0..c {
-                            for ki in 0..k {
-                                for kj in 0..k {
-                                    let (iy, ix) =
-                                        ((oy * s + ki) as isize - p as isize, (ox * s + kj) as isize - p as isize);
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                        img[(iy as usize * w + ix as usize) * c + ci] += col[(ci * k + ki) * k + kj];
+        match dx {
+            None => self.proj.backward(&self.cols[..rows * kk], dy, rows, None),
+            Some(dx) => {
+                ensure(&mut self.dcols, rows * kk);
+                self.proj.backward(&self.cols[..rows * kk], dy, rows, Some(&mut self.dcols[..rows * kk]));
+                // col2im: each image's columns only touch that image's pixels, in a fixed order.
+                let dc = &self.dcols[..rows * kk];
+                dx[..images * h * w * c].par_chunks_mut(h * w * c).enumerate().for_each(|(n, img)| {
+                    img.fill(0.0);
+                    for oy in 0..oh {
+                        for ox in 0..ow {
+                            let col = &dc[((n * oh + oy) * ow + ox) * kk..][..kk];
+                            for ci in 0..c {
+                                for ki in 0..k {
+                                    for kj in 0..k {
+                                        let (iy, ix) =
+                                            ((oy * s + ki) as isize - p as isize, (ox * s + kj) as isize - p as isize);
+                                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                                            img[(iy as usize * w + ix as usize) * c + ci] +=
+                                                col[(ci * k + ki) * k + kj];
+                                        }
                                     }
                                 }
                             }
                         }
                     }
-                }
-            });
+                });
+            }
         }
     }
 }
 
 impl Module for Conv2d {
     fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        f(&mut self.w);
-        if let Some(b) = &mut self.b {
-            f(b);
-        }
+        self.proj.visit(f);
     }
 }
 
@@ -171,7 +128,7 @@ mod tests {
                 ny,
                 |l, x| {
                     l.forward(x, n, h, w);
-                    l.y[..ny].to_vec()
+                    l.proj.y[..ny].to_vec()
                 },
                 |l, _, dy, dx| l.backward(dy, Some(dx)),
                 Probe::default(),
@@ -192,19 +149,19 @@ mod tests {
         for oy in 0..oh {
             for ox in 0..ow {
                 for co in 0..cout {
-                    let mut acc = conv.b.as_ref().unwrap().w[co] as f64;
+                    let mut acc = conv.proj.b.as_ref().unwrap().w[co] as f64;
                     for ci in 0..cin {
                         for ki in 0..k {
                             for kj in 0..k {
                                 let (iy, ix) = ((oy * s + ki) as isize - 1, (ox * s + kj) as isize - 1);
                                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                    let wv = conv.w.w[((co * cin + ci) * k + ki) * k + kj] as f64;
+                                    let wv = conv.proj.w.w[((co * cin + ci) * k + ki) * k + kj] as f64;
                                     acc += wv * x[(iy as usize * w + ix as usize) * cin + ci] as f64;
                                 }
                             }
                         }
                     }
-                    let got = conv.y[(oy * ow + ox) * cout + co] as f64;
+                    let got = conv.proj.y[(oy * ow + ox) * cout + co] as f64;
                     assert!((got - acc).abs() < 1e-4, "{got} vs {acc}");
                 }
             }
