@@ -42,9 +42,9 @@ impl KnnMonitor {
     }
 
     /// Add features (`[n, d]`, not yet normalised) with their labels, replacing the oldest.
-    pub fn push(&mut self, feats: &[f32], labels: &[u32]) {
+    pub fn push(&mut self, feats: &[f32], labels: impl IntoIterator<Item = u32>) {
         let d = self.d;
-        for (f, &l) in feats.chunks(d).zip(labels) {
+        for (f, l) in feats.chunks(d).zip(labels) {
             let slot = &mut self.bank[self.next * d..(self.next + 1) * d];
             slot.copy_from_slice(f);
             normalize_rows(slot, d);
@@ -83,9 +83,9 @@ mod tests {
     #[test]
     fn queue_keeps_the_most_recent() {
         let mut m = KnnMonitor::new(1, 3, 10, 1, 0.07, 2, 2);
-        m.push(&[1.0, 0.0, 0.0, 1.0], &[0, 1]);
+        m.push(&[1.0, 0.0, 0.0, 1.0], [0, 1]);
         assert!(!m.due(1) || m.filled >= 1);
-        m.push(&[2.0, 0.0, 0.0, 3.0], &[0, 1]);
+        m.push(&[2.0, 0.0, 0.0, 3.0], [0, 1]);
         assert_eq!(m.filled, 3);
         // Oldest (label 0 at slot 0) was replaced by the fourth entry (label 1).
         assert_eq!(m.labels, vec![1, 1, 0]);

@@ -150,8 +150,8 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             if let Some((mon, _)) = &mut monitor {
                 // The step's own features of the first views feed the queue.
                 let d = model.cfg.vit.dim;
-                let labels: Vec<u32> = loader.ids(i).iter().map(|&id| set.labels[id]).collect();
-                mon.push(&model.base.backbone.norm.y[..n * d], &labels);
+                let labels = loader.ids(i).iter().map(|&id| set.labels[id]);
+                mon.push(&model.base.backbone.norm.y[..n * d], labels);
             }
             if !loss.is_finite() {
                 bar.abandon();
