@@ -1,17 +1,19 @@
 //! `mocov3 bench step`: the MoCo v3 training step of `bench-step` (C1: a tiny ViT on 32 px
-//! images, C2: ViT-S/16 at 224 px), on random images, fp32, timed after warm-up. One fixed batch
-//! is used for every step, so the loss must fall.
+//! images, C2: ViT-S/16 at 224 px; or a ResNet with `--arch`), on random images, fp32, timed
+//! after warm-up. One fixed batch is used for every step, so the loss must fall. ViTs step with
+//! AdamW, ResNets with LARS, as their official recipes.
 
 use crate::engine::rng::Rng;
 use crate::moco::{MoCo, MocoConfig};
+use crate::models::backbone::{BackboneConfig, ResNetConfig};
 use crate::models::vit::VitConfig;
 use crate::nn::posembed::PosEmbedKind;
-use crate::optim::AdamW;
+use crate::optim::{Optimizer, OptimizerKind};
 use anyhow::{bail, Result};
 use std::time::Instant;
 
 pub struct BenchConfig {
-    pub name: &'static str,
+    pub name: String,
     pub model: MocoConfig,
     pub batch: usize,
 }
@@ -26,13 +28,25 @@ pub fn with_overrides(
     if let Some(b) = batch {
         c.batch = b;
     }
-    if let Some(i) = image {
-        c.model.vit.img = i;
+    match &mut c.model.backbone {
+        BackboneConfig::Vit(v) => {
+            if let Some(i) = image {
+                v.img = i;
+            }
+            if let Some(p) = patch {
+                v.patch = p;
+            }
+        }
+        BackboneConfig::ResNet(r) => {
+            if let Some(i) = image {
+                r.img = i;
+            }
+            if patch.is_some() {
+                bail!("--patch applies to ViTs only");
+            }
+        }
     }
-    if let Some(p) = patch {
-        c.model.vit.patch = p;
-    }
-    c.model.vit.validate().map_err(|e| anyhow::anyhow!("invalid bench configuration: {e}"))?;
+    c.model.backbone.validate().map_err(|e| anyhow::anyhow!("invalid bench configuration: {e}"))?;
     if c.batch < 2 {
         bail!("batch must be at least 2");
     }
@@ -56,7 +70,20 @@ pub fn config(name: &str) -> Result<BenchConfig> {
         pos: PosEmbedKind::Sincos,
         stop_grad_conv1: false,
     };
-    Ok(BenchConfig { name, model: MocoConfig { vit, mlp_dim: hidden, out_dim: 256, t: 0.2 }, batch })
+    let model = MocoConfig { backbone: BackboneConfig::Vit(vit), mlp_dim: hidden, out_dim: 256, t: 0.2 };
+    Ok(BenchConfig { name: name.into(), model, batch })
+}
+
+/// The official ResNet MoCo v3 step (projector 2048-4096-256, τ 1.0, LARS) at 224 px, batch 8
+/// unless overridden.
+pub fn resnet_config(arch: &str) -> Result<BenchConfig> {
+    let depth = match arch {
+        "resnet50" => 50,
+        "resnet18" => 18,
+        other => bail!("unknown --arch '{other}': expected resnet18 or resnet50 (the ViTs are --config C1/C2)"),
+    };
+    let backbone = BackboneConfig::ResNet(ResNetConfig { depth, cifar: false, img: 224, in_chans: 3 });
+    Ok(BenchConfig { name: arch.into(), model: MocoConfig { backbone, mlp_dim: 4096, out_dim: 256, t: 1.0 }, batch: 8 })
 }
 
 /// Multiply-add FLOPs (2 per MAC) of one training step as the official code computes it (every
@@ -64,7 +91,10 @@ pub fn config(name: &str) -> Result<BenchConfig> {
 /// 2 × forward, the patch projection's input gradient excluded) and the momentum encoder forward,
 /// for both views of `batch` images.
 pub fn step_flops(m: &MocoConfig, batch: usize) -> f64 {
-    let v = &m.vit;
+    let v = match &m.backbone {
+        BackboneConfig::Vit(v) => v,
+        BackboneConfig::ResNet(r) => return resnet_step_flops(m, r, batch),
+    };
     let (t, d) = (v.tokens() as f64, v.dim as f64);
     let hidden = (v.mlp_ratio * v.dim) as f64;
     let block = 2.0 * t * (3.0 * d * d + d * d + 2.0 * d * hidden) + 2.0 * 2.0 * t * t * d;
@@ -77,6 +107,21 @@ pub fn step_flops(m: &MocoConfig, batch: usize) -> f64 {
     let base_bwd = 2.0 * base_fwd - patch;
     let momentum_fwd = backbone + projector;
     2.0 * batch as f64 * (base_fwd + base_bwd + momentum_fwd)
+}
+
+/// As [`step_flops`] for a ResNet: every convolution's multiply-adds (backward = 2 × forward,
+/// the stem's input gradient excluded), and the heads.
+fn resnet_step_flops(m: &MocoConfig, r: &ResNetConfig, batch: usize) -> f64 {
+    let net = crate::models::backbone::Backbone::new(&m.backbone, &mut Rng::new(0));
+    let crate::models::backbone::Backbone::ResNet(net) = net else { unreachable!() };
+    let (conv, stem) = net.conv_macs(r.img, r.img);
+    let (d, h, o) = (r.dim() as f64, m.mlp_dim as f64, m.out_dim as f64);
+    let projector = 2.0 * (d * h + h * o);
+    let predictor = 2.0 * (o * h + h * o);
+    let backbone = 2.0 * conv;
+    let base_fwd = backbone + projector + predictor;
+    let base_bwd = 2.0 * base_fwd - 2.0 * stem;
+    2.0 * batch as f64 * (base_fwd + base_bwd + backbone + projector)
 }
 
 /// GFLOP/s of an n×n×n single-precision GEMM on all threads (median of `reps`).
@@ -114,12 +159,15 @@ pub fn peak_rss_mib() -> Option<f64> {
 
 pub fn run(cfg: &BenchConfig, warmup: usize, timed: usize, mut progress: impl FnMut(usize, f64, f32)) -> BenchResult {
     let n = cfg.batch;
-    let v = &cfg.model.vit;
+    let b = &cfg.model.backbone;
     let mut rng = Rng::new(0);
-    let x: Vec<f32> = (0..2 * n * v.in_chans * v.img * v.img).map(|_| rng.uniform_f64() as f32).collect();
+    let x: Vec<f32> = (0..2 * n * b.in_chans() * b.img() * b.img()).map(|_| rng.uniform_f64() as f32).collect();
     let mut model = MoCo::new(&cfg.model, 0);
-    let mut opt = AdamW::new(0.1);
-    let lr = 1.5e-4 * n as f64 / 256.0;
+    let (mut opt, lr) = match b {
+        BackboneConfig::Vit(_) => (Optimizer::new(OptimizerKind::Adamw, 0.1, false), 1.5e-4),
+        BackboneConfig::ResNet(_) => (Optimizer::new(OptimizerKind::Lars, 1e-6, false), 0.6),
+    };
+    let lr = lr * n as f64 / 256.0;
     let mut times = Vec::new();
     let (mut first, mut last) = (f32::NAN, f32::NAN);
     for i in 0..warmup + timed {

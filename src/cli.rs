@@ -10,12 +10,12 @@ pub fn knn(a: KnnArgs) -> Result<()> {
         Some(ck) => {
             let mut p = open_probe(ck, &a.dataset, &a.data_dir)?;
             let (nb, nq) = (features::count(&p.train, a.train_limit), features::count(&p.test, a.test_limit));
-            let vit = &mut p.model.base.backbone;
-            vit.keep_activations = false;
-            let b = features::backbone(vit, &p.train, nb, &p.plain, 256);
-            let q = features::backbone(vit, &p.test, nq, &p.plain, 256);
+            let net = &mut p.model.base.backbone;
+            net.set_keep_activations(false);
+            let b = features::backbone(net, &p.train, nb, &p.plain, 256);
+            let q = features::backbone(net, &p.test, nq, &p.plain, 256);
             let what = format!("{} (epoch {})", ck.display(), p.state.epoch);
-            (p.dataset, p.train, p.test, b, q, vit.cfg.dim, what)
+            (p.dataset, p.train, p.test, b, q, net.dim(), what)
         }
         None => {
             let dataset = a.dataset.clone().unwrap_or_else(|| "fashion-mnist".into());
@@ -130,10 +130,10 @@ pub fn extract(a: ExtractArgs) -> Result<()> {
         "test" => &p.test,
         other => anyhow::bail!("--split must be train or test, not '{other}'"),
     };
-    let vit = &mut p.model.base.backbone;
-    vit.keep_activations = false;
-    let d = vit.cfg.dim;
-    let f = mocov3::eval::features::backbone(vit, set, set.len(), &p.plain, 256);
+    let net = &mut p.model.base.backbone;
+    net.set_keep_activations(false);
+    let d = net.dim();
+    let f = mocov3::eval::features::backbone(net, set, set.len(), &p.plain, 256);
     let fb: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
     let lb: Vec<u8> = set.labels.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect();
     use safetensors::tensor::{Dtype, TensorView};
@@ -152,6 +152,13 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     use mocov3::interop::official;
     if a.to == "official" || a.to == "deit" || a.to == "timm" {
         let (mut model, _, state) = mocov3::train::checkpoint::load(&a.input)?;
+        if a.to != "official" && model.cfg.backbone.vit().is_none() {
+            anyhow::bail!(
+                "--to {}: a ViT layout; this checkpoint holds a {} (use --to official)",
+                a.to,
+                state.config.arch
+            );
+        }
         let obj = match a.to.as_str() {
             "official" => official::to_official(&mut model, state.epoch as i64, &state.config.arch),
             "deit" => official::to_deit(&mut model),
@@ -193,7 +200,7 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         in_chans: s.in_chans,
         config: cfg,
     };
-    mocov3::train::checkpoint::save(&a.out, &mut model, &opt, &state)?;
+    mocov3::train::checkpoint::save(&a.out, &mut model, &mocov3::optim::Optimizer::AdamW(opt), &state)?;
     println!(
         "convert: {} ({arch}: dim {}, depth {}, heads {}, {} px / patch {}, epoch {}) -> {}",
         a.input.display(),
@@ -235,12 +242,12 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     let mut p = open_probe(&ckpt, &None, &a.data_dir)?;
     let test = &p.test;
     let classes = p.train.classes.max(test.classes);
-    let vit = &mut p.model.base.backbone;
-    vit.keep_activations = false;
-    let d = vit.cfg.dim;
+    let net = &mut p.model.base.backbone;
+    net.set_keep_activations(false);
+    let d = net.dim();
     eprintln!("quickstart: features of {} train and {} test images", p.train.len(), test.len());
-    let ftrain = features::backbone(vit, &p.train, p.train.len(), &p.plain, 256);
-    let ftest = features::backbone(vit, test, test.len(), &p.plain, 256);
+    let ftrain = features::backbone(net, &p.train, p.train.len(), &p.plain, 256);
+    let ftest = features::backbone(net, test, test.len(), &p.plain, 256);
     let (ptrain, pd) = features::pixels(&p.train, p.train.len());
     let (ptest, _) = features::pixels(test, test.len());
     let knn_model = knn::classify(&ftrain, &p.train.labels, &ftest, &test.labels, d, classes, &[20], 0.07)[0];

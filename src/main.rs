@@ -198,6 +198,10 @@ enum BenchCmd {
         /// C1 (ViT 192-d x 12 on 32 px, patch 4, batch 64) or C2 (ViT-S/16 at 224 px, batch 8).
         #[arg(long, default_value = "C1")]
         config: String,
+        /// A ResNet step instead (resnet18 | resnet50: official heads, τ 1.0, LARS; 224 px,
+        /// batch 8 unless --image / --batch say otherwise).
+        #[arg(long)]
+        arch: Option<String>,
         /// Untimed steps first.
         #[arg(long, default_value_t = 2)]
         warmup: usize,
@@ -363,9 +367,13 @@ fn real_main() -> Result<()> {
             let r = mocov3::bench::gemm_rate(n, 5);
             println!("RESULT framework=mocov3 gemm n={n} gflops={r:.1} threads={}", mocov3::engine::threads());
         }
-        Cmd::Bench { what: BenchCmd::Step { config, warmup, steps, batch, image, patch, threads } } => {
+        Cmd::Bench { what: BenchCmd::Step { config, arch, warmup, steps, batch, image, patch, threads } } => {
             mocov3::engine::init_threads(threads);
-            let cfg = mocov3::bench::with_overrides(mocov3::bench::config(&config)?, batch, image, patch)?;
+            let base = match &arch {
+                Some(a) => mocov3::bench::resnet_config(a)?,
+                None => mocov3::bench::config(&config)?,
+            };
+            let cfg = mocov3::bench::with_overrides(base, batch, image, patch)?;
             let timed = steps.unwrap_or(if cfg.name == "C1" { 18 } else { 5 });
             eprintln!(
                 "bench step {}: batch {}, {} warm-up + {} timed steps, {} threads",
@@ -383,11 +391,11 @@ fn real_main() -> Result<()> {
                 cfg.name, r.img_per_s, r.step_ms_median, r.loss_first, r.loss_last
             );
             let gflop = mocov3::bench::step_flops(&cfg.model, cfg.batch) / 1e9;
+            let patch = cfg.model.backbone.vit().map(|v| format!(" patch {}", v.patch)).unwrap_or_default();
             eprintln!(
-                "batch {} image {} patch {}: {gflop:.1} GFLOP per step (model count), {:.1} GFLOP/s achieved",
+                "batch {} image {}{patch}: {gflop:.1} GFLOP per step (model count), {:.1} GFLOP/s achieved",
                 cfg.batch,
-                cfg.model.vit.img,
-                cfg.model.vit.patch,
+                cfg.model.backbone.img(),
                 gflop / (r.step_ms_median / 1e3)
             );
             if let Some(m) = mocov3::bench::peak_rss_mib() {

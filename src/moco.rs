@@ -9,53 +9,70 @@
 //! ```
 //!
 //! The two views travel through every network as one batch of 2N rows (x1 then x2). Nothing in
-//! the ViT mixes rows, and every BatchNorm normalises the two halves separately (`groups = 2`),
-//! so this computes exactly what two separate passes compute, with larger matrix products.
+//! the ViT mixes rows, and every BatchNorm (heads, ResNet) normalises the two halves separately
+//! (`groups = 2`), so this computes exactly what two separate passes compute, with larger matrix
+//! products.
+//!
+//! The heads follow the backbone family as the official `MoCo_ViT` / `MoCo_ResNet`: for the ViT a
+//! 3-layer projector `head` and a 2-layer predictor, both ending in a BatchNorm without affine;
+//! for the ResNet a 2-layer projector `fc` (with the last BN) and a 2-layer predictor without it.
 
 use crate::engine::gemm::{sgemm, Mat};
 use crate::engine::rng::Rng;
 use crate::engine::{ensure, vec};
+use crate::models::backbone::{Backbone, BackboneConfig};
 use crate::models::heads::Mlp;
-use crate::models::vit::{Vit, VitConfig};
 use crate::nn::{Buffer, Module, Param};
 use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct MocoConfig {
-    pub vit: VitConfig,
+    pub backbone: BackboneConfig,
     /// Hidden width of the projector and predictor MLPs (official 4096).
     pub mlp_dim: usize,
     /// Output width of projector and predictor (official 256).
     pub out_dim: usize,
-    /// Temperature τ (official ViT recipe 0.2).
+    /// Temperature τ (official ViT recipe 0.2, ResNet 1.0).
     pub t: f32,
 }
 
+impl MocoConfig {
+    /// Layers of the projector, and whether the predictor ends in a BatchNorm.
+    fn heads(&self) -> (usize, bool) {
+        match self.backbone {
+            BackboneConfig::Vit(_) => (3, true),
+            BackboneConfig::ResNet(_) => (2, false),
+        }
+    }
+}
+
 /// Backbone + projector: the base encoder without its predictor, and the momentum encoder.
-/// The projector is called `head` as in the official checkpoints (`base_encoder.head.*`).
+/// The projector keeps its official name: `head` for the ViT, `fc` for the ResNet
+/// (`base_encoder.head.*`, `base_encoder.fc.*`).
 pub struct Encoder {
-    pub backbone: Vit,
+    pub backbone: Backbone,
     pub head: Mlp,
     dfeat: Vec<f32>,
 }
 
 impl Encoder {
     fn new(cfg: &MocoConfig, rng: &mut Rng) -> Encoder {
-        let backbone = Vit::new(&cfg.vit, rng);
-        let head = Mlp::new("head", 3, cfg.vit.dim, cfg.mlp_dim, cfg.out_dim, true, rng);
+        let backbone = Backbone::new(&cfg.backbone, rng);
+        let name = cfg.backbone.head_name();
+        let head = Mlp::new(name, cfg.heads().0, cfg.backbone.dim(), cfg.mlp_dim, cfg.out_dim, true, rng);
         Encoder { backbone, head, dfeat: Vec::new() }
     }
 
     fn forward(&mut self, x: &[f32], images: usize, groups: usize) -> &[f32] {
-        let feat = self.backbone.forward(x, images);
+        let feat = self.backbone.forward(x, images, groups);
         self.head.forward(feat, images, groups)
     }
 
     fn backward(&mut self, dz: &[f32], images: usize) {
-        let d = self.backbone.cfg.dim;
+        let d = self.backbone.dim();
         ensure(&mut self.dfeat, images * d);
-        let feat = &self.backbone.norm.y[..images * d];
+        let feat = self.backbone.output(images);
         self.head.backward(feat, dz, images, &mut self.dfeat[..images * d]);
         self.backbone.backward(&self.dfeat[..images * d], images);
     }
@@ -67,6 +84,7 @@ impl Module for Encoder {
         self.head.visit(f);
     }
     fn visit_buffers(&mut self, f: &mut dyn FnMut(Buffer)) {
+        self.backbone.visit_buffers(f);
         self.head.visit_buffers(f);
     }
 }
@@ -87,10 +105,10 @@ impl MoCo {
     pub fn new(cfg: &MocoConfig, seed: u64) -> MoCo {
         let mut rng = Rng::new(seed);
         let mut base = Encoder::new(cfg, &mut rng);
-        let predictor = Mlp::new("predictor", 2, cfg.out_dim, cfg.mlp_dim, cfg.out_dim, true, &mut rng);
+        let predictor = Mlp::new("predictor", 2, cfg.out_dim, cfg.mlp_dim, cfg.out_dim, cfg.heads().1, &mut rng);
         // The momentum encoder starts as an exact copy of the base encoder, all frozen.
         let mut momentum = Encoder::new(cfg, &mut rng);
-        momentum.backbone.keep_activations = false;
+        momentum.backbone.set_keep_activations(false);
         for (pk, pq) in momentum.params_mut().into_iter().zip(base.params_mut()) {
             pk.w.copy_from_slice(&pq.w);
             pk.trainable = false;
@@ -133,7 +151,7 @@ impl MoCo {
             self.ctr.forward_backward(q1, k2, n, dim, t, dq1) + self.ctr.forward_backward(q2, k1, n, dim, t, dq2);
         // loss.backward()
         ensure(&mut self.dz, two_n * dim);
-        let z = &self.base.head.layers.last().unwrap().bn.as_ref().unwrap().y[..two_n * dim];
+        let z = self.base.head.output(two_n);
         self.predictor.backward(z, &self.dq[..two_n * dim], two_n, &mut self.dz[..two_n * dim]);
         self.base.backward(&self.dz[..two_n * dim], two_n);
         loss
@@ -185,9 +203,10 @@ impl MoCo {
         v
     }
 
-    /// Features of the base backbone (cls token after the final norm), `[images, dim]`.
-    pub fn features(&mut self, x: &[f32], images: usize) -> &[f32] {
-        self.base.backbone.forward(x, images)
+    /// Features of the base backbone (cls token after the final norm, or pooled ResNet
+    /// channels), `[images, dim]`, as the last forward left them.
+    pub fn features(&self, images: usize) -> &[f32] {
+        self.base.backbone.output(images)
     }
 }
 

@@ -3,6 +3,7 @@
 
 use mocov3::interop::official::load_into;
 use mocov3::moco::{MoCo, MocoConfig};
+use mocov3::models::backbone::BackboneConfig;
 use mocov3::models::vit::VitConfig;
 use mocov3::nn::posembed::PosEmbedKind;
 use mocov3::nn::Module;
@@ -16,7 +17,7 @@ fn fixture(name: &str) -> PathBuf {
 
 fn tiny(dim: usize) -> MocoConfig {
     MocoConfig {
-        vit: VitConfig {
+        backbone: BackboneConfig::Vit(VitConfig {
             img: 16,
             patch: 8,
             in_chans: 3,
@@ -26,7 +27,7 @@ fn tiny(dim: usize) -> MocoConfig {
             mlp_ratio: 4,
             pos: PosEmbedKind::Sincos,
             stop_grad_conv1: true,
-        },
+        }),
         mlp_dim: 32,
         out_dim: 8,
         t: 0.2,

@@ -6,6 +6,7 @@
 //! largest) and the same weights, buffers and momentum encoder after it (1e-5).
 
 use mocov3::moco::{MoCo, MocoConfig};
+use mocov3::models::backbone::BackboneConfig;
 use mocov3::models::vit::VitConfig;
 use mocov3::nn::posembed::PosEmbedKind;
 use mocov3::optim::AdamW;
@@ -44,7 +45,7 @@ fn check(name: &str) {
     let stop_grad = meta["stop_grad_conv1"] == "True";
     let dim = 64;
     let cfg = MocoConfig {
-        vit: VitConfig {
+        backbone: BackboneConfig::Vit(VitConfig {
             img: 32,
             patch: 8,
             in_chans: 3,
@@ -54,7 +55,7 @@ fn check(name: &str) {
             mlp_ratio: 4,
             pos: if learned { PosEmbedKind::Learned } else { PosEmbedKind::Sincos },
             stop_grad_conv1: stop_grad,
-        },
+        }),
         mlp_dim: 128,
         out_dim: 32,
         t: get("t") as f32,
@@ -146,7 +147,7 @@ fn check_step_tool(name: &str) {
     let stop_grad = meta["stop_grad_conv1"] == "True";
     let pos = if learned { PosEmbedKind::Learned } else { PosEmbedKind::Sincos };
     let cfg = MocoConfig {
-        vit: VitConfig {
+        backbone: BackboneConfig::Vit(VitConfig {
             img: 32,
             patch: 8,
             in_chans: 3,
@@ -156,7 +157,7 @@ fn check_step_tool(name: &str) {
             mlp_ratio: 4,
             pos,
             stop_grad_conv1: stop_grad,
-        },
+        }),
         mlp_dim: 128,
         out_dim: 32,
         t: get("t") as f32,

@@ -1,10 +1,10 @@
-//! Features of a dataset from a backbone (cls token after the final norm, L2-normalised), or
-//! from raw pixels (the baseline).
+//! Features of a dataset from a backbone (ViT: cls token after the final norm; ResNet: the
+//! pooled channels; L2-normalised), or from raw pixels (the baseline).
 
 use super::knn::normalize_rows;
 use crate::data::augment::Augment;
 use crate::data::ImageSet;
-use crate::models::vit::Vit;
+use crate::models::backbone::Backbone;
 use rayon::prelude::*;
 
 /// Which images of `set` to use: the first `limit` (all when None).
@@ -12,10 +12,12 @@ pub fn count(set: &ImageSet, limit: Option<usize>) -> usize {
     limit.map_or(set.len(), |l| l.min(set.len()))
 }
 
-/// Normalised cls features of the first `n` images, resized without augmentation, in batches of
-/// `batch` (use the training batch size so no buffer has to grow).
-pub fn backbone(vit: &mut Vit, set: &ImageSet, n: usize, aug: &Augment, batch: usize) -> Vec<f32> {
-    let d = vit.cfg.dim;
+/// Normalised features of the first `n` images, resized without augmentation, in batches of
+/// `batch` (use the training batch size so no buffer has to grow). BatchNorms run in eval mode
+/// (running statistics, as `model.eval()`) and are left in training mode afterwards.
+pub fn backbone(net: &mut Backbone, set: &ImageSet, n: usize, aug: &Augment, batch: usize) -> Vec<f32> {
+    let d = net.dim();
+    net.set_training(false);
     let len = set.c * aug.out * aug.out;
     let mut x = vec![0.0f32; batch * len];
     let mut out = vec![0.0f32; n * d];
@@ -25,9 +27,10 @@ pub fn backbone(vit: &mut Vit, set: &ImageSet, n: usize, aug: &Augment, batch: u
             .par_chunks_mut(len)
             .enumerate()
             .for_each(|(i, v)| aug.plain(set.image(b0 + i), set.h, set.w, set.c, v));
-        let f = vit.forward(&x[..rows * len], rows);
+        let f = net.forward(&x[..rows * len], rows, 1);
         out[b0 * d..(b0 + rows) * d].copy_from_slice(f);
     }
+    net.set_training(true);
     normalize_rows(&mut out, d);
     out
 }

@@ -11,7 +11,7 @@ use crate::data::augment::Augment;
 use crate::data::ImageSet;
 use crate::engine::gemm::{sgemm, Mat};
 use crate::engine::rng::Rng;
-use crate::models::vit::Vit;
+use crate::models::backbone::Backbone;
 use crate::nn::Module;
 use rayon::prelude::*;
 
@@ -135,10 +135,12 @@ impl LinearHead {
     }
 }
 
-/// Bit patterns of every backbone parameter (for the frozen-backbone check).
-pub fn fingerprint(vit: &mut Vit) -> Vec<u32> {
+/// Bit patterns of every backbone parameter and buffer (BatchNorm running statistics) for the
+/// frozen-backbone check.
+pub fn fingerprint(net: &mut Backbone) -> Vec<u32> {
     let mut v = Vec::new();
-    vit.visit(&mut |p| v.extend(p.w.iter().map(|x| x.to_bits())));
+    net.visit(&mut |p| v.extend(p.w.iter().map(|x| x.to_bits())));
+    net.visit_buffers(&mut |b| v.extend(b.data.iter().map(|x| x.to_bits())));
     v
 }
 
@@ -209,22 +211,24 @@ pub fn probe_features(
 
 /// Run the protocol; `report` is called after every epoch.
 pub fn run(
-    vit: &mut Vit,
+    net: &mut Backbone,
     train: &ImageSet,
     test: &ImageSet,
     plain: &Augment,
     cfg: &LinclsConfig,
     report: impl FnMut(&EpochResult),
 ) -> anyhow::Result<Vec<EpochResult>> {
-    let before = fingerprint(vit);
-    vit.keep_activations = false;
-    let d = vit.cfg.dim;
+    let before = fingerprint(net);
+    net.set_keep_activations(false);
+    let d = net.dim();
     let classes = train.classes.max(test.classes);
-    let test_feats = features::backbone(vit, test, test.len(), plain, cfg.batch);
+    let test_feats = features::backbone(net, test, test.len(), plain, cfg.batch);
     let out = if cfg.cached {
-        let train_feats = features::backbone(vit, train, train.len(), plain, cfg.batch);
+        let train_feats = features::backbone(net, train, train.len(), plain, cfg.batch);
         probe_features(&train_feats, &train.labels, &test_feats, &test.labels, d, classes, cfg, report)
     } else {
+        // The backbone in eval mode throughout, as the official `model.eval()`.
+        net.set_training(false);
         let aug = Augment { crop_min: cfg.crop_min, flip: true, ..plain.clone() };
         let len = train.c * plain.out * plain.out;
         let mut x = vec![0.0f32; cfg.batch * len];
@@ -233,11 +237,12 @@ pub fn run(
                 let mut r = Rng::derive(cfg.seed, &[1 + epoch as u64, i as u64]);
                 aug.view(&mut r, train.image(i), train.h, train.w, train.c, v);
             });
-            feats.copy_from_slice(vit.forward(&x, cfg.batch));
+            feats.copy_from_slice(net.forward(&x, cfg.batch, 1));
         };
         train_head(&train.labels, &test_feats, &test.labels, d, classes, cfg, fill, report)
     };
-    if fingerprint(vit) != before {
+    net.set_training(true);
+    if fingerprint(net) != before {
         anyhow::bail!("the backbone's weights changed during linear probing: this is a bug, please report it");
     }
     Ok(out)

@@ -8,7 +8,7 @@ use super::features;
 use super::knn::{classify, normalize_rows};
 use crate::data::augment::Augment;
 use crate::data::ImageSet;
-use crate::models::vit::Vit;
+use crate::models::backbone::Backbone;
 
 pub struct KnnMonitor {
     pub every: usize,
@@ -59,9 +59,9 @@ impl KnnMonitor {
     }
 
     /// Top-1 accuracy (%) of the held-out images against the queue.
-    pub fn evaluate(&mut self, vit: &mut Vit, eval: &ImageSet, aug: &Augment, batch: usize) -> f64 {
+    pub fn evaluate(&mut self, net: &mut Backbone, eval: &ImageSet, aug: &Augment, batch: usize) -> f64 {
         let n = self.eval_n.min(eval.len());
-        let q = features::backbone(vit, eval, n, aug, batch);
+        let q = features::backbone(net, eval, n, aug, batch);
         let r = classify(
             &self.bank[..self.filled * self.d],
             &self.labels[..self.filled],

@@ -252,11 +252,12 @@ pub fn to_timm(model: &mut MoCo) -> super::writer::Obj {
     }
 }
 
-/// Load a backbone-only file into a ViT: the DeiT layout (`{'model': ...}`), a plain timm
-/// state_dict, a `main_lincls.py` checkpoint (`state_dict` with `module.` keys and a classifier),
-/// or an official pre-training checkpoint (its `base_encoder`). Classifier / projector keys
-/// (`head.*`) are ignored; every backbone tensor must be present with the right shape.
-pub fn load_backbone(path: &Path, vit: &mut crate::models::vit::Vit) -> Result<()> {
+/// Load a backbone-only file into a backbone: the DeiT layout (`{'model': ...}`), a plain timm or
+/// torchvision state_dict, a `main_lincls.py` checkpoint (`state_dict` with `module.` keys and a
+/// classifier), or an official pre-training checkpoint (its `base_encoder`). Classifier /
+/// projector keys (`head.*`, `fc.*`) are ignored; every backbone tensor (and BatchNorm buffer)
+/// must be present with the right shape.
+pub fn load_backbone(path: &Path, net: &mut crate::models::backbone::Backbone) -> Result<()> {
     let f = TorchFile::open(path)?;
     let p = path.display();
     let dict = f.root.get("model").or_else(|| f.root.get("state_dict")).unwrap_or(&f.root);
@@ -266,30 +267,27 @@ pub fn load_backbone(path: &Path, vit: &mut crate::models::vit::Vit) -> Result<(
         let Value::Str(k) = k else { continue };
         let k = k.strip_prefix("module.").unwrap_or(k);
         let k = k.strip_prefix("base_encoder.").unwrap_or(k);
-        if k.starts_with("momentum_encoder.") || k.starts_with("predictor.") || k.starts_with("head.") {
+        let skip = ["momentum_encoder.", "predictor.", "head.", "fc."];
+        if skip.iter().any(|s| k.starts_with(s)) {
             continue;
         }
         by_name.insert(k.to_string(), v);
     }
     let mut err = None;
-    vit.visit(&mut |param| {
+    let mut take = |name: &str, shape: &[usize], data: &mut Vec<f32>| {
         if err.is_some() {
             return;
         }
-        match by_name.get(&param.name) {
-            None => err = Some(anyhow::anyhow!("{p}: backbone key {} is missing", param.name)),
+        match by_name.get(name) {
+            None => err = Some(anyhow::anyhow!("{p}: backbone key {name} is missing")),
             Some(t) => match f.tensor_f32(t) {
-                Ok((s, v)) if s == param.shape => param.w = v,
-                Ok((s, _)) => {
-                    err = Some(anyhow::anyhow!(
-                        "{p}: {} has shape {s:?}, the model expects {:?}",
-                        param.name,
-                        param.shape
-                    ))
-                }
+                Ok((s, v)) if s == shape => *data = v,
+                Ok((s, _)) => err = Some(anyhow::anyhow!("{p}: {name} has shape {s:?}, the model expects {shape:?}")),
                 Err(e) => err = Some(e),
             },
         }
-    });
+    };
+    net.visit(&mut |param| take(&param.name, &param.shape, &mut param.w));
+    net.visit_buffers(&mut |b| take(&b.name, &b.shape, b.data));
     err.map_or(Ok(()), Err)
 }

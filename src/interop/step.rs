@@ -61,7 +61,8 @@ pub fn run(input: &Path, views: &Path, out: &Path, a: &StepArgs) -> Result<f32> 
         stop_grad_conv1: a.stop_grad_conv1,
     };
     vit.validate().map_err(|e| anyhow::anyhow!("{}: {e} (check --heads)", input.display()))?;
-    let cfg = MocoConfig { vit, mlp_dim: s.mlp_dim, out_dim: s.out_dim, t: a.t };
+    let backbone = crate::models::backbone::BackboneConfig::Vit(vit);
+    let cfg = MocoConfig { backbone, mlp_dim: s.mlp_dim, out_dim: s.out_dim, t: a.t };
     let mut model = MoCo::new(&cfg, 0);
     let mut opt = AdamW::new(a.wd);
     let info = official::load_into(input, &mut model, &mut opt)?;

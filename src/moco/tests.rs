@@ -1,9 +1,11 @@
 use super::*;
+use crate::models::backbone::BackboneConfig;
+use crate::models::vit::VitConfig;
 use crate::nn::posembed::PosEmbedKind;
 
 pub fn tiny_config(pos: PosEmbedKind, stop_grad_conv1: bool) -> MocoConfig {
     MocoConfig {
-        vit: VitConfig {
+        backbone: BackboneConfig::Vit(VitConfig {
             img: 8,
             patch: 4,
             in_chans: 3,
@@ -13,7 +15,7 @@ pub fn tiny_config(pos: PosEmbedKind, stop_grad_conv1: bool) -> MocoConfig {
             mlp_ratio: 4,
             pos,
             stop_grad_conv1,
-        },
+        }),
         mlp_dim: 24,
         out_dim: 8,
         t: 0.2,
@@ -22,7 +24,7 @@ pub fn tiny_config(pos: PosEmbedKind, stop_grad_conv1: bool) -> MocoConfig {
 
 fn images(n: usize, cfg: &MocoConfig, seed: u64) -> Vec<f32> {
     let mut rng = Rng::new(seed);
-    (0..2 * n * cfg.vit.in_chans * cfg.vit.img * cfg.vit.img).map(|_| rng.normal()).collect()
+    (0..2 * n * cfg.backbone.in_chans() * cfg.backbone.img() * cfg.backbone.img()).map(|_| rng.normal()).collect()
 }
 
 /// The gradient of the whole MoCo loss w.r.t. sampled elements of every trainable parameter of
@@ -116,4 +118,95 @@ fn contrastive_loss_known_value() {
     let loss = c.forward_backward(&q, &q, 2, 2, t, &mut dq);
     let want = 2.0 * t as f64 * (1.0 + (-1.0f64 / t as f64).exp()).ln();
     assert!((loss as f64 - want).abs() < 1e-6, "{loss} vs {want}");
+}
+
+fn resnet_config() -> MocoConfig {
+    use crate::models::backbone::ResNetConfig;
+    MocoConfig {
+        backbone: BackboneConfig::ResNet(ResNetConfig { depth: 18, cifar: true, img: 8, in_chans: 1 }),
+        mlp_dim: 32,
+        out_dim: 8,
+        t: 1.0,
+    }
+}
+
+#[test]
+fn resnet_heads_follow_the_official_builder() {
+    let mut model = MoCo::new(&resnet_config(), 1);
+    // Projector `fc`: 512 → 32 → 8 with the last BN (no affine); predictor without the last BN.
+    let fc = &model.base.head;
+    assert_eq!(fc.layers.len(), 2);
+    assert_eq!((fc.layers[0].linear.inp, fc.layers[1].linear.out), (512, 8));
+    assert!(fc.layers[1].bn.as_ref().is_some_and(|b| b.gamma.is_none()));
+    assert_eq!(model.predictor.layers.len(), 2);
+    assert!(model.predictor.layers[1].bn.is_none());
+    let keys = model.trainable_keys();
+    for k in [
+        "base_encoder.conv1.weight",
+        "base_encoder.layer4.1.bn2.bias",
+        "base_encoder.fc.0.weight",
+        "predictor.3.weight",
+    ] {
+        assert!(keys.iter().any(|x| x == k), "missing {k}");
+    }
+    let mut buffers = Vec::new();
+    model.visit_tensors(&mut |k, _, _| buffers.push(k));
+    assert!(buffers.iter().any(|k| k == "momentum_encoder.layer1.0.bn1.running_var"));
+}
+
+/// The whole ResNet MoCo loss (backbone → fc → predictor, τ 1) against finite differences on a
+/// few elements of parameters along the path: stem, a mid block, the last block, both heads.
+#[test]
+fn resnet_whole_loss_finite_differences() {
+    let cfg = resnet_config();
+    let n = 4;
+    let x = images(n, &cfg, 2);
+    let mut model = MoCo::new(&cfg, 4);
+    let mut rng = Rng::new(9);
+    for p in model.base.params_mut().into_iter().filter(|p| p.trainable) {
+        // Non-zero residual gammas (zero_init_residual), as after some training.
+        let s = if p.name.ends_with("weight") && p.shape.len() == 1 { 0.5 } else { 0.02 };
+        for v in p.w.iter_mut() {
+            *v += s * rng.normal();
+        }
+    }
+    model.forward_backward(&x, n, 1.0);
+    let names = [
+        "conv1.weight",
+        "layer2.0.conv1.weight",
+        "layer4.1.bn2.weight",
+        "fc.0.weight",
+        "predictor.0.weight",
+        "predictor.3.weight",
+    ];
+    let idx: Vec<usize> = model
+        .trainable_params()
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| names.contains(&p.name.as_str()))
+        .map(|(i, _)| i)
+        .collect();
+    assert_eq!(idx.len(), names.len());
+    let grads: Vec<Vec<f32>> = idx.iter().map(|&i| model.trainable_params()[i].g.clone()).collect();
+    let l0 = model.forward_backward(&x, n, 1.0) as f64;
+    let eps = 2e-3f32;
+    for (&pi, g) in idx.iter().zip(&grads) {
+        let scale = g.iter().fold(1e-3f32, |m, v| m.max(v.abs())) as f64;
+        let name = model.trainable_params()[pi].name.clone();
+        for _ in 0..4 {
+            let e = rng.below(g.len());
+            let mut probe = |delta: f32| -> f64 {
+                model.trainable_params()[pi].w[e] += delta;
+                model.forward_backward(&x, n, 1.0) as f64
+            };
+            let lp = probe(eps);
+            let lm = probe(-2.0 * eps);
+            probe(eps);
+            let h = eps as f64;
+            let an = g[e] as f64;
+            let candidates = [(lp - lm) / (2.0 * h), (lp - l0) / h, (l0 - lm) / h];
+            let ok = candidates.iter().any(|num| (num - an).abs() <= 0.03 * scale + 1e-3);
+            assert!(ok, "{name}[{e}]: analytic {an:.6} vs numeric {candidates:?} (scale {scale})");
+        }
+    }
 }

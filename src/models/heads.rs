@@ -113,6 +113,11 @@ impl Mlp {
         }
     }
 
+    /// The output of the last forward, `[rows, out]`.
+    pub fn output(&self, rows: usize) -> &[f32] {
+        &self.layers.last().unwrap().out()[..rows * self.out_dim]
+    }
+
     pub fn set_training(&mut self, training: bool) {
         for l in self.layers.iter_mut() {
             if let Some(bn) = &mut l.bn {

@@ -1,5 +1,7 @@
-//! Models composed from the layers of `nn`: the ViT backbone and the MLP heads of MoCo v3.
+//! Models composed from the layers of `nn`: the ViT and ResNet backbones (behind
+//! `backbone::Backbone`) and the MLP heads of MoCo v3.
 
+pub mod backbone;
 pub mod block;
 pub mod heads;
 pub mod resnet;

@@ -110,6 +110,8 @@ impl Block {
     }
 
     fn forward(&mut self, x: &[f32], n: usize, h: usize, w: usize, groups: usize) -> (usize, usize) {
+        // Buffers may be longer than this batch needs (a larger batch ran before).
+        let x = &x[..n * h * w * self.stages[0].conv.cin];
         let (mut ch, mut cw) = (h, w);
         for i in 0..self.stages.len() {
             let (prev, rest) = self.stages.split_at_mut(i);
@@ -262,6 +264,53 @@ impl ResNet {
 
     pub fn resnet18(in_chans: usize, cifar: bool, rng: &mut Rng) -> ResNet {
         ResNet::new(&[2, 2, 2, 2], false, 64, in_chans, cifar, rng)
+    }
+
+    pub fn in_chans(&self) -> usize {
+        self.in_chans
+    }
+
+    /// BatchNorms in training mode (batch statistics, running stats updated) or eval mode.
+    pub fn set_training(&mut self, training: bool) {
+        self.stem.bn.training = training;
+        for b in self.blocks.iter_mut() {
+            for bn in b.bns() {
+                bn.training = training;
+            }
+        }
+    }
+
+    /// Name prefixes of the stem, the first block and the last block (for gradient monitoring).
+    pub fn part_prefixes(&self) -> [String; 3] {
+        let last = self.blocks.len() - 1;
+        let name =
+            |i: usize| self.blocks[i].stages[0].conv.proj.w.name.rsplitn(3, '.').nth(2).unwrap().to_string() + ".";
+        ["conv1.".into(), name(0), name(last)]
+    }
+
+    /// Multiply-adds of one image's forward through every convolution, and of the stem alone.
+    pub fn conv_macs(&self, h: usize, w: usize) -> (f64, f64) {
+        let macs = |c: &Conv2d, h: usize, w: usize| {
+            let (oh, ow) = c.out_size(h, w);
+            ((oh * ow * c.cout * c.cin * c.k * c.k) as f64, oh, ow)
+        };
+        let (stem, mut ch, mut cw) = macs(&self.stem.conv, h, w);
+        if let Some(p) = &self.pool {
+            (ch, cw) = p.out_size(ch, cw);
+        }
+        let mut total = stem;
+        for b in &self.blocks {
+            let (bh, bw) = (ch, cw);
+            for st in &b.stages {
+                let (m, oh, ow) = macs(&st.conv, ch, cw);
+                total += m;
+                (ch, cw) = (oh, ow);
+            }
+            if let Some(d) = &b.down {
+                total += macs(&d.conv, bh, bw).0;
+            }
+        }
+        (total, stem)
     }
 
     /// Images `[n, c, h, w]` (NCHW, as the data pipeline gives them) → features `[n, dim]`.

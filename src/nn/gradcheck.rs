@@ -109,7 +109,7 @@ pub fn check_layer<L: Module>(
         let mut num = Vec::new();
         let mut an = Vec::new();
         for &e in &idx {
-            let mut set = |layer: &mut L, delta: f32| {
+            let set = |layer: &mut L, delta: f32| {
                 let mut k = 0;
                 layer.visit(&mut |p| {
                     if k == pi {

@@ -10,13 +10,15 @@ pub struct Lars {
     pub weight_decay: f64,
     pub momentum: f64,
     pub trust_coefficient: f64,
+    /// Steps taken.
+    pub step: u64,
     /// One buffer per trainable parameter, in order.
     pub mu: Vec<Vec<f32>>,
 }
 
 impl Lars {
     pub fn new(weight_decay: f64) -> Lars {
-        Lars { weight_decay, momentum: 0.9, trust_coefficient: 0.001, mu: Vec::new() }
+        Lars { weight_decay, momentum: 0.9, trust_coefficient: 0.001, step: 0, mu: Vec::new() }
     }
 
     pub fn update(&mut self, params: &mut [&mut Param], lr: f64) {
@@ -24,6 +26,7 @@ impl Lars {
             self.mu = params.iter().map(|p| vec![0.0; p.len()]).collect();
         }
         assert_eq!(self.mu.len(), params.len(), "optimiser state does not match the parameters");
+        self.step += 1;
         for (p, mu) in params.iter_mut().zip(self.mu.iter_mut()) {
             let matrix = p.shape.len() > 1;
             let wd = if matrix { self.weight_decay as f32 } else { 0.0 };

@@ -1,12 +1,12 @@
 //! Native checkpoints: one safetensors file with every tensor of the run (both encoders, the
-//! predictor, BatchNorm buffers, AdamW moments) and the training state as JSON metadata. Keys
+//! predictor, BatchNorm buffers, the optimiser's state: AdamW moments or LARS momentum) and the training state as JSON metadata. Keys
 //! follow the official layout without the DDP `module.` prefix (`base_encoder.blocks.0...`).
 //! Writes go to a temporary file that is renamed over the old one, so a crash never leaves a
 //! half-written checkpoint.
 
 use super::config::PretrainConfig;
 use crate::moco::MoCo;
-use crate::optim::AdamW;
+use crate::optim::Optimizer;
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
 use serde::{Deserialize, Serialize};
@@ -27,19 +27,20 @@ pub struct TrainState {
 }
 
 /// Every named tensor of the model and optimiser, as (name, shape, mutable data).
-fn for_each_tensor(model: &mut MoCo, opt: &mut AdamW, f: &mut dyn FnMut(String, Vec<usize>, &mut Vec<f32>)) {
+fn for_each_tensor(model: &mut MoCo, opt: &mut Optimizer, f: &mut dyn FnMut(String, Vec<usize>, &mut Vec<f32>)) {
     model.visit_tensors(&mut |name, shape, data| f(name, shape.to_vec(), data));
     let keys = model.trainable_keys();
     let shapes: Vec<Vec<usize>> = model.trainable_params().iter().map(|p| p.shape.clone()).collect();
-    if opt.exp_avg.len() == keys.len() {
-        for (i, (n, s)) in keys.iter().zip(shapes).enumerate() {
-            f(format!("optimizer.exp_avg.{n}"), s.clone(), &mut opt.exp_avg[i]);
-            f(format!("optimizer.exp_avg_sq.{n}"), s, &mut opt.exp_avg_sq[i]);
+    for (state, bufs) in opt.state_mut() {
+        if bufs.len() == keys.len() {
+            for ((n, s), b) in keys.iter().zip(&shapes).zip(bufs.iter_mut()) {
+                f(format!("optimizer.{state}.{n}"), s.clone(), b);
+            }
         }
     }
 }
 
-pub fn save(path: &Path, model: &mut MoCo, opt: &AdamW, state: &TrainState) -> Result<()> {
+pub fn save(path: &Path, model: &mut MoCo, opt: &Optimizer, state: &TrainState) -> Result<()> {
     let mut opt = opt.clone();
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for_each_tensor(model, &mut opt, &mut |name, shape, data| {
@@ -52,7 +53,7 @@ pub fn save(path: &Path, model: &mut MoCo, opt: &AdamW, state: &TrainState) -> R
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
     let mut meta = HashMap::new();
     meta.insert("mocov3".to_string(), serde_json::to_string(state)?);
-    meta.insert("adam_step".to_string(), opt.step.to_string());
+    meta.insert("optimizer_step".to_string(), opt.steps().to_string());
     let bytes = safetensors::tensor::serialize(views, &Some(meta))?;
     let tmp = path.with_extension("safetensors.tmp");
     {
@@ -66,7 +67,7 @@ pub fn save(path: &Path, model: &mut MoCo, opt: &AdamW, state: &TrainState) -> R
 }
 
 /// Load a checkpoint written by [`save`]: the model, the optimiser and the training state.
-pub fn load(path: &Path) -> Result<(MoCo, AdamW, TrainState)> {
+pub fn load(path: &Path) -> Result<(MoCo, Optimizer, TrainState)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
     let fix = "it is corrupt or truncated: resume from an earlier checkpoint or start the run again";
     let (_, meta) =
@@ -81,18 +82,18 @@ pub fn load(path: &Path) -> Result<(MoCo, AdamW, TrainState)> {
     if state.format != FORMAT {
         bail!("{}: checkpoint format {} is not supported (expected {FORMAT})", path.display(), state.format);
     }
-    let adam_step: u64 =
-        meta.metadata().as_ref().and_then(|m| m.get("adam_step")).and_then(|s| s.parse().ok()).unwrap_or(0);
-    let cfg = state.config.model(state.in_chans)?;
-    let mut model = MoCo::new(&cfg, state.config.seed);
-    let mut opt = AdamW::new(state.config.weight_decay);
-    opt.exclude_norm_bias = state.config.exclude_norm_bias_decay;
-    opt.step = adam_step;
-    if adam_step > 0 {
-        let params = model.trainable_params();
-        opt.exp_avg = params.iter().map(|p| vec![0.0; p.len()]).collect();
-        opt.exp_avg_sq = opt.exp_avg.clone();
-    }
+    let steps: u64 = meta
+        .metadata()
+        .as_ref()
+        .and_then(|m| m.get("optimizer_step").or_else(|| m.get("adam_step")))
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(0);
+    let c = &state.config;
+    let cfg = c.model(state.in_chans)?;
+    let mut model = MoCo::new(&cfg, c.seed);
+    let mut opt = Optimizer::new(c.optimizer, c.weight_decay, c.exclude_norm_bias_decay);
+    let sizes: Vec<usize> = model.trainable_params().iter().map(|p| p.len()).collect();
+    opt.restore(steps, &sizes);
     let mut err: Option<anyhow::Error> = None;
     for_each_tensor(&mut model, &mut opt, &mut |name, shape, data| {
         if err.is_some() {

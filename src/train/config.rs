@@ -2,8 +2,10 @@
 //! that order of precedence (later wins).
 
 use crate::moco::MocoConfig;
+use crate::models::backbone::{BackboneConfig, ResNetConfig};
 use crate::models::vit::{arch_dims, VitConfig, ARCHS};
 use crate::nn::posembed::PosEmbedKind;
+use crate::optim::OptimizerKind;
 use anyhow::{bail, Context, Result};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -11,7 +13,8 @@ use std::path::{Path, PathBuf};
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub struct PretrainConfig {
-    /// vit_tiny | vit_small | vit_base | vit_large | vit_huge (dim/depth/heads below override).
+    /// vit_tiny | vit_small | vit_base | vit_large | vit_huge (dim/depth/heads below override),
+    /// or resnet18 | resnet50.
     pub arch: String,
     pub dim: Option<usize>,
     pub depth: Option<usize>,
@@ -20,11 +23,15 @@ pub struct PretrainConfig {
     pub patch_size: usize,
     pub pos_embed: PosEmbedKind,
     pub stop_grad_conv1: bool,
+    /// ResNet only: the CIFAR stem (3×3 stride-1 first convolution, no max-pool).
+    pub cifar_stem: bool,
     pub moco_mlp_dim: usize,
     pub moco_dim: usize,
     pub moco_t: f32,
     pub moco_m: f64,
     pub moco_m_cos: bool,
+    /// adamw (the ViT recipes) | lars (the ResNet recipes).
+    pub optimizer: OptimizerKind,
     /// Base learning rate; the effective one is lr × batch_size / 256.
     pub lr: f64,
     pub weight_decay: f64,
@@ -68,7 +75,30 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("vit_small", "official ViT-S/16 recipe at batch 1024 (300 epochs, ImageNet)"),
     ("vit_base", "official ViT-B/16 recipe at batch 4096 (300 epochs, ImageNet)"),
     ("tiny-synthetic", "a very small ViT on synthetic images, for smoke tests"),
+    ("resnet50", "official ResNet-50 recipe, 100 epochs (LARS lr .6, wd 1e-6, T 1, m .99, batch 4096)"),
+    ("resnet50-300ep", "official ResNet-50 recipe, 300 epochs (lr .3)"),
+    ("resnet50-1000ep", "official ResNet-50 recipe, 1000 epochs (lr .3, wd 1.5e-6, m .996)"),
+    ("fashion-mnist-resnet18", "CIFAR ResNet-18 (3x3 stem, no max-pool) on grey 28 px Fashion-MNIST, LARS"),
 ];
+
+/// The official ResNet-50 recipe (CONFIG.md: `--moco-m-cos --crop-min=.2` over the defaults of
+/// `main_moco.py`: LARS, wd 1e-6, T 1.0, m 0.99, warm-up 10, batch 4096).
+fn official_resnet(epochs: usize, lr: f64, wd: f64, m: f64) -> PretrainConfig {
+    PretrainConfig {
+        arch: "resnet50".into(),
+        stop_grad_conv1: false,
+        optimizer: OptimizerKind::Lars,
+        lr,
+        weight_decay: wd,
+        moco_t: 1.0,
+        moco_m: m,
+        epochs,
+        warmup_epochs: 10.0,
+        crop_min: 0.2,
+        out_dir: PathBuf::from("runs/resnet50"),
+        ..official("resnet50", 4096)
+    }
+}
 
 /// The official ViT recipe (CONFIG.md) with the given architecture and batch.
 fn official(arch: &str, batch: usize) -> PretrainConfig {
@@ -81,11 +111,13 @@ fn official(arch: &str, batch: usize) -> PretrainConfig {
         patch_size: 16,
         pos_embed: PosEmbedKind::Sincos,
         stop_grad_conv1: true,
+        cifar_stem: false,
         moco_mlp_dim: 4096,
         moco_dim: 256,
         moco_t: 0.2,
         moco_m: 0.99,
         moco_m_cos: true,
+        optimizer: OptimizerKind::Adamw,
         lr: 1.5e-4,
         weight_decay: 0.1,
         exclude_norm_bias_decay: false,
@@ -112,6 +144,27 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
     Ok(match name {
         "vit_small" => official("vit_small", 1024),
         "vit_base" => official("vit_base", 4096),
+        "resnet50" => official_resnet(100, 0.6, 1e-6, 0.99),
+        "resnet50-300ep" => official_resnet(300, 0.3, 1e-6, 0.99),
+        "resnet50-1000ep" => official_resnet(1000, 0.3, 1.5e-6, 0.996),
+        // Not an official recipe (the official code has no CIFAR one): the small-image
+        // ResNet-18 settings of solo-learn's MoCo v3 CIFAR configuration (LARS lr 0.3 at batch
+        // 256, wd 1e-5, T 0.2), with our Fashion-MNIST schedule.
+        "fashion-mnist-resnet18" | "cifar-resnet18" => PretrainConfig {
+            arch: "resnet18".into(),
+            cifar_stem: true,
+            img_size: 28,
+            batch_size: 256,
+            lr: 0.3,
+            weight_decay: 1e-5,
+            moco_t: 0.2,
+            epochs: 10,
+            warmup_epochs: 1.0,
+            dataset: "fashion-mnist".into(),
+            out_dir: PathBuf::from("runs/fashion-mnist-resnet18"),
+            knn_every: 20,
+            ..official_resnet(10, 0.3, 1e-5, 0.99)
+        },
         "fashion-mnist" | "fmnist" => PretrainConfig {
             arch: "vit_tiny".into(),
             depth: Some(6),
@@ -187,8 +240,29 @@ pub fn merge_sets(cfg: &PretrainConfig, sets: &[String]) -> Result<PretrainConfi
 impl PretrainConfig {
     /// The model configuration for images of `chans` channels; checks every shape constraint.
     pub fn model(&self, chans: usize) -> Result<MocoConfig> {
+        let backbone = match self.arch.as_str() {
+            "resnet18" | "resnet50" => {
+                if self.stop_grad_conv1 {
+                    bail!("stop_grad_conv1 applies to ViTs only: set stop_grad_conv1=false for {}", self.arch);
+                }
+                let r = ResNetConfig {
+                    depth: if self.arch == "resnet50" { 50 } else { 18 },
+                    cifar: self.cifar_stem,
+                    img: self.img_size,
+                    in_chans: chans,
+                };
+                r.validate().map_err(|e| anyhow::anyhow!("invalid model configuration: {e}"))?;
+                BackboneConfig::ResNet(r)
+            }
+            _ => BackboneConfig::Vit(self.vit(chans)?),
+        };
+        self.check_training()?;
+        Ok(MocoConfig { backbone, mlp_dim: self.moco_mlp_dim, out_dim: self.moco_dim, t: self.moco_t })
+    }
+
+    fn vit(&self, chans: usize) -> Result<VitConfig> {
         let Some((d, depth, heads)) = arch_dims(&self.arch) else {
-            bail!("unknown arch '{}': expected one of {}", self.arch, ARCHS.join(", "))
+            bail!("unknown arch '{}': expected one of {}, resnet18, resnet50", self.arch, ARCHS.join(", "))
         };
         let vit = VitConfig {
             img: self.img_size,
@@ -202,6 +276,10 @@ impl PretrainConfig {
             stop_grad_conv1: self.stop_grad_conv1,
         };
         vit.validate().map_err(|e| anyhow::anyhow!("invalid model configuration: {e}"))?;
+        Ok(vit)
+    }
+
+    fn check_training(&self) -> Result<()> {
         if self.batch_size < 2 {
             bail!("batch_size must be at least 2 (BatchNorm needs two samples per view)");
         }
@@ -217,7 +295,7 @@ impl PretrainConfig {
         if !(self.crop_min > 0.0 && self.crop_min <= 1.0) {
             bail!("crop_min must be in (0, 1]");
         }
-        Ok(MocoConfig { vit, mlp_dim: self.moco_mlp_dim, out_dim: self.moco_dim, t: self.moco_t })
+        Ok(())
     }
 
     /// The effective peak learning rate, lr × batch / 256.
@@ -245,6 +323,18 @@ mod tests {
         let e = bad.model(1).unwrap_err().to_string();
         assert!(e.contains("heads"), "{e}");
         let m = preset("vit_small").unwrap().model(3).unwrap();
-        assert_eq!((m.vit.dim, m.vit.depth, m.vit.heads, m.vit.tokens()), (384, 12, 12, 197));
+        let v = m.backbone.vit().unwrap();
+        assert_eq!((v.dim, v.depth, v.heads, v.tokens()), (384, 12, 12, 197));
+        let r = preset("resnet50").unwrap();
+        assert_eq!(
+            (r.optimizer, r.lr, r.weight_decay, r.moco_t, r.crop_min),
+            (OptimizerKind::Lars, 0.6, 1e-6, 1.0, 0.2)
+        );
+        let m = r.model(3).unwrap();
+        assert_eq!((m.backbone.dim(), m.mlp_dim, m.out_dim), (2048, 4096, 256));
+        let e = merge_sets(&r, &["stop_grad_conv1=true".into()]).unwrap().model(3).unwrap_err().to_string();
+        assert!(e.contains("ViTs only"), "{e}");
+        let e = merge_sets(&r, &["img_size=16".into()]).unwrap().model(3).unwrap_err().to_string();
+        assert!(e.contains("too small"), "{e}");
     }
 }

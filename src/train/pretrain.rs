@@ -9,8 +9,8 @@ use crate::data::augment::Augment;
 use crate::data::loader::TwoViewLoader;
 use crate::eval::monitor::KnnMonitor;
 use crate::moco::MoCo;
-use crate::nn::{Module, Param};
-use crate::optim::{schedule, AdamW};
+use crate::nn::Module;
+use crate::optim::{schedule, Optimizer};
 use anyhow::{bail, Context, Result};
 use indicatif::{ProgressBar, ProgressStyle};
 use std::io::IsTerminal;
@@ -37,17 +37,6 @@ pub struct RunSummary {
     /// Seconds spent in the kNN monitor, and in the whole run.
     pub monitor_secs: f64,
     pub total_secs: f64,
-}
-
-/// L2 norm of the gradients of a module's trainable parameters.
-fn grad_norm(m: &mut dyn Module) -> f64 {
-    let mut s = 0.0f64;
-    m.visit(&mut |p: &mut Param| {
-        if p.trainable {
-            s += p.g.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>();
-        }
-    });
-    s.sqrt()
 }
 
 pub fn checkpoint_path(out_dir: &Path) -> PathBuf {
@@ -84,8 +73,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
         None => {
             let mcfg = cfg.model(set.c)?;
-            let mut opt = AdamW::new(cfg.weight_decay);
-            opt.exclude_norm_bias = cfg.exclude_norm_bias_decay;
+            let opt = Optimizer::new(cfg.optimizer, cfg.weight_decay, cfg.exclude_norm_bias_decay);
             (MoCo::new(&mcfg, cfg.seed), opt, 0, 0)
         }
     };
@@ -100,7 +88,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let mut monitor = if cfg.knn_every > 0 {
         let eval = crate::data::load(&cfg.dataset, cfg.data_dir.as_deref(), false)?;
         let cap = if cfg.knn_bank > 0 { cfg.knn_bank } else { (set.len() / 10).max(cfg.knn_k) };
-        let d = model.cfg.vit.dim;
+        let d = model.cfg.backbone.dim();
         let classes = set.classes.max(eval.classes);
         Some((KnnMonitor::new(cfg.knn_every, cap, cfg.knn_eval, cfg.knn_k, cfg.knn_t, d, classes), eval))
     } else {
@@ -149,9 +137,8 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             let loss = model.forward_backward(&x, n, m);
             if let Some((mon, _)) = &mut monitor {
                 // The step's own features of the first views feed the queue.
-                let d = model.cfg.vit.dim;
                 let labels = loader.ids(i).iter().map(|&id| set.labels[id]);
-                mon.push(&model.base.backbone.norm.y[..n * d], labels);
+                mon.push(model.features(n), labels);
             }
             if !loss.is_finite() {
                 bar.abandon();
@@ -165,10 +152,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                      Lower the learning rate (--lr) or lengthen the warm-up, then resume or restart."
                 );
             }
-            let vit = &mut model.base.backbone;
-            let last = vit.blocks.len() - 1;
-            let (gp, g0, gl) =
-                (grad_norm(&mut vit.patch_embed), grad_norm(&mut vit.blocks[0]), grad_norm(&mut vit.blocks[last]));
+            let [gp, g0, gl] = model.base.backbone.part_grad_norms();
             opt.update(&mut model.trainable_params(), lr);
             step += 1;
             let mut knn_top1 = None;

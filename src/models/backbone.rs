@@ -1,0 +1,207 @@
+//! The two backbone families behind one interface: the ViT (`vits.py`) and the ResNet
+//! (torchvision). MoCo, the optimisers, checkpoints and the evaluation tools see only this.
+
+use super::resnet::ResNet;
+use super::vit::{Vit, VitConfig};
+use crate::engine::rng::Rng;
+use crate::nn::{Buffer, Module, Param};
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct ResNetConfig {
+    /// 18 (basic blocks) or 50 (bottlenecks).
+    pub depth: usize,
+    /// The CIFAR stem: 3×3 stride-1 first convolution and no max-pool.
+    pub cifar: bool,
+    pub img: usize,
+    pub in_chans: usize,
+}
+
+impl ResNetConfig {
+    pub fn validate(&self) -> Result<(), String> {
+        if ![18, 50].contains(&self.depth) {
+            return Err(format!("ResNet depth {} is not supported (18 or 50)", self.depth));
+        }
+        // The stem and four stages halve the size 5 times (3 with the CIFAR stem).
+        let min = if self.cifar { 8 } else { 32 };
+        if self.img < min {
+            return Err(format!("image size {} is too small for this ResNet (at least {min})", self.img));
+        }
+        if self.in_chans == 0 {
+            return Err("in_chans must be at least 1".into());
+        }
+        Ok(())
+    }
+
+    pub fn dim(&self) -> usize {
+        if self.depth == 50 {
+            2048
+        } else {
+            512
+        }
+    }
+}
+
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub enum BackboneConfig {
+    Vit(VitConfig),
+    ResNet(ResNetConfig),
+}
+
+impl BackboneConfig {
+    pub fn img(&self) -> usize {
+        match self {
+            BackboneConfig::Vit(v) => v.img,
+            BackboneConfig::ResNet(r) => r.img,
+        }
+    }
+
+    pub fn in_chans(&self) -> usize {
+        match self {
+            BackboneConfig::Vit(v) => v.in_chans,
+            BackboneConfig::ResNet(r) => r.in_chans,
+        }
+    }
+
+    /// Width of the feature the projector reads (cls token or pooled channels).
+    pub fn dim(&self) -> usize {
+        match self {
+            BackboneConfig::Vit(v) => v.dim,
+            BackboneConfig::ResNet(r) => r.dim(),
+        }
+    }
+
+    pub fn validate(&self) -> Result<(), String> {
+        match self {
+            BackboneConfig::Vit(v) => v.validate(),
+            BackboneConfig::ResNet(r) => r.validate(),
+        }
+    }
+
+    pub fn vit(&self) -> Option<&VitConfig> {
+        match self {
+            BackboneConfig::Vit(v) => Some(v),
+            BackboneConfig::ResNet(_) => None,
+        }
+    }
+
+    /// Official key of the projector that replaces the classifier: `head` (ViT) or `fc` (ResNet).
+    pub fn head_name(&self) -> &'static str {
+        match self {
+            BackboneConfig::Vit(_) => "head",
+            BackboneConfig::ResNet(_) => "fc",
+        }
+    }
+}
+
+pub enum Backbone {
+    Vit(Vit),
+    ResNet(ResNet),
+}
+
+impl Backbone {
+    pub fn new(cfg: &BackboneConfig, rng: &mut Rng) -> Backbone {
+        match cfg {
+            BackboneConfig::Vit(v) => Backbone::Vit(Vit::new(v, rng)),
+            BackboneConfig::ResNet(r) => {
+                let net = if r.depth == 50 {
+                    ResNet::resnet50(r.in_chans, r.cifar, rng)
+                } else {
+                    ResNet::resnet18(r.in_chans, r.cifar, rng)
+                };
+                Backbone::ResNet(net)
+            }
+        }
+    }
+
+    pub fn dim(&self) -> usize {
+        match self {
+            Backbone::Vit(v) => v.cfg.dim,
+            Backbone::ResNet(r) => r.dim,
+        }
+    }
+
+    /// Images `[images, c, img, img]` → features `[images, dim]`; BatchNorms normalise `groups`
+    /// equal groups of rows separately (the views of MoCo).
+    pub fn forward(&mut self, x: &[f32], images: usize, groups: usize) -> &[f32] {
+        match self {
+            Backbone::Vit(v) => v.forward(x, images),
+            Backbone::ResNet(r) => {
+                let len = x.len() / images / r.in_chans();
+                let side = (len as f64).sqrt() as usize;
+                r.forward(x, images, side, side, groups)
+            }
+        }
+    }
+
+    /// The features of the last forward, `[images, dim]`.
+    pub fn output(&self, images: usize) -> &[f32] {
+        match self {
+            Backbone::Vit(v) => &v.norm.y[..images * v.cfg.dim],
+            Backbone::ResNet(r) => &r.feat[..images * r.dim],
+        }
+    }
+
+    pub fn backward(&mut self, dfeat: &[f32], images: usize) {
+        match self {
+            Backbone::Vit(v) => v.backward(dfeat, images),
+            Backbone::ResNet(r) => r.backward(&dfeat[..images * r.dim]),
+        }
+    }
+
+    /// A ViT that is never differentiated (the momentum encoder, frozen probes) can share its
+    /// activation buffers between blocks; the ResNet always keeps them.
+    pub fn set_keep_activations(&mut self, keep: bool) {
+        if let Backbone::Vit(v) = self {
+            v.keep_activations = keep;
+        }
+    }
+
+    /// Training (batch statistics) or evaluation mode of the BatchNorms (the ViT has none).
+    pub fn set_training(&mut self, training: bool) {
+        if let Backbone::ResNet(r) = self {
+            r.set_training(training);
+        }
+    }
+
+    /// Name prefixes of the first layer (patch projection or stem), the first block and the last
+    /// block: where the paper looks for gradient spikes.
+    pub fn part_prefixes(&self) -> [String; 3] {
+        match self {
+            Backbone::Vit(v) => ["patch_embed.".into(), "blocks.0.".into(), format!("blocks.{}.", v.blocks.len() - 1)],
+            Backbone::ResNet(r) => r.part_prefixes(),
+        }
+    }
+
+    /// L2 norms of the gradients of the three parts of [`Backbone::part_prefixes`].
+    pub fn part_grad_norms(&mut self) -> [f64; 3] {
+        let prefixes = self.part_prefixes();
+        let mut s = [0.0f64; 3];
+        self.visit(&mut |p: &mut Param| {
+            if !p.trainable {
+                return;
+            }
+            for (acc, pre) in s.iter_mut().zip(&prefixes) {
+                if p.name.starts_with(pre.as_str()) {
+                    *acc += p.g.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>();
+                }
+            }
+        });
+        s.map(f64::sqrt)
+    }
+}
+
+impl Module for Backbone {
+    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        match self {
+            Backbone::Vit(v) => v.visit(f),
+            Backbone::ResNet(r) => r.visit(f),
+        }
+    }
+    fn visit_buffers(&mut self, f: &mut dyn FnMut(Buffer)) {
+        match self {
+            Backbone::Vit(v) => v.visit_buffers(f),
+            Backbone::ResNet(r) => r.visit_buffers(f),
+        }
+    }
+}
