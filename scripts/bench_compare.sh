@@ -3,8 +3,11 @@
 # the same machine; prints each RESULT, peak memory of each run, and the ratio of median img/s.
 #
 #   scripts/bench_compare.sh C1 [ROUNDS=3] [PYTHON=python3]
+#   OFFICIAL=path/to/moco-v3 scripts/bench_compare.sh resnet50 [ROUNDS] [PYTHON]
 #
-# Needs a release build (cargo build --release) and PyTorch in PYTHON's environment.
+# C1/C2 run the ViT peer (scripts/bench_step_torch.py); resnet18/resnet50 run the official code
+# itself (scripts/bench_resnet_official.py, batch 8 at 224 px; BATCH and IMAGE override).
+# Needs a release build (cargo build --release) and PyTorch (+ torchvision) in PYTHON's environment.
 set -euo pipefail
 cfg=${1:-C1}
 rounds=${2:-3}
@@ -16,7 +19,14 @@ bin="$here/target/release/mocov3"
 log=$(mktemp)
 for r in $(seq 1 "$rounds"); do
   for who in mocov3 pytorch; do
-    if [ "$who" = mocov3 ]; then cmd=("$bin" bench step --config "$cfg"); else cmd=("$py" "$here/scripts/bench_step_torch.py" --config "$cfg"); fi
+    case "$who:$cfg" in
+      mocov3:resnet*) cmd=("$bin" bench step --arch "$cfg" --batch "${BATCH:-8}" --image "${IMAGE:-224}") ;;
+      pytorch:resnet*)
+        [ -n "${OFFICIAL:-}" ] || { echo "set OFFICIAL to a checkout of facebookresearch/moco-v3" >&2; exit 1; }
+        cmd=("$py" "$here/scripts/bench_resnet_official.py" --official "$OFFICIAL" --arch "$cfg" --batch "${BATCH:-8}" --image "${IMAGE:-224}") ;;
+      mocov3:*) cmd=("$bin" bench step --config "$cfg") ;;
+      *) cmd=("$py" "$here/scripts/bench_step_torch.py" --config "$cfg") ;;
+    esac
     out=$(/usr/bin/time -v "${cmd[@]}" 2>&1)
     res=$(grep '^RESULT' <<<"$out")
     rss=$(grep 'Maximum resident set size' <<<"$out" | awk '{print $NF}')
@@ -26,10 +36,11 @@ done
 python3 - "$log" <<'PY'
 import re, statistics, sys
 rows = [l for l in open(sys.argv[1]) if "RESULT" in l]
+peer = "official" if any("framework=official" in l for l in rows) else "pytorch"
 def med(fw, key):
     return statistics.median(float(re.search(key + r"=([\d.]+)", l).group(1)) for l in rows if f"framework={fw} " in l)
-a, b = med("mocov3", "img_per_s"), med("pytorch", "img_per_s")
-ma, mb = med("mocov3", "peak_rss_mib"), med("pytorch", "peak_rss_mib")
-print(f"median img/s: mocov3 {a:.2f}, pytorch {b:.2f}, ratio {a / b:.2f}x; median peak RSS MiB: mocov3 {ma:.0f}, pytorch {mb:.0f}")
+a, b = med("mocov3", "img_per_s"), med(peer, "img_per_s")
+ma, mb = med("mocov3", "peak_rss_mib"), med(peer, "peak_rss_mib")
+print(f"median img/s: mocov3 {a:.2f}, {peer} {b:.2f}, ratio {a / b:.2f}x; median peak RSS MiB: mocov3 {ma:.0f}, {peer} {mb:.0f}")
 PY
 rm -f "$log"

@@ -64,6 +64,15 @@ where
     out.par_chunks_mut(CH).zip(x.par_chunks(CH)).for_each(|(o, i)| f(o, i));
 }
 
+/// Elementwise in-place update in parallel.
+pub fn map_inplace<F>(x: &mut [f32], f: F)
+where
+    F: Fn(&mut f32) + Sync,
+{
+    const CH: usize = 16384;
+    x.par_chunks_mut(CH).for_each(|c| c.iter_mut().for_each(&f));
+}
+
 /// Per-column reduction over `rows` rows: `dst[c] (+)= sum_r term(r, c)` for c in 0..cols,
 /// computed in row order for every column (deterministic), parallel over column blocks.
 /// `term` receives a row index and a column range and adds its contribution into `acc`.

@@ -3,17 +3,19 @@
 //! feature is the global average pool (the `fc` input). BatchNorms take a number of row groups,
 //! so the two views of MoCo are normalised separately as in the official two passes.
 
+use crate::engine::par;
 use crate::engine::rng::Rng;
 use crate::engine::{ensure, vec};
-use crate::nn::conv::Conv2d;
+use crate::nn::conv::{Conv2d, ConvScratch};
 use crate::nn::pool::{global_avg_backward, global_avg_forward, MaxPool2d};
-use crate::nn::{BatchNorm1d, Buffer, Module, Param, Relu};
+use crate::nn::{BatchNorm1d, Buffer, Module, Param};
 
-/// conv → BN (→ ReLU): one stage of a block or the stem.
+/// conv → BN (→ ReLU): one stage of a block or the stem. The ReLU runs in place on the BN's
+/// output (as torchvision's `inplace=True`): the BN's backward needs only its input.
 struct Stage {
     conv: Conv2d,
     bn: BatchNorm1d,
-    relu: Option<Relu>,
+    relu: bool,
 }
 
 impl Stage {
@@ -31,36 +33,45 @@ impl Stage {
         let mut conv = Conv2d::new(name, cin, cout, k, stride, k / 2, false);
         // kaiming_normal_(mode='fan_out', nonlinearity='relu')
         conv.proj.w.init_normal(rng, (2.0 / (cout * k * k) as f32).sqrt());
-        Stage { conv, bn: BatchNorm1d::new(bn_name, cout, true), relu: relu.then(Relu::default) }
+        Stage { conv, bn: BatchNorm1d::new(bn_name, cout, true), relu }
     }
 
     fn out(&self) -> &[f32] {
-        self.relu.as_ref().map(|r| &r.y[..]).unwrap_or(&self.bn.y[..])
+        &self.bn.y
     }
 
     /// Returns the output size.
-    fn forward(&mut self, x: &[f32], n: usize, h: usize, w: usize, groups: usize) -> (usize, usize) {
-        self.conv.forward(x, n, h, w);
+    fn forward(
+        &mut self,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        groups: usize,
+        sc: &mut ConvScratch,
+    ) -> (usize, usize) {
+        self.conv.forward(x, n, h, w, sc);
         let (oh, ow) = self.conv.out_size(h, w);
         let rows = n * oh * ow;
         let c = self.conv.cout;
         self.bn.forward(&self.conv.proj.y[..rows * c], rows, groups);
-        if let Some(r) = &mut self.relu {
-            r.forward(&self.bn.y[..rows * c]);
+        if self.relu {
+            relu_inplace(&mut self.bn.y[..rows * c]);
         }
         (oh, ow)
     }
 
-    /// `d` holds the gradient of the stage's output (consumed); writes the input gradient.
-    fn backward(&mut self, d: &mut [f32], tmp: &mut Vec<f32>, dx: Option<&mut [f32]>) {
-        if let Some(r) = &self.relu {
-            r.backward_inplace(d);
-        }
+    /// `d` holds the gradient of the stage's output (consumed); `x` is the stage's input; writes
+    /// the input gradient.
+    fn backward(&mut self, x: &[f32], d: &mut [f32], tmp: &mut Vec<f32>, dx: Option<&mut [f32]>, sc: &mut ConvScratch) {
         let n = d.len();
+        if self.relu {
+            relu_mask(d, &self.bn.y[..n]);
+        }
         ensure(tmp, n);
         let rows = n / self.conv.cout;
         self.bn.backward(&self.conv.proj.y[..n], d, rows, &mut tmp[..n]);
-        self.conv.backward(&tmp[..n], dx);
+        self.conv.backward(x, &tmp[..n], dx, sc);
     }
 
     fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
@@ -69,12 +80,26 @@ impl Stage {
     }
 }
 
+fn relu_inplace(y: &mut [f32]) {
+    par::map_inplace(y, |v| *v = v.max(0.0));
+}
+
+/// Zero the gradient where the (ReLU'd) output is not positive.
+fn relu_mask(d: &mut [f32], y: &[f32]) {
+    par::map2(d, y, |o, y| {
+        for (o, &v) in o.iter_mut().zip(y) {
+            if v <= 0.0 {
+                *o = 0.0;
+            }
+        }
+    });
+}
+
 struct Block {
     stages: Vec<Stage>,
     down: Option<Stage>,
-    /// main + identity, before the final ReLU.
+    /// relu(main + identity): the block's output (the ReLU in place).
     sum: Vec<f32>,
-    relu: Relu,
     dims: (usize, usize, usize, usize, usize),
 }
 
@@ -102,14 +127,22 @@ impl Block {
         };
         let down = (stride != 1 || cin != cout)
             .then(|| Stage::new(&n("downsample.0"), &n("downsample.1"), cin, cout, 1, stride, false, rng));
-        Block { stages, down, sum: Vec::new(), relu: Relu::default(), dims: (0, 0, 0, 0, 0) }
+        Block { stages, down, sum: Vec::new(), dims: (0, 0, 0, 0, 0) }
     }
 
     fn cout(&self) -> usize {
         self.stages.last().unwrap().conv.cout
     }
 
-    fn forward(&mut self, x: &[f32], n: usize, h: usize, w: usize, groups: usize) -> (usize, usize) {
+    fn forward(
+        &mut self,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        groups: usize,
+        sc: &mut ConvScratch,
+    ) -> (usize, usize) {
         // Buffers may be longer than this batch needs (a larger batch ran before).
         let x = &x[..n * h * w * self.stages[0].conv.cin];
         let (mut ch, mut cw) = (h, w);
@@ -117,37 +150,38 @@ impl Block {
             let (prev, rest) = self.stages.split_at_mut(i);
             let input = if i == 0 { x } else { prev[i - 1].out() };
             let cin = rest[0].conv.cin;
-            (ch, cw) = rest[0].forward(&input[..n * ch * cw * cin], n, ch, cw, groups);
+            (ch, cw) = rest[0].forward(&input[..n * ch * cw * cin], n, ch, cw, groups, sc);
         }
         let len = n * ch * cw * self.cout();
         ensure(&mut self.sum, len);
         let main = &self.stages.last().unwrap().bn.y[..len];
         match &mut self.down {
             Some(d) => {
-                d.forward(x, n, h, w, groups);
+                d.forward(x, n, h, w, groups, sc);
                 vec::add(&mut self.sum[..len], main, &d.bn.y[..len]);
             }
             None => vec::add(&mut self.sum[..len], main, &x[..len]),
         }
-        self.relu.forward(&self.sum[..len]);
+        relu_inplace(&mut self.sum[..len]);
         self.dims = (n, h, w, ch, cw);
         (ch, cw)
     }
 
-    fn backward(&mut self, dout: &[f32], dx: &mut [f32], s: &mut [Vec<f32>; 3]) {
+    /// `x`: the block's input in the forward.
+    fn backward(&mut self, x: &[f32], dout: &[f32], dx: &mut [f32], s: &mut [Vec<f32>; 3], sc: &mut ConvScratch) {
         let (n, h, w, oh, ow) = self.dims;
         let len = n * oh * ow * self.cout();
         let xin = n * h * w * self.stages[0].conv.cin;
         let [g, u, t] = s;
         ensure(g, len);
         g[..len].copy_from_slice(&dout[..len]);
-        self.relu.backward_inplace(&mut g[..len]);
+        relu_mask(&mut g[..len], &self.sum[..len]);
         // Identity path: the block output's gradient through the final ReLU.
         match &mut self.down {
             Some(d) => {
                 ensure(u, len);
                 u[..len].copy_from_slice(&g[..len]);
-                d.backward(&mut u[..len], t, Some(&mut dx[..xin]));
+                d.backward(x, &mut u[..len], t, Some(&mut dx[..xin]), sc);
             }
             None => dx[..xin].copy_from_slice(&g[..len]),
         }
@@ -156,7 +190,9 @@ impl Block {
         for i in (0..self.stages.len()).rev() {
             let (in_len, out_len) = (self.stage_in_len(i), self.stage_out_len(i));
             ensure(&mut nxt, in_len);
-            self.stages[i].backward(&mut cur[..out_len], t, Some(&mut nxt[..in_len]));
+            let (prev, rest) = self.stages.split_at_mut(i);
+            let input = if i == 0 { x } else { prev[i - 1].out() };
+            rest[0].backward(&input[..in_len], &mut cur[..out_len], t, Some(&mut nxt[..in_len]), sc);
             std::mem::swap(&mut cur, &mut nxt);
         }
         vec::add_assign(&mut dx[..xin], &cur[..xin]);
@@ -209,7 +245,10 @@ pub struct ResNet {
     x_nhwc: Vec<f32>,
     scratch: [Vec<f32>; 3],
     dbuf: [Vec<f32>; 2],
+    conv_scratch: ConvScratch,
     dims: Vec<(usize, usize)>,
+    /// Input height and width of the last forward.
+    dims_in: (usize, usize),
     in_chans: usize,
 }
 
@@ -253,7 +292,9 @@ impl ResNet {
             x_nhwc: Vec::new(),
             scratch: Default::default(),
             dbuf: Default::default(),
+            conv_scratch: ConvScratch::default(),
             dims: Vec::new(),
+            dims_in: (0, 0),
             in_chans,
         }
     }
@@ -325,7 +366,9 @@ impl ResNet {
             }
         }
         self.dims.clear();
-        let (mut ch, mut cw) = self.stem.forward(&self.x_nhwc[..n * h * w * c], n, h, w, groups);
+        self.dims_in = (h, w);
+        let sc = &mut self.conv_scratch;
+        let (mut ch, mut cw) = self.stem.forward(&self.x_nhwc[..n * h * w * c], n, h, w, groups, sc);
         self.dims.push((ch, cw));
         if let Some(p) = &mut self.pool {
             p.forward(self.stem.out(), n, ch, cw, self.stem.conv.cout);
@@ -335,16 +378,16 @@ impl ResNet {
         for i in 0..self.blocks.len() {
             let (prev, rest) = self.blocks.split_at_mut(i);
             let input: &[f32] = if i > 0 {
-                &prev[i - 1].relu.y
+                &prev[i - 1].sum
             } else if let Some(p) = &self.pool {
                 &p.y
             } else {
                 self.stem.out()
             };
-            (ch, cw) = rest[0].forward(input, n, ch, cw, groups);
+            (ch, cw) = rest[0].forward(input, n, ch, cw, groups, sc);
         }
         ensure(&mut self.feat, n * self.dim);
-        let last = &self.blocks.last().unwrap().relu.y;
+        let last = &self.blocks.last().unwrap().sum;
         global_avg_forward(last, n, ch * cw, self.dim, &mut self.feat);
         &self.feat[..n * self.dim]
     }
@@ -359,7 +402,15 @@ impl ResNet {
         for i in (0..nb).rev() {
             let (bn, bh, bw, _, _) = self.blocks[i].dims;
             ensure(db, bn * bh * bw * self.blocks[i].stages[0].conv.cin);
-            self.blocks[i].backward(da, db, &mut self.scratch);
+            let (prev, rest) = self.blocks.split_at_mut(i);
+            let input: &[f32] = if i > 0 {
+                &prev[i - 1].sum
+            } else if let Some(p) = &self.pool {
+                &p.y
+            } else {
+                self.stem.out()
+            };
+            rest[0].backward(input, da, db, &mut self.scratch, &mut self.conv_scratch);
             std::mem::swap(da, db);
         }
         // `da`: gradient of the first block's input (pool or stem output).
@@ -371,7 +422,8 @@ impl ResNet {
             std::mem::swap(da, db);
         }
         let [t, ..] = &mut self.scratch;
-        self.stem.backward(&mut da[..stem_len], t, None);
+        let x = &self.x_nhwc[..n * self.dims_in.0 * self.dims_in.1 * self.in_chans];
+        self.stem.backward(x, &mut da[..stem_len], t, None, &mut self.conv_scratch);
     }
 }
 

@@ -11,10 +11,8 @@
 
 use super::param::{Buffer, Module, Param, ParamKind};
 use crate::engine::ensure;
-use crate::engine::par::SendPtr;
+use crate::engine::par::{self, SendPtr};
 use rayon::prelude::*;
-
-const BLOCK: usize = 32;
 
 pub struct BatchNorm1d {
     pub gamma: Option<Param>,
@@ -32,6 +30,10 @@ pub struct BatchNorm1d {
     mean: Vec<f32>,
     rstd: Vec<f32>,
     var_unbiased: Vec<f32>,
+    /// Per group and channel: the transform y = x·alpha + shift of the last forward.
+    alpha: Vec<f32>,
+    shift: Vec<f32>,
+    partials: Vec<f32>,
     groups: usize,
 }
 
@@ -52,7 +54,24 @@ impl BatchNorm1d {
             mean: Vec::new(),
             rstd: Vec::new(),
             var_unbiased: Vec::new(),
+            alpha: Vec::new(),
+            shift: Vec::new(),
+            partials: Vec::new(),
             groups: 1,
+        }
+    }
+
+    /// Per-channel scale and shift of the eval-mode transform `y = x·α + β` (PyTorch's form).
+    fn eval_affine(&self, j: usize) -> (f32, f32) {
+        let inv = 1.0 / (self.running_var[j] + self.eps).sqrt();
+        let (g, b) = self.affine(j);
+        (g * inv, b - self.running_mean[j] * g * inv)
+    }
+
+    fn affine(&self, j: usize) -> (f32, f32) {
+        match (&self.gamma, &self.beta) {
+            (Some(g), Some(b)) => (g.w[j], b.w[j]),
+            _ => (1.0, 0.0),
         }
     }
 
@@ -63,68 +82,50 @@ impl BatchNorm1d {
         ensure(&mut self.y, rows * c);
         let n = rows / groups;
         self.groups = groups;
-        let ones = vec![1.0f32; 0];
-        let g = self.gamma.as_ref().map(|p| &p.w[..]).unwrap_or(&ones);
-        let b = self.beta.as_ref().map(|p| &p.w[..]).unwrap_or(&ones);
-        let yp = SendPtr(self.y.as_mut_ptr());
-        let eps = self.eps;
+        // Per group: y = x·α + β with α = γ/σ, β = b − μ·α (PyTorch's CPU kernel computes the same).
+        ensure(&mut self.alpha, groups * c);
+        ensure(&mut self.shift, groups * c);
         if !self.training {
-            let (rm, rv) = (&self.running_mean, &self.running_var);
-            (0..rows).into_par_iter().with_min_len(64).for_each(|r| {
-                let y = unsafe { yp.slice(r * c, c) };
-                for j in 0..c {
-                    let v = (x[r * c + j] - rm[j]) / (rv[j] + eps).sqrt();
-                    y[j] = if g.is_empty() { v } else { v * g[j] + b[j] };
-                }
-            });
+            for j in 0..c {
+                (self.alpha[j], self.shift[j]) = self.eval_affine(j);
+            }
+            affine_rows(&mut self.y[..rows * c], x, c, rows, &self.alpha[..c], &self.shift[..c]);
             return;
         }
-        ensure(&mut self.mean, groups * c);
-        ensure(&mut self.rstd, groups * c);
-        ensure(&mut self.var_unbiased, groups * c);
-        let mp = SendPtr(self.mean.as_mut_ptr());
-        let sp = SendPtr(self.rstd.as_mut_ptr());
-        let up = SendPtr(self.var_unbiased.as_mut_ptr());
-        let nblocks = c.div_ceil(BLOCK);
-        (0..nblocks * groups).into_par_iter().for_each(|task| {
-            let (gi, bi) = (task / nblocks, task % nblocks);
-            let c0 = bi * BLOCK;
-            let w = BLOCK.min(c - c0);
-            let mut s = [0.0f32; BLOCK];
-            for r in gi * n..(gi + 1) * n {
-                for k in 0..w {
-                    s[k] += x[r * c + c0 + k];
+        for v in [&mut self.mean, &mut self.rstd, &mut self.var_unbiased] {
+            ensure(v, groups * c);
+        }
+        let mut tmp = vec![0.0f32; 0];
+        ensure(&mut tmp, c);
+        for gi in 0..groups {
+            let r = gi * n..(gi + 1) * n;
+            let mean = &mut self.mean[gi * c..(gi + 1) * c];
+            row_sums(&mut self.partials, r.clone(), c, mean, &mut tmp, |row, c0, a, _| {
+                for (a, v) in a.iter_mut().zip(&x[row * c + c0..]) {
+                    *a += v;
                 }
-            }
-            let mut mean = [0.0f32; BLOCK];
-            for k in 0..w {
-                mean[k] = s[k] / n as f32;
-            }
-            let mut q = [0.0f32; BLOCK];
-            for r in gi * n..(gi + 1) * n {
-                for k in 0..w {
-                    let dv = x[r * c + c0 + k] - mean[k];
-                    q[k] += dv * dv;
+            });
+            mean.iter_mut().for_each(|m| *m /= n as f32);
+            let mean = &self.mean[gi * c..(gi + 1) * c];
+            let q = &mut self.var_unbiased[gi * c..(gi + 1) * c];
+            row_sums(&mut self.partials, r, c, q, &mut tmp, |row, c0, a, _| {
+                for ((a, v), m) in a.iter_mut().zip(&x[row * c + c0..]).zip(&mean[c0..]) {
+                    let d = v - m;
+                    *a += d * d;
                 }
+            });
+            for j in 0..c {
+                let q = self.var_unbiased[gi * c + j];
+                let rstd = 1.0 / (q / n as f32 + self.eps).sqrt();
+                self.rstd[gi * c + j] = rstd;
+                self.var_unbiased[gi * c + j] = if n > 1 { q / (n - 1) as f32 } else { q };
+                let (g, b) = self.affine(j);
+                self.alpha[gi * c + j] = g * rstd;
+                self.shift[gi * c + j] = b - self.mean[gi * c + j] * g * rstd;
             }
-            let mut rstd = [0.0f32; BLOCK];
-            unsafe {
-                let (ms, ss, us) = (mp.slice(gi * c + c0, w), sp.slice(gi * c + c0, w), up.slice(gi * c + c0, w));
-                for k in 0..w {
-                    rstd[k] = 1.0 / (q[k] / n as f32 + eps).sqrt();
-                    ms[k] = mean[k];
-                    ss[k] = rstd[k];
-                    us[k] = if n > 1 { q[k] / (n - 1) as f32 } else { q[k] };
-                }
-            }
-            for r in gi * n..(gi + 1) * n {
-                let y = unsafe { yp.slice(r * c + c0, w) };
-                for k in 0..w {
-                    let v = (x[r * c + c0 + k] - mean[k]) * rstd[k];
-                    y[k] = if g.is_empty() { v } else { v * g[c0 + k] + b[c0 + k] };
-                }
-            }
-        });
+            let (a, sh) = (&self.alpha[gi * c..(gi + 1) * c], &self.shift[gi * c..(gi + 1) * c]);
+            affine_rows(&mut self.y[gi * n * c..(gi + 1) * n * c], &x[gi * n * c..(gi + 1) * n * c], c, n, a, sh);
+        }
         let mom = self.momentum;
         for gi in 0..groups {
             for j in 0..c {
@@ -135,86 +136,119 @@ impl BatchNorm1d {
         }
     }
 
+    /// Input gradient into `dx`; γ and β gradients (overwritten) when affine.
     pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: &mut [f32]) {
         let c = self.c;
-        let ones = vec![1.0f32; 0];
-        let g = self.gamma.as_ref().map(|p| &p.w[..]).unwrap_or(&ones);
-        let dxp = SendPtr(dx.as_mut_ptr());
+        let (mut sdy, mut sdyx) = (vec![0.0f32; c], vec![0.0f32; c]);
+        let (mut tg, mut tb) = (vec![0.0f32; c], vec![0.0f32; c]);
         if !self.training {
-            let rv = &self.running_var;
-            let eps = self.eps;
-            (0..rows).into_par_iter().with_min_len(64).for_each(|r| {
-                let out = unsafe { dxp.slice(r * c, c) };
-                for j in 0..c {
-                    let gj = if g.is_empty() { 1.0 } else { g[j] };
-                    out[j] = dy[r * c + j] * gj / (rv[j] + eps).sqrt();
-                }
-            });
-            let rm = &self.running_mean;
-            if let (Some(gm), Some(bt)) = (&mut self.gamma, &mut self.beta) {
-                param_grads(&mut gm.g, &mut bt.g, dy, rows, c, |r, j| (x[r * c + j] - rm[j]) / (rv[j] + eps).sqrt());
+            // dx = dy·α; dγ = Σ dy·x̂, dβ = Σ dy with x̂ = (x − μ_run)/σ_run.
+            let zero = vec![0.0f32; c];
+            affine_rows(&mut dx[..rows * c], &dy[..rows * c], c, rows, &self.alpha[..c], &zero);
+            if self.gamma.is_some() {
+                let (rm, eps) = (&self.running_mean, self.eps);
+                let inv: Vec<f32> = self.running_var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
+                row_sums(&mut self.partials, 0..rows, c, &mut tg, &mut tb, |r, c0, a, b| {
+                    let (d, xr) = (&dy[r * c + c0..][..a.len()], &x[r * c + c0..]);
+                    for k in 0..a.len() {
+                        a[k] += d[k] * (xr[k] - rm[c0 + k]) * inv[c0 + k];
+                        b[k] += d[k];
+                    }
+                });
+                self.gamma.as_mut().unwrap().g.copy_from_slice(&tg);
+                self.beta.as_mut().unwrap().g.copy_from_slice(&tb);
             }
             return;
         }
         let groups = self.groups;
         let n = rows / groups;
-        let (mean, rstd) = (&self.mean, &self.rstd);
-        let nblocks = c.div_ceil(BLOCK);
-        (0..nblocks * groups).into_par_iter().for_each(|task| {
-            let (gi, bi) = (task / nblocks, task % nblocks);
-            let c0 = bi * BLOCK;
-            let w = BLOCK.min(c - c0);
-            let (m, s) = (&mean[gi * c + c0..], &rstd[gi * c + c0..]);
-            let mut sdy = [0.0f32; BLOCK];
-            let mut sdyx = [0.0f32; BLOCK];
-            for r in gi * n..(gi + 1) * n {
-                for k in 0..w {
-                    let i = r * c + c0 + k;
-                    sdy[k] += dy[i];
-                    sdyx[k] += dy[i] * (x[i] - m[k]) * s[k];
+        let inv_n = 1.0 / n as f32;
+        let (mut coef_a, mut coef_b, mut coef_c) = (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]);
+        for gi in 0..groups {
+            let (m, s) = (&self.mean[gi * c..(gi + 1) * c], &self.rstd[gi * c..(gi + 1) * c]);
+            row_sums(&mut self.partials, gi * n..(gi + 1) * n, c, &mut sdy, &mut sdyx, |r, c0, a, b| {
+                let (d, xr) = (&dy[r * c + c0..][..a.len()], &x[r * c + c0..]);
+                for k in 0..a.len() {
+                    a[k] += d[k];
+                    b[k] += d[k] * (xr[k] - m[c0 + k]) * s[c0 + k];
                 }
-            }
-            let inv_n = 1.0 / n as f32;
-            for r in gi * n..(gi + 1) * n {
-                let out = unsafe { dxp.slice(r * c + c0, w) };
-                for k in 0..w {
-                    let i = r * c + c0 + k;
-                    let gk = if g.is_empty() { 1.0 } else { g[c0 + k] };
-                    let xh = (x[i] - m[k]) * s[k];
-                    out[k] = gk * s[k] * (dy[i] - sdy[k] * inv_n - xh * sdyx[k] * inv_n);
-                }
-            }
-        });
-        if let (Some(gm), Some(bt)) = (&mut self.gamma, &mut self.beta) {
-            param_grads(&mut gm.g, &mut bt.g, dy, rows, c, |r, j| {
-                let gi = r / n;
-                (x[r * c + j] - mean[gi * c + j]) * rstd[gi * c + j]
             });
+            // dx = γσ⁻¹(dy − Σdy/n − x̂·Σ(dy·x̂)/n) = dy·A + x·B + C per channel.
+            for j in 0..c {
+                let (g, _) = self.affine(j);
+                let (mj, sj) = (m[j], s[j]);
+                coef_a[j] = g * sj;
+                coef_b[j] = -g * sj * sj * sdyx[j] * inv_n;
+                coef_c[j] = g * sj * (mj * sj * sdyx[j] * inv_n - sdy[j] * inv_n);
+                tg[j] += sdyx[j];
+                tb[j] += sdy[j];
+            }
+            let o = gi * n * c..(gi + 1) * n * c;
+            let (xg, dyg) = (&x[o.clone()], &dy[o.clone()]);
+            let (ca, cb, cc) = (&coef_a, &coef_b, &coef_c);
+            par::for_rows(&mut dx[o], c, |r, out| {
+                let (d, xr) = (&dyg[r * c..(r + 1) * c], &xg[r * c..(r + 1) * c]);
+                for k in 0..c {
+                    out[k] = d[k] * ca[k] + xr[k] * cb[k] + cc[k];
+                }
+            });
+        }
+        if let (Some(gm), Some(bt)) = (&mut self.gamma, &mut self.beta) {
+            gm.g.copy_from_slice(&tg);
+            bt.g.copy_from_slice(&tb);
         }
     }
 }
 
-/// dγ = Σ dy · x̂ and dβ = Σ dy over all rows, in row order per channel.
-fn param_grads(
-    gg: &mut [f32],
-    bg: &mut [f32],
-    dy: &[f32],
-    rows: usize,
-    c: usize,
-    xhat: impl Fn(usize, usize) -> f32 + Sync,
-) {
-    gg.par_chunks_mut(BLOCK).zip(bg.par_chunks_mut(BLOCK)).enumerate().for_each(|(bi, (sg, sb))| {
-        let c0 = bi * BLOCK;
-        sg.fill(0.0);
-        sb.fill(0.0);
-        for r in 0..rows {
-            for k in 0..sg.len() {
-                let d = dy[r * c + c0 + k];
-                sg[k] += d * xhat(r, c0 + k);
-                sb[k] += d;
-            }
+/// `y[r] = x[r]·α + β` per channel, rows in parallel.
+fn affine_rows(y: &mut [f32], x: &[f32], c: usize, rows: usize, alpha: &[f32], shift: &[f32]) {
+    par::for_rows(&mut y[..rows * c], c, |r, out| {
+        for ((o, v), (a, b)) in out.iter_mut().zip(&x[r * c..(r + 1) * c]).zip(alpha.iter().zip(shift)) {
+            *o = v * a + b;
         }
     });
+}
+
+/// Two per-channel sums over the rows `range`: `term(row, c0, a, b)` adds the row's values for
+/// channels `c0..c0 + a.len()` into `a` and `b`. Rows are cut into fixed chunks and channels into
+/// fixed blocks (parallel tasks); the chunks' partial sums are then added in chunk order, so the
+/// result does not depend on the number of threads.
+fn row_sums(
+    partials: &mut Vec<f32>,
+    range: std::ops::Range<usize>,
+    c: usize,
+    out_a: &mut [f32],
+    out_b: &mut [f32],
+    term: impl Fn(usize, usize, &mut [f32], &mut [f32]) + Sync,
+) {
+    const CB: usize = 256;
+    let per = (16384 / c).clamp(8, 1024);
+    let chunks = range.len().div_ceil(per);
+    let blocks = c.div_ceil(CB);
+    ensure(partials, chunks * 2 * c);
+    let pp = SendPtr(partials.as_mut_ptr());
+    (0..chunks * blocks).into_par_iter().for_each(|t| {
+        let (ch, bi) = (t / blocks, t % blocks);
+        let c0 = bi * CB;
+        let w = CB.min(c - c0);
+        // Disjoint: chunk `ch`, channels c0..c0+w of both halves.
+        let (a, b) = unsafe { (pp.slice(ch * 2 * c + c0, w), pp.slice(ch * 2 * c + c + c0, w)) };
+        a.fill(0.0);
+        b.fill(0.0);
+        for r in range.start + ch * per..(range.start + (ch + 1) * per).min(range.end) {
+            term(r, c0, a, b);
+        }
+    });
+    out_a.fill(0.0);
+    out_b.fill(0.0);
+    for ch in partials[..chunks * 2 * c].chunks(2 * c) {
+        for (o, v) in out_a.iter_mut().zip(&ch[..c]) {
+            *o += v;
+        }
+        for (o, v) in out_b.iter_mut().zip(&ch[c..]) {
+            *o += v;
+        }
+    }
 }
 
 impl Module for BatchNorm1d {

@@ -8,6 +8,14 @@ use super::param::{Module, Param};
 use crate::engine::{ensure, par};
 use rayon::prelude::*;
 
+/// Scratch of the im2col columns and their gradient, shared by every convolution of a network
+/// (the columns are rebuilt from the input in backward, so no layer keeps its own).
+#[derive(Default)]
+pub struct ConvScratch {
+    cols: Vec<f32>,
+    dcols: Vec<f32>,
+}
+
 pub struct Conv2d {
     /// The GEMM over the im2col columns; its output `proj.y` is the convolution's,
     /// `[images, oh, ow, cout]`.
@@ -17,8 +25,6 @@ pub struct Conv2d {
     pub k: usize,
     pub stride: usize,
     pub pad: usize,
-    cols: Vec<f32>,
-    dcols: Vec<f32>,
     dims: (usize, usize, usize),
 }
 
@@ -27,7 +33,7 @@ impl Conv2d {
     pub fn new(name: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Conv2d {
         let mut proj = Linear::new(name, cin * k * k, cout, bias);
         proj.w.shape = vec![cout, cin, k, k];
-        Conv2d { proj, cin, cout, k, stride, pad, cols: Vec::new(), dcols: Vec::new(), dims: (0, 0, 0) }
+        Conv2d { proj, cin, cout, k, stride, pad, dims: (0, 0, 0) }
     }
 
     /// Output height and width for an input of `h` × `w`.
@@ -35,70 +41,111 @@ impl Conv2d {
         ((h + 2 * self.pad - self.k) / self.stride + 1, (w + 2 * self.pad - self.k) / self.stride + 1)
     }
 
-    pub fn forward(&mut self, x: &[f32], images: usize, h: usize, w: usize) {
+    /// A 1×1 stride-1 convolution is a Linear over the pixels: its input is its own column matrix.
+    fn pointwise(&self) -> bool {
+        self.k == 1 && self.stride == 1 && self.pad == 0
+    }
+
+    /// The im2col columns of `x` into `cols`: one row per output pixel, ordered (in, kh, kw).
+    fn im2col(&self, x: &[f32], cols: &mut Vec<f32>) {
+        let (images, h, w) = self.dims;
         let (c, k, s, p) = (self.cin, self.k, self.stride, self.pad);
-        assert_eq!(x.len(), images * h * w * c, "conv {}: input shape", self.proj.w.name);
         let (oh, ow) = self.out_size(h, w);
-        self.dims = (images, h, w);
-        let rows = images * oh * ow;
-        let kk = c * k * k;
-        ensure(&mut self.cols, rows * kk);
-        par::for_rows(&mut self.cols[..rows * kk], kk, |r, col| {
+        let (rows, kk, kk2) = (images * oh * ow, c * k * k, k * k);
+        ensure(cols, rows * kk);
+        par::for_rows(&mut cols[..rows * kk], kk, |r, col| {
             let (n, rem) = (r / (oh * ow), r % (oh * ow));
             let (oy, ox) = (rem / ow, rem % ow);
-            for ci in 0..c {
-                for ki in 0..k {
-                    for kj in 0..k {
-                        let (iy, ix) = ((oy * s + ki) as isize - p as isize, (ox * s + kj) as isize - p as isize);
-                        col[(ci * k + ki) * k + kj] = if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                            x[((n * h + iy as usize) * w + ix as usize) * c + ci]
-                        } else {
-                            0.0
-                        };
+            if k == 1 {
+                let (iy, ix) = (oy * s, ox * s);
+                col.copy_from_slice(&x[((n * h + iy) * w + ix) * c..][..c]);
+                return;
+            }
+            // Kernel position outer, channels inner: each input pixel is read as one contiguous
+            // run of channels; the bounds are checked once per kernel position.
+            for ki in 0..k {
+                let iy = (oy * s + ki) as isize - p as isize;
+                for kj in 0..k {
+                    let ix = (ox * s + kj) as isize - p as isize;
+                    let off = ki * k + kj;
+                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
+                        let src = &x[((n * h + iy as usize) * w + ix as usize) * c..][..c];
+                        for (ci, &v) in src.iter().enumerate() {
+                            col[ci * kk2 + off] = v;
+                        }
+                    } else {
+                        for ci in 0..c {
+                            col[ci * kk2 + off] = 0.0;
+                        }
                     }
                 }
             }
         });
-        self.proj.forward(&self.cols[..rows * kk], rows);
     }
 
-    /// Gradients of the weights (and bias) and, when `dx` is given, of the input.
-    pub fn backward(&mut self, dy: &[f32], dx: Option<&mut [f32]>) {
+    pub fn forward(&mut self, x: &[f32], images: usize, h: usize, w: usize, sc: &mut ConvScratch) {
+        assert_eq!(x.len(), images * h * w * self.cin, "conv {}: input shape", self.proj.w.name);
+        let (oh, ow) = self.out_size(h, w);
+        self.dims = (images, h, w);
+        let rows = images * oh * ow;
+        if self.pointwise() {
+            self.proj.forward(x, rows);
+        } else {
+            self.im2col(x, &mut sc.cols);
+            self.proj.forward(&sc.cols[..rows * self.cin * self.k * self.k], rows);
+        }
+    }
+
+    /// Gradients of the weights (and bias) and, when `dx` is given, of the input; `x` is the
+    /// forward's input.
+    pub fn backward(&mut self, x: &[f32], dy: &[f32], dx: Option<&mut [f32]>, sc: &mut ConvScratch) {
         let (images, h, w) = self.dims;
         let (c, k, s, p) = (self.cin, self.k, self.stride, self.pad);
         let (oh, ow) = self.out_size(h, w);
         let rows = images * oh * ow;
         let kk = c * k * k;
         let dy = &dy[..rows * self.cout];
-        match dx {
-            None => self.proj.backward(&self.cols[..rows * kk], dy, rows, None),
-            Some(dx) => {
-                ensure(&mut self.dcols, rows * kk);
-                self.proj.backward(&self.cols[..rows * kk], dy, rows, Some(&mut self.dcols[..rows * kk]));
-                // col2im: each image's columns only touch that image's pixels, in a fixed order.
-                let dc = &self.dcols[..rows * kk];
-                dx[..images * h * w * c].par_chunks_mut(h * w * c).enumerate().for_each(|(n, img)| {
-                    img.fill(0.0);
-                    for oy in 0..oh {
-                        for ox in 0..ow {
-                            let col = &dc[((n * oh + oy) * ow + ox) * kk..][..kk];
-                            for ci in 0..c {
-                                for ki in 0..k {
-                                    for kj in 0..k {
-                                        let (iy, ix) =
-                                            ((oy * s + ki) as isize - p as isize, (ox * s + kj) as isize - p as isize);
-                                        if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                            img[(iy as usize * w + ix as usize) * c + ci] +=
-                                                col[(ci * k + ki) * k + kj];
-                                        }
-                                    }
-                                }
+        let x = &x[..images * h * w * c];
+        if self.pointwise() {
+            self.proj.backward(x, dy, rows, dx.map(|d| &mut d[..rows * c]));
+            return;
+        }
+        self.im2col(x, &mut sc.cols);
+        let cols = &sc.cols[..rows * kk];
+        let Some(dx) = dx else {
+            self.proj.backward(cols, dy, rows, None);
+            return;
+        };
+        ensure(&mut sc.dcols, rows * kk);
+        self.proj.backward(cols, dy, rows, Some(&mut sc.dcols[..rows * kk]));
+        // col2im: each image's columns only touch that image's pixels, in a fixed order.
+        let dc = &sc.dcols[..rows * kk];
+        let kk2 = k * k;
+        dx[..images * h * w * c].par_chunks_mut(h * w * c).enumerate().for_each(|(n, img)| {
+            img.fill(0.0);
+            for oy in 0..oh {
+                for ox in 0..ow {
+                    let col = &dc[((n * oh + oy) * ow + ox) * kk..][..kk];
+                    for ki in 0..k {
+                        let iy = (oy * s + ki) as isize - p as isize;
+                        if iy < 0 || iy as usize >= h {
+                            continue;
+                        }
+                        for kj in 0..k {
+                            let ix = (ox * s + kj) as isize - p as isize;
+                            if ix < 0 || ix as usize >= w {
+                                continue;
+                            }
+                            let dst = &mut img[(iy as usize * w + ix as usize) * c..][..c];
+                            let off = ki * k + kj;
+                            for (ci, d) in dst.iter_mut().enumerate() {
+                                *d += col[ci * kk2 + off];
                             }
                         }
                     }
-                });
+                }
             }
-        }
+        });
     }
 }
 
@@ -127,10 +174,10 @@ mod tests {
                 n * h * w * cin,
                 ny,
                 |l, x| {
-                    l.forward(x, n, h, w);
+                    l.forward(x, n, h, w, &mut ConvScratch::default());
                     l.proj.y[..ny].to_vec()
                 },
-                |l, _, dy, dx| l.backward(dy, Some(dx)),
+                |l, x, dy, dx| l.backward(x, dy, Some(dx), &mut ConvScratch::default()),
                 Probe::default(),
             );
         }
@@ -143,7 +190,7 @@ mod tests {
         let mut rng = crate::engine::rng::Rng::new(1);
         conv.visit(&mut |q| q.init_normal(&mut rng, 1.0));
         let x: Vec<f32> = (0..n * h * w * cin).map(|_| rng.normal()).collect();
-        conv.forward(&x, n, h, w);
+        conv.forward(&x, n, h, w, &mut ConvScratch::default());
         let (oh, ow) = conv.out_size(h, w);
         assert_eq!((oh, ow), (2, 3));
         for oy in 0..oh {
