@@ -171,47 +171,60 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     if a.to != "safetensors" {
         anyhow::bail!("--to {}: expected safetensors, official, deit or timm", a.to);
     }
-    let s = official::infer_shape(&a.input)?;
-    let arch = mocov3::models::vit::ARCHS
-        .iter()
-        .find(|n| mocov3::models::vit::arch_dims(n) == Some((s.dim, s.depth, a.heads)))
-        .copied()
-        .unwrap_or("vit_tiny");
-    let sets = vec![
-        format!("arch = \"{arch}\""),
-        format!("dim = {}", s.dim),
-        format!("depth = {}", s.depth),
-        format!("heads = {}", a.heads),
-        format!("img_size = {}", s.img),
-        format!("patch_size = {}", s.patch),
-        format!("moco_mlp_dim = {}", s.mlp_dim),
-        format!("moco_dim = {}", s.out_dim),
-        format!("stop_grad_conv1 = {}", a.stop_grad_conv1),
-        format!("dataset = \"{}\"", a.dataset),
-    ];
-    let cfg = config::merge_sets(&config::preset("vit_small")?, &sets)?;
-    let mut model = mocov3::moco::MoCo::new(&cfg.model(s.in_chans)?, 0);
-    let mut opt = mocov3::optim::AdamW::new(cfg.weight_decay);
+    // The weights give the family and sizes; heads, stop_grad_conv1 and a ResNet's image size
+    // are flags.
+    let (arch, sets, in_chans, what) = match official::infer_resnet(&a.input)? {
+        Some(r) => {
+            let arch = format!("resnet{}", r.depth);
+            let sets = vec![
+                format!("arch = \"{arch}\""),
+                format!("cifar_stem = {}", r.cifar),
+                format!("img_size = {}", a.image),
+                format!("moco_mlp_dim = {}", r.mlp_dim),
+                format!("moco_dim = {}", r.out_dim),
+                format!("dataset = \"{}\"", a.dataset),
+            ];
+            let what = format!("{arch}{}, {} px", if r.cifar { " (CIFAR stem)" } else { "" }, a.image);
+            (arch, sets, r.in_chans, what)
+        }
+        None => {
+            let s = official::infer_shape(&a.input)?;
+            let arch = mocov3::models::vit::ARCHS
+                .iter()
+                .find(|n| mocov3::models::vit::arch_dims(n) == Some((s.dim, s.depth, a.heads)))
+                .copied()
+                .unwrap_or("vit_tiny")
+                .to_string();
+            let sets = vec![
+                format!("arch = \"{arch}\""),
+                format!("dim = {}", s.dim),
+                format!("depth = {}", s.depth),
+                format!("heads = {}", a.heads),
+                format!("img_size = {}", s.img),
+                format!("patch_size = {}", s.patch),
+                format!("moco_mlp_dim = {}", s.mlp_dim),
+                format!("moco_dim = {}", s.out_dim),
+                format!("stop_grad_conv1 = {}", a.stop_grad_conv1),
+                format!("dataset = \"{}\"", a.dataset),
+            ];
+            let what = format!("dim {}, depth {}, heads {}, {} px / patch {}", s.dim, s.depth, a.heads, s.img, s.patch);
+            (arch, sets, s.in_chans, what)
+        }
+    };
+    let base = if arch.starts_with("resnet") { "resnet50" } else { "vit_small" };
+    let cfg = config::merge_sets(&config::preset(base)?, &sets)?;
+    let mut model = mocov3::moco::MoCo::new(&cfg.model(in_chans)?, 0);
+    let mut opt = mocov3::optim::Optimizer::new(cfg.optimizer, cfg.weight_decay, false);
     let info = official::load_into(&a.input, &mut model, &mut opt)?;
     let state = mocov3::train::checkpoint::TrainState {
         format: mocov3::train::checkpoint::FORMAT,
         epoch: info.epoch.max(0) as usize,
-        step: opt.step,
-        in_chans: s.in_chans,
+        step: opt.steps(),
+        in_chans,
         config: cfg,
     };
-    mocov3::train::checkpoint::save(&a.out, &mut model, &mocov3::optim::Optimizer::AdamW(opt), &state)?;
-    println!(
-        "convert: {} ({arch}: dim {}, depth {}, heads {}, {} px / patch {}, epoch {}) -> {}",
-        a.input.display(),
-        s.dim,
-        s.depth,
-        a.heads,
-        s.img,
-        s.patch,
-        info.epoch,
-        a.out.display()
-    );
+    mocov3::train::checkpoint::save(&a.out, &mut model, &opt, &state)?;
+    println!("convert: {} ({arch}: {what}, epoch {}) -> {}", a.input.display(), info.epoch, a.out.display());
     Ok(())
 }
 

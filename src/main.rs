@@ -112,6 +112,9 @@ struct ConvertArgs {
     /// The run froze the patch projection (--stop-grad-conv1, the official ViT recipe).
     #[arg(long, default_value_t = true, action = clap::ArgAction::Set)]
     stop_grad_conv1: bool,
+    /// Image size of a ResNet checkpoint (not recorded in its weights; a ViT's is).
+    #[arg(long, default_value_t = 224)]
+    image: usize,
     /// Dataset the native checkpoint should name for later commands.
     #[arg(long, default_value = "imagenet")]
     dataset: String,

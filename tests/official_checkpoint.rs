@@ -7,7 +7,11 @@ use mocov3::models::backbone::BackboneConfig;
 use mocov3::models::vit::VitConfig;
 use mocov3::nn::posembed::PosEmbedKind;
 use mocov3::nn::Module;
-use mocov3::optim::AdamW;
+use mocov3::optim::{AdamW, Optimizer};
+
+fn adamw() -> Optimizer {
+    Optimizer::AdamW(AdamW::new(0.1))
+}
 use safetensors::SafeTensors;
 use std::path::PathBuf;
 
@@ -44,8 +48,9 @@ fn zip_and_legacy_checkpoints_load_exactly() {
     let want = SafeTensors::deserialize(&bytes).unwrap();
     for file in ["official_zip.pth.tar", "official_legacy.pth.tar"] {
         let mut model = MoCo::new(&tiny(16), 9);
-        let mut opt = AdamW::new(0.1);
-        let info = load_into(&fixture(file), &mut model, &mut opt).unwrap();
+        let mut o = adamw();
+        let info = load_into(&fixture(file), &mut model, &mut o).unwrap();
+        let Optimizer::AdamW(opt) = o else { unreachable!() };
         assert_eq!(info.epoch, 3);
         assert_eq!(info.arch.as_deref(), Some("vit_test"));
         let mut n = 0;
@@ -68,7 +73,7 @@ fn mismatches_and_damage_are_clear_errors() {
     // A model of another width: the first tensor's shape is named.
     let e = format!(
         "{:#}",
-        load_into(&fixture("official_zip.pth.tar"), &mut MoCo::new(&tiny(32), 0), &mut AdamW::new(0.1)).err().unwrap()
+        load_into(&fixture("official_zip.pth.tar"), &mut MoCo::new(&tiny(32), 0), &mut adamw()).err().unwrap()
     );
     assert!(e.contains("module.base_encoder.cls_token") && e.contains("shape"), "{e}");
     // Truncated files in both formats.
@@ -78,12 +83,12 @@ fn mismatches_and_damage_are_clear_errors() {
         let b = std::fs::read(fixture(file)).unwrap();
         let cut = dir.join(file);
         std::fs::write(&cut, &b[..b.len() * 2 / 3]).unwrap();
-        let e = format!("{:#}", load_into(&cut, &mut MoCo::new(&tiny(16), 0), &mut AdamW::new(0.1)).err().unwrap());
+        let e = format!("{:#}", load_into(&cut, &mut MoCo::new(&tiny(16), 0), &mut adamw()).err().unwrap());
         assert!(e.contains(file) && e.contains("truncated"), "{e}");
     }
     let junk = dir.join("junk.pth.tar");
     std::fs::write(&junk, b"hello world, not a checkpoint").unwrap();
-    let e = format!("{:#}", load_into(&junk, &mut MoCo::new(&tiny(16), 0), &mut AdamW::new(0.1)).err().unwrap());
+    let e = format!("{:#}", load_into(&junk, &mut MoCo::new(&tiny(16), 0), &mut adamw()).err().unwrap());
     assert!(e.contains("junk.pth.tar"), "{e}");
 }
 
@@ -97,12 +102,11 @@ fn shapes_are_inferred_from_the_weights() {
 fn official_layout_round_trips_bit_exactly() {
     // official (zip) -> ours -> official layout -> ours: every tensor bit-identical.
     let mut a = MoCo::new(&tiny(16), 9);
-    let mut opt = AdamW::new(0.1);
-    load_into(&fixture("official_zip.pth.tar"), &mut a, &mut opt).unwrap();
+    load_into(&fixture("official_zip.pth.tar"), &mut a, &mut adamw()).unwrap();
     let path = std::env::temp_dir().join(format!("mocov3-roundtrip-{}.pth.tar", std::process::id()));
     mocov3::interop::writer::save(&path, &mocov3::interop::official::to_official(&mut a, 3, "vit_test")).unwrap();
     let mut b = MoCo::new(&tiny(16), 1);
-    let info = load_into(&path, &mut b, &mut AdamW::new(0.1)).unwrap();
+    let info = load_into(&path, &mut b, &mut adamw()).unwrap();
     assert_eq!(info.epoch, 3);
     let mut ta = Vec::new();
     a.visit_tensors(&mut |k, _, d| ta.push((k, d.iter().map(|v| v.to_bits()).collect::<Vec<_>>())));
@@ -115,7 +119,7 @@ fn official_layout_round_trips_bit_exactly() {
 fn backbone_only_layouts_load_bit_exactly() {
     use mocov3::interop::{official, writer};
     let mut a = MoCo::new(&tiny(16), 9);
-    load_into(&fixture("official_legacy.pth.tar"), &mut a, &mut AdamW::new(0.1)).unwrap();
+    load_into(&fixture("official_legacy.pth.tar"), &mut a, &mut adamw()).unwrap();
     let dir = std::env::temp_dir().join(format!("mocov3-backbone-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let (deit, timm) = (dir.join("deit.pth"), dir.join("timm.pth"));
@@ -148,13 +152,13 @@ fn missing_and_unexpected_keys_are_named() {
         sd.iter().filter(|(k, _)| !k.ends_with("blocks.0.norm2.bias")).map(|(k, v)| (k.clone(), clone(v))).collect();
     let missing = dir.join("missing.pth.tar");
     writer::save(&missing, &Obj::Dict(vec![("state_dict".into(), Obj::OrderedDict(without))])).unwrap();
-    let e = load_into(&missing, &mut MoCo::new(&tiny(16), 0), &mut AdamW::new(0.1)).err().unwrap().to_string();
+    let e = load_into(&missing, &mut MoCo::new(&tiny(16), 0), &mut adamw()).err().unwrap().to_string();
     assert!(e.contains("module.base_encoder.blocks.0.norm2.bias") && e.contains("missing"), "{e}");
     let mut extra: Vec<(String, Obj)> = sd.iter().map(|(k, v)| (k.clone(), clone(v))).collect();
     extra.push(("module.base_encoder.fc_norm.weight".into(), Obj::Float(vec![16], vec![1.0; 16])));
     let unexpected = dir.join("unexpected.pth.tar");
     writer::save(&unexpected, &Obj::Dict(vec![("state_dict".into(), Obj::OrderedDict(extra))])).unwrap();
-    let e = load_into(&unexpected, &mut MoCo::new(&tiny(16), 0), &mut AdamW::new(0.1)).err().unwrap().to_string();
+    let e = load_into(&unexpected, &mut MoCo::new(&tiny(16), 0), &mut adamw()).err().unwrap().to_string();
     assert!(e.contains("unexpected") && e.contains("module.base_encoder.fc_norm.weight"), "{e}");
 }
 
@@ -164,4 +168,39 @@ fn clone(o: &mocov3::interop::writer::Obj) -> mocov3::interop::writer::Obj {
         Obj::Float(s, d) => Obj::Float(s.clone(), d.clone()),
         _ => unreachable!("only tensors here"),
     }
+}
+
+#[test]
+fn resnet_official_layout_round_trips_and_names_its_shape() {
+    use mocov3::models::backbone::ResNetConfig;
+    use mocov3::optim::OptimizerKind;
+    let cfg = MocoConfig {
+        backbone: BackboneConfig::ResNet(ResNetConfig { depth: 18, cifar: true, img: 8, in_chans: 1 }),
+        mlp_dim: 32,
+        out_dim: 16,
+        t: 1.0,
+    };
+    // One LARS step so that weights, BN running statistics and the momentum encoder move.
+    let mut a = MoCo::new(&cfg, 5);
+    let mut rng = mocov3::engine::rng::Rng::new(3);
+    let x: Vec<f32> = (0..2 * 4 * 64).map(|_| rng.normal()).collect();
+    a.forward_backward(&x, 4, 0.9);
+    Optimizer::new(OptimizerKind::Lars, 1e-6, false).update(&mut a.trainable_params(), 0.1);
+    let path = std::env::temp_dir().join(format!("mocov3-resnet-roundtrip-{}.pth.tar", std::process::id()));
+    mocov3::interop::writer::save(&path, &mocov3::interop::official::to_official(&mut a, 7, "resnet18")).unwrap();
+    let mut b = MoCo::new(&cfg, 1);
+    let info = load_into(&path, &mut b, &mut Optimizer::new(OptimizerKind::Lars, 1e-6, false)).unwrap();
+    assert_eq!((info.epoch, info.arch.as_deref()), (7, Some("resnet18")));
+    let bits = |m: &mut MoCo| {
+        let mut v = Vec::new();
+        m.visit_tensors(&mut |k, _, d| v.push((k, d.iter().map(|x| x.to_bits()).collect::<Vec<_>>())));
+        v
+    };
+    let (ta, tb) = (bits(&mut a), bits(&mut b));
+    assert!(ta.iter().any(|(k, _)| k == "base_encoder.layer1.0.bn1.running_mean"));
+    assert!(ta.iter().any(|(k, _)| k == "base_encoder.fc.0.weight"));
+    assert_eq!(ta, tb);
+    let r = mocov3::interop::official::infer_resnet(&path).unwrap().expect("a ResNet");
+    assert_eq!((r.depth, r.cifar, r.in_chans, r.mlp_dim, r.out_dim), (18, true, 1, 32, 16));
+    assert!(mocov3::interop::official::infer_resnet(&fixture("official_zip.pth.tar")).unwrap().is_none());
 }

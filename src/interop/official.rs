@@ -7,7 +7,7 @@ use super::pickle::Value;
 use super::torchfile::TorchFile;
 use crate::moco::MoCo;
 use crate::nn::Module;
-use crate::optim::AdamW;
+use crate::optim::{AdamW, Optimizer};
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -19,7 +19,7 @@ pub struct OfficialInfo {
 }
 
 /// Fill `model` (built with the matching configuration) and `opt` from an official checkpoint.
-pub fn load_into(path: &Path, model: &mut MoCo, opt: &mut AdamW) -> Result<OfficialInfo> {
+pub fn load_into(path: &Path, model: &mut MoCo, opt: &mut Optimizer) -> Result<OfficialInfo> {
     let f = TorchFile::open(path)?;
     let p = path.display();
     let Some(Value::Dict(sd)) = f.root.get("state_dict") else {
@@ -64,8 +64,8 @@ pub fn load_into(path: &Path, model: &mut MoCo, opt: &mut AdamW) -> Result<Offic
             extra.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", module.")
         );
     }
-    // AdamW state: indices follow model.parameters() (base, momentum, predictor); only parameters
-    // with a gradient have state.
+    // Optimiser state (AdamW exp_avg / exp_avg_sq / step, LARS mu): indices follow
+    // model.parameters() (base, momentum, predictor); only parameters with a gradient have state.
     if let Some(optim) = f.root.get("optimizer") {
         let mut all: Vec<bool> = model.base.params_mut().iter().map(|q| q.trainable).collect();
         all.extend(model.momentum.params_mut().iter().map(|q| q.trainable));
@@ -76,14 +76,16 @@ pub fn load_into(path: &Path, model: &mut MoCo, opt: &mut AdamW) -> Result<Offic
         };
         let params = model.trainable_params();
         let Some(Value::Dict(state)) = optim.get("state") else { bail!("{p}: optimizer has no state") };
-        opt.exp_avg = params.iter().map(|q| vec![0.0; q.len()]).collect();
-        opt.exp_avg_sq = opt.exp_avg.clone();
+        let sizes: Vec<usize> = params.iter().map(|q| q.len()).collect();
+        opt.restore(1, &sizes);
+        let mut steps = 0u64;
         for (idx, st) in state {
             let i = idx.as_int().context("optimizer state index is not an integer")? as usize;
             let Some(Some(pos)) = trainable_pos.get(i) else {
                 bail!("{p}: optimizer state for parameter {i}, which is not trainable here");
             };
-            for (name, dst) in [("exp_avg", &mut opt.exp_avg[*pos]), ("exp_avg_sq", &mut opt.exp_avg_sq[*pos])] {
+            for (name, bufs) in opt.state_mut() {
+                let dst = &mut bufs[*pos];
                 let t = st.get(name).with_context(|| format!("{p}: optimizer state {i} lacks {name}"))?;
                 let (_, v) = f.tensor_f32(t)?;
                 if v.len() != dst.len() {
@@ -92,12 +94,13 @@ pub fn load_into(path: &Path, model: &mut MoCo, opt: &mut AdamW) -> Result<Offic
                 *dst = v;
             }
             if let Some(s) = st.get("step") {
-                opt.step = match s {
+                steps = match s {
                     Value::Tensor { .. } => f.tensor_f32(s)?.1[0] as u64,
                     other => other.as_int().unwrap_or(0) as u64,
                 };
             }
         }
+        opt.set_steps(steps);
     }
     let epoch = f.root.get("epoch").and_then(|v| v.as_int()).unwrap_or(0);
     let arch = match f.root.get("arch") {
@@ -105,6 +108,40 @@ pub fn load_into(path: &Path, model: &mut MoCo, opt: &mut AdamW) -> Result<Offic
         _ => None,
     };
     Ok(OfficialInfo { epoch, arch })
+}
+
+/// What the weights of an official ResNet checkpoint say: depth (a bottleneck `conv3` means 50),
+/// the stem (a 3×3 `conv1` is the CIFAR variant), input channels and head widths. `None` when the
+/// file holds a ViT.
+pub struct ResNetShape {
+    pub depth: usize,
+    pub cifar: bool,
+    pub in_chans: usize,
+    pub mlp_dim: usize,
+    pub out_dim: usize,
+}
+
+pub fn infer_resnet(path: &Path) -> Result<Option<ResNetShape>> {
+    let f = TorchFile::open(path)?;
+    let Some(Value::Dict(sd)) = f.root.get("state_dict") else {
+        bail!("{}: no state_dict: not a checkpoint of the official main_moco.py", path.display())
+    };
+    let mut shapes: HashMap<&str, &Vec<usize>> = HashMap::new();
+    for (k, v) in sd {
+        if let (Value::Str(k), Value::Tensor { shape, .. }) = (k, v) {
+            shapes.insert(k.strip_prefix("module.").unwrap_or(k), shape);
+        }
+    }
+    let Some(conv1) = shapes.get("base_encoder.conv1.weight") else { return Ok(None) };
+    let get = |k: &str| shapes.get(k).copied().with_context(|| format!("{}: {k} is missing", path.display()));
+    let (fc0, fc3) = (get("base_encoder.fc.0.weight")?, get("base_encoder.fc.3.weight")?);
+    Ok(Some(ResNetShape {
+        depth: if shapes.contains_key("base_encoder.layer1.0.conv3.weight") { 50 } else { 18 },
+        cifar: conv1.get(2) == Some(&3),
+        in_chans: conv1[1],
+        mlp_dim: fc0[0],
+        out_dim: fc3[0],
+    }))
 }
 
 /// What the weights of an official checkpoint say about the model: (dim, depth, patch, in_chans,

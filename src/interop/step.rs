@@ -64,8 +64,9 @@ pub fn run(input: &Path, views: &Path, out: &Path, a: &StepArgs) -> Result<f32> 
     let backbone = crate::models::backbone::BackboneConfig::Vit(vit);
     let cfg = MocoConfig { backbone, mlp_dim: s.mlp_dim, out_dim: s.out_dim, t: a.t };
     let mut model = MoCo::new(&cfg, 0);
-    let mut opt = AdamW::new(a.wd);
-    let info = official::load_into(input, &mut model, &mut opt)?;
+    let mut o = crate::optim::Optimizer::AdamW(AdamW::new(a.wd));
+    let info = official::load_into(input, &mut model, &mut o)?;
+    let crate::optim::Optimizer::AdamW(mut opt) = o else { unreachable!() };
     let (x, n) = read_views(views, s.in_chans, s.img)?;
     if n < 2 {
         bail!("{}: at least 2 images per view are needed (BatchNorm)", views.display());

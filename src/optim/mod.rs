@@ -52,12 +52,20 @@ impl Optimizer {
         }
     }
 
-    /// The per-parameter state tensors by name (`exp_avg`, `exp_avg_sq` / `momentum_buffer`),
+    /// The per-parameter state tensors by their official names (AdamW `exp_avg`, `exp_avg_sq`;
+    /// the official LARS `mu`),
     /// each one buffer per trainable parameter; empty before the first step.
     pub fn state_mut(&mut self) -> Vec<(&'static str, &mut Vec<Vec<f32>>)> {
         match self {
             Optimizer::AdamW(o) => vec![("exp_avg", &mut o.exp_avg), ("exp_avg_sq", &mut o.exp_avg_sq)],
-            Optimizer::Lars(o) => vec![("momentum_buffer", &mut o.mu)],
+            Optimizer::Lars(o) => vec![("mu", &mut o.mu)],
+        }
+    }
+
+    pub fn set_steps(&mut self, steps: u64) {
+        match self {
+            Optimizer::AdamW(o) => o.step = steps,
+            Optimizer::Lars(o) => o.step = steps,
         }
     }
 
