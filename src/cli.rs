@@ -64,7 +64,7 @@ fn open_probe(checkpoint: &std::path::Path, dataset: &Option<String>, data_dir: 
         anyhow::bail!("the checkpoint expects {}-channel images, dataset '{name}' has {}", state.in_chans, train.c);
     }
     let (mean, std) = train.channel_stats();
-    let plain = mocov3::data::augment::Augment { out: state.config.img_size, crop_min: 1.0, flip: false, mean, std };
+    let plain = mocov3::data::augment::Augment::crop_flip(state.config.img_size, 1.0, false, mean, std);
     Ok(Probe { model, state, dataset: name, train, test, plain })
 }
 

@@ -24,6 +24,8 @@ struct Cli {
 enum Cmd {
     /// Pre-train a ViT with MoCo v3 (checkpoint every epoch, resumable).
     Pretrain(PretrainArgs),
+    /// Write a PNG grid of images and their two augmented views (what pre-training sees).
+    AugmentPreview(PreviewArgs),
     /// Benchmarks.
     Bench {
         #[command(subcommand)]
@@ -234,6 +236,32 @@ enum BenchCmd {
 }
 
 #[derive(Args)]
+struct PreviewArgs {
+    /// The preset whose augmentation to show (see `mocov3 presets`).
+    #[arg(long, default_value = "fashion-mnist")]
+    preset: String,
+    /// Override configuration keys (augment, crop_min, blur_sigma_max, img_size, ...).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    #[arg(long)]
+    dataset: Option<String>,
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// How many images (rows), starting at --first.
+    #[arg(long, default_value_t = 4)]
+    images: usize,
+    #[arg(long, default_value_t = 0)]
+    first: usize,
+    /// Pairs of views per image.
+    #[arg(long, default_value_t = 3)]
+    pairs: usize,
+    #[arg(long, default_value_t = 0)]
+    seed: u64,
+    #[arg(long, default_value = "augment-preview.png")]
+    out: PathBuf,
+}
+
+#[derive(Args)]
 struct PretrainArgs {
     /// Start from a named preset (see `mocov3 presets`).
     #[arg(long, default_value = "fashion-mnist")]
@@ -338,6 +366,32 @@ fn real_main() -> Result<()> {
             eprintln!("step: {} -> {}", a.checkpoint.display(), a.out.display());
         }
         Cmd::Convert(a) => convert(a)?,
+        Cmd::AugmentPreview(a) => {
+            let mut c = config::merge_sets(&config::preset(&a.preset)?, &a.sets)?;
+            if let Some(d) = a.dataset {
+                c.dataset = d;
+            }
+            let set = mocov3::data::load(&c.dataset, a.data_dir.as_deref().or(c.data_dir.as_deref()), true)?;
+            if a.first + a.images > set.len() || a.images == 0 {
+                anyhow::bail!(
+                    "--first {} --images {}: dataset '{}' has {} images",
+                    a.first,
+                    a.images,
+                    c.dataset,
+                    set.len()
+                );
+            }
+            let aug = mocov3::train::pretrain::augmentation(&c, &set);
+            let ids: Vec<usize> = (a.first..a.first + a.images).collect();
+            mocov3::report::preview::augment_preview(&set, &ids, &aug, a.pairs.max(1), a.seed, &a.out)?;
+            println!(
+                "augment-preview: {} ({:?} pipeline, {} images x {} pairs)",
+                a.out.display(),
+                c.augment,
+                a.images,
+                a.pairs
+            );
+        }
         Cmd::Report { run_dir } => {
             let out = mocov3::report::render(&run_dir)?;
             println!("report: {}", out.display());

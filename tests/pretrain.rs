@@ -100,6 +100,8 @@ fn divergence_stops_with_a_clear_message_and_keeps_the_checkpoint() {
 
 #[test]
 fn missing_dataset_and_corrupt_checkpoint_are_clear_errors() {
+    // No download attempt from a test (tests/download.rs covers that path on loopback).
+    std::env::set_var("MOCOV3_OFFLINE", "1");
     let empty = tmp("empty-data");
     std::fs::create_dir_all(&empty).unwrap();
     let mut c = small("missing", &["dataset=\"mnist\""]);
@@ -146,7 +148,7 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
     let train = mocov3::data::load("synthetic", None, true).unwrap();
     let test = mocov3::data::load("synthetic", None, false).unwrap();
     let (mean, std) = train.channel_stats();
-    let plain = mocov3::data::augment::Augment { out: state.config.img_size, crop_min: 1.0, flip: false, mean, std };
+    let plain = mocov3::data::augment::Augment::crop_flip(state.config.img_size, 1.0, false, mean, std);
     for cached in [true, false] {
         let cfg = LinclsConfig { epochs: 3, batch: 64, lr: 1.0, momentum: 0.9, seed: 0, cached, crop_min: 0.5 };
         let r = lincls(&mut model.base.backbone, &train, &test, &plain, &cfg, |_| {}).unwrap();

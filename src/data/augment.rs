@@ -1,10 +1,25 @@
-//! The two-view augmentation used by `pretrain`: RandomResizedCrop (torchvision's parameter
-//! sampling: scale (crop_min, 1), ratio (3/4, 4/3), ten attempts then the centre-crop fallback)
-//! with bilinear resampling, horizontal flip with p 0.5, and normalisation. This is the simple
-//! pipeline of the foundation; the official colour, blur and solarize operations come with the
-//! data-pipeline work.
+//! The two-view augmentation of `pretrain` (and the crop + flip of the linear probe).
+//!
+//! `official` is `main_moco.py`'s asymmetric BYOL pipeline, per view: RandomResizedCrop
+//! (torchvision's parameter sampling: scale (crop_min, 1), ratio (3/4, 4/3), ten attempts then
+//! the centre-crop fallback; Pillow's bilinear resampling), ColorJitter(0.4, 0.4, 0.2, 0.1) with
+//! p 0.8 in a random order, RandomGrayscale p 0.2, GaussianBlur σ ~ U(blur_sigma) with p 1.0 on
+//! view 1 and 0.1 on view 2, Solarize p 0.2 on view 2 only, horizontal flip p 0.5, then
+//! normalisation. The operations are Pillow's own, on 8-bit images (see `ops`).
+//!
+//! `crop-flip` is RandomResizedCrop (float bilinear resampling straight to the normalised output)
+//! and the flip only.
 
+use super::ops::{self, Image};
 use crate::engine::rng::Rng;
+use serde::{Deserialize, Serialize};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "kebab-case")]
+pub enum AugmentKind {
+    Official,
+    CropFlip,
+}
 
 #[derive(Clone, Debug)]
 pub struct Augment {
@@ -13,6 +28,9 @@ pub struct Augment {
     pub flip: bool,
     pub mean: Vec<f32>,
     pub std: Vec<f32>,
+    pub kind: AugmentKind,
+    /// Range of the Gaussian blur's σ in pixels (official: 0.1 to 2.0 at 224 px).
+    pub blur_sigma: (f32, f32),
 }
 
 /// torchvision's `RandomResizedCrop.get_params`: returns (top, left, height, width).
@@ -48,11 +66,53 @@ pub fn rrc_params(
 }
 
 impl Augment {
-    /// One augmented view of an HWC byte image, written as normalised CHW f32 into `out`.
-    pub fn view(&self, rng: &mut Rng, img: &[u8], h: usize, w: usize, c: usize, out: &mut [f32]) {
+    /// Crop + flip (no colour operations): the linear probe's training transform, and with
+    /// `crop_min` 1 and no flip the plain resize used for evaluation.
+    pub fn crop_flip(out: usize, crop_min: f64, flip: bool, mean: Vec<f32>, std: Vec<f32>) -> Augment {
+        Augment { out, crop_min, flip, mean, std, kind: AugmentKind::CropFlip, blur_sigma: (0.1, 2.0) }
+    }
+
+    /// View `which` (0 or 1: the pipelines differ in blur and solarize) of an HWC byte image,
+    /// written as normalised CHW f32 into `out`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn view(&self, rng: &mut Rng, which: usize, img: &[u8], h: usize, w: usize, c: usize, out: &mut [f32]) {
         let crop = rrc_params(rng, h, w, (self.crop_min, 1.0), (3.0 / 4.0, 4.0 / 3.0));
-        let flip = self.flip && rng.uniform_f64() < 0.5;
-        self.render(img, w, c, crop, flip, out);
+        if self.kind == AugmentKind::CropFlip {
+            let flip = self.flip && rng.uniform_f64() < 0.5;
+            self.render(img, w, c, crop, flip, out);
+            return;
+        }
+        let src = Image::new(h, w, c, img.to_vec());
+        let mut im = ops::resized_crop(&src, crop, self.out, self.out);
+        if rng.uniform_f64() < 0.8 {
+            color_jitter(rng, &mut im);
+        }
+        if rng.uniform_f64() < 0.2 {
+            ops::grayscale(&mut im);
+        }
+        let (p_blur, p_solarize) = if which == 0 { (1.0, 0.0) } else { (0.1, 0.2) };
+        if rng.uniform_f64() < p_blur {
+            let s = rng.uniform(self.blur_sigma.0 as f64, self.blur_sigma.1 as f64) as f32;
+            ops::gaussian_blur(&mut im, s);
+        }
+        if rng.uniform_f64() < p_solarize {
+            ops::solarize(&mut im, 128);
+        }
+        if self.flip && rng.uniform_f64() < 0.5 {
+            ops::hflip(&mut im);
+        }
+        self.normalize(&im, out);
+    }
+
+    /// ToTensor + Normalize: HWC bytes → CHW floats.
+    pub fn normalize(&self, im: &Image, out: &mut [f32]) {
+        let (hw, c) = (im.h * im.w, im.c);
+        for k in 0..c {
+            let (m, s) = (self.mean[k], self.std[k]);
+            for (o, p) in out[k * hw..(k + 1) * hw].iter_mut().zip(im.px[k..].iter().step_by(c)) {
+                *o = (*p as f32 / 255.0 - m) / s;
+            }
+        }
     }
 
     /// Bilinear resampling (half-pixel centres) of the crop (top, left, height, width) to the
@@ -97,6 +157,25 @@ impl Augment {
     }
 }
 
+/// torchvision's ColorJitter(0.4, 0.4, 0.2, 0.1): brightness and contrast factors in
+/// [0.6, 1.4], saturation in [0.8, 1.2], hue in [-0.1, 0.1], applied in a random order.
+fn color_jitter(rng: &mut Rng, im: &mut Image) {
+    let mut order = [0usize, 1, 2, 3];
+    rng.shuffle(&mut order);
+    let b = rng.uniform(0.6, 1.4) as f32;
+    let c = rng.uniform(0.6, 1.4) as f32;
+    let s = rng.uniform(0.8, 1.2) as f32;
+    let h = rng.uniform(-0.1, 0.1) as f32;
+    for op in order {
+        match op {
+            0 => ops::brightness(im, b),
+            1 => ops::contrast(im, c),
+            2 => ops::saturation(im, s),
+            _ => ops::hue(im, h),
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -118,7 +197,7 @@ mod tests {
 
     #[test]
     fn full_crop_is_identity_and_flip_mirrors() {
-        let a = Augment { out: 4, crop_min: 1.0, flip: false, mean: vec![0.5], std: vec![0.25] };
+        let a = Augment::crop_flip(4, 1.0, false, vec![0.5], vec![0.25]);
         let img: Vec<u8> = (0..16).map(|i| (i * 10) as u8).collect();
         let mut out = vec![0.0; 16];
         a.render(&img, 4, 1, (0, 0, 4, 4), false, &mut out);

@@ -49,8 +49,8 @@ impl<'a> TwoViewLoader<'a> {
         let ids = &self.order[step * b..(step + 1) * b];
         x1.par_chunks_mut(len).zip(x2.par_chunks_mut(len)).zip(ids.par_iter()).for_each(|((v1, v2), &id)| {
             let mut rng = Rng::derive(seed, &[epoch as u64, id as u64]);
-            aug.view(&mut rng, set.image(id), set.h, set.w, set.c, v1);
-            aug.view(&mut rng, set.image(id), set.h, set.w, set.c, v2);
+            aug.view(&mut rng, 0, set.image(id), set.h, set.w, set.c, v1);
+            aug.view(&mut rng, 1, set.image(id), set.h, set.w, set.c, v2);
         });
     }
 }

@@ -5,8 +5,10 @@
 
 pub mod augment;
 pub mod cifar;
+pub mod download;
 pub mod idx;
 pub mod loader;
+pub mod ops;
 pub mod synthetic;
 
 use anyhow::{bail, Result};
@@ -56,14 +58,26 @@ impl ImageSet {
     }
 }
 
-/// Standard places where a named dataset may already be on this machine.
+/// Standard places where a named dataset may already be on this machine: `$MOCOV3_DATA/<name>`
+/// or the download cache, then `/usr/share/datasets/<name>` (Debian's packages).
 pub fn system_dirs(name: &str) -> Vec<PathBuf> {
-    let mut v = Vec::new();
-    if let Ok(d) = std::env::var("MOCOV3_DATA") {
-        v.push(PathBuf::from(d).join(name));
+    vec![download::cache_dir(name), PathBuf::from("/usr/share/datasets").join(name)]
+}
+
+/// `load_from(dirs)`; when nothing is found there and the dataset has a canonical address, a
+/// checksum-verified download into the cache and a second try (unless `MOCOV3_OFFLINE` is set).
+fn or_download(name: &str, dirs: &[PathBuf], load_from: impl Fn(&[PathBuf]) -> Result<ImageSet>) -> Result<ImageSet> {
+    let first = load_from(dirs);
+    let (Err(e), Some(remotes)) = (&first, download::remotes(name)) else { return first };
+    let missing = format!("{e:#}").contains("not found");
+    if !missing || std::env::var_os("MOCOV3_OFFLINE").is_some() {
+        return first;
     }
-    v.push(PathBuf::from("/usr/share/datasets").join(name));
-    v
+    let dir = download::cache_dir(name);
+    match download::fetch_all(&remotes, &dir) {
+        Ok(d) => load_from(&[d]),
+        Err(d) => Err(anyhow::anyhow!("{e:#}; downloading it into {} failed too: {d:#}", dir.display())),
+    }
 }
 
 /// Load a dataset by name: `fashion-mnist` or `mnist` (IDX files, gzipped or raw), `cifar10` or
@@ -83,12 +97,12 @@ pub fn load(name: &str, data_dir: Option<&Path>, train: bool) -> Result<ImageSet
             } else {
                 "pass --data-dir DIR holding train-images-idx3-ubyte and train-labels-idx1-ubyte (gzipped or raw)"
             };
-            idx::load_split(name, &dirs, train, hint)
+            or_download(name, &dirs, |d| idx::load_split(name, d, train, hint))
         }
         "cifar10" | "cifar100" => {
             let mut dirs: Vec<PathBuf> = data_dir.map(|d| vec![d.to_path_buf(), d.join(name)]).unwrap_or_default();
             dirs.extend(system_dirs(name));
-            cifar::load(name, &dirs, train)
+            or_download(name, &dirs, |d| cifar::load(name, d, train))
         }
         "synthetic" => Ok(synthetic::generate(if train { 2048 } else { 512 }, 28, 1, 10, if train { 1 } else { 2 })),
         other => {

@@ -229,13 +229,13 @@ pub fn run(
     } else {
         // The backbone in eval mode throughout, as the official `model.eval()`.
         net.set_training(false);
-        let aug = Augment { crop_min: cfg.crop_min, flip: true, ..plain.clone() };
+        let aug = Augment::crop_flip(plain.out, cfg.crop_min, true, plain.mean.clone(), plain.std.clone());
         let len = train.c * plain.out * plain.out;
         let mut x = vec![0.0f32; cfg.batch * len];
         let fill = |epoch: usize, ids: &[usize], feats: &mut [f32]| {
             x.par_chunks_mut(len).zip(ids.par_iter()).for_each(|(v, &i)| {
                 let mut r = Rng::derive(cfg.seed, &[1 + epoch as u64, i as u64]);
-                aug.view(&mut r, train.image(i), train.h, train.w, train.c, v);
+                aug.view(&mut r, 0, train.image(i), train.h, train.w, train.c, v);
             });
             feats.copy_from_slice(net.forward(&x, cfg.batch, 1));
         };

@@ -4,6 +4,7 @@
 
 pub mod font;
 pub mod plot;
+pub mod preview;
 
 use anyhow::{bail, Context, Result};
 use plot::{chart, Canvas, Series, COLORS};

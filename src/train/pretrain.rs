@@ -39,6 +39,21 @@ pub struct RunSummary {
     pub total_secs: f64,
 }
 
+/// The two-view augmentation a configuration trains with on `set` (normalised with the
+/// dataset's own channel statistics).
+pub fn augmentation(cfg: &PretrainConfig, set: &crate::data::ImageSet) -> Augment {
+    let (mean, std) = set.channel_stats();
+    Augment {
+        out: cfg.img_size,
+        crop_min: cfg.crop_min,
+        flip: true,
+        mean,
+        std,
+        kind: cfg.augment,
+        blur_sigma: (cfg.blur_sigma_min, cfg.blur_sigma_max),
+    }
+}
+
 pub fn checkpoint_path(out_dir: &Path) -> PathBuf {
     out_dir.join("checkpoint.safetensors")
 }
@@ -83,8 +98,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let ckpt = checkpoint_path(&cfg.out_dir);
     let mut tb = EventWriter::create(&cfg.out_dir)?;
 
-    let (mean, std) = set.channel_stats();
-    let aug = Augment { out: cfg.img_size, crop_min: cfg.crop_min, flip: true, mean, std };
+    let aug = augmentation(&cfg, &set);
     let mut monitor = if cfg.knn_every > 0 {
         let eval = crate::data::load(&cfg.dataset, cfg.data_dir.as_deref(), false)?;
         let cap = if cfg.knn_bank > 0 { cfg.knn_bank } else { (set.len() / 10).max(cfg.knn_k) };
