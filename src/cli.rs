@@ -12,8 +12,8 @@ pub fn knn(a: KnnArgs) -> Result<()> {
             let (nb, nq) = (features::count(&p.train, a.train_limit), features::count(&p.test, a.test_limit));
             let net = &mut p.model.base.backbone;
             net.set_keep_activations(false);
-            let b = features::backbone(net, &p.train, nb, &p.plain, 256);
-            let q = features::backbone(net, &p.test, nq, &p.plain, 256);
+            let b = features::backbone(net, &p.train, nb, &p.plain, 256)?;
+            let q = features::backbone(net, &p.test, nq, &p.plain, 256)?;
             let what = format!("{} (epoch {})", ck.display(), p.state.epoch);
             (p.dataset, p.train, p.test, b, q, net.dim(), what)
         }
@@ -21,8 +21,8 @@ pub fn knn(a: KnnArgs) -> Result<()> {
             let dataset = a.dataset.clone().unwrap_or_else(|| "fashion-mnist".into());
             let train = mocov3::data::load(&dataset, a.data_dir.as_deref(), true)?;
             let test = mocov3::data::load(&dataset, a.data_dir.as_deref(), false)?;
-            let (b, d) = features::pixels(&train, features::count(&train, a.train_limit));
-            let (q, _) = features::pixels(&test, features::count(&test, a.test_limit));
+            let (b, d) = features::pixels(&train, features::count(&train, a.train_limit))?;
+            let (q, _) = features::pixels(&test, features::count(&test, a.test_limit))?;
             (dataset, train, test, b, q, d, "pixels".to_string())
         }
     };
@@ -133,7 +133,7 @@ pub fn extract(a: ExtractArgs) -> Result<()> {
     let net = &mut p.model.base.backbone;
     net.set_keep_activations(false);
     let d = net.dim();
-    let f = mocov3::eval::features::backbone(net, set, set.len(), &p.plain, 256);
+    let f = mocov3::eval::features::backbone(net, set, set.len(), &p.plain, 256)?;
     let fb: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
     let lb: Vec<u8> = set.labels.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect();
     use safetensors::tensor::{Dtype, TensorView};
@@ -259,10 +259,10 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     net.set_keep_activations(false);
     let d = net.dim();
     eprintln!("quickstart: features of {} train and {} test images", p.train.len(), test.len());
-    let ftrain = features::backbone(net, &p.train, p.train.len(), &p.plain, 256);
-    let ftest = features::backbone(net, test, test.len(), &p.plain, 256);
-    let (ptrain, pd) = features::pixels(&p.train, p.train.len());
-    let (ptest, _) = features::pixels(test, test.len());
+    let ftrain = features::backbone(net, &p.train, p.train.len(), &p.plain, 256)?;
+    let ftest = features::backbone(net, test, test.len(), &p.plain, 256)?;
+    let (ptrain, pd) = features::pixels(&p.train, p.train.len())?;
+    let (ptest, _) = features::pixels(test, test.len())?;
     let knn_model = knn::classify(&ftrain, &p.train.labels, &ftest, &test.labels, d, classes, &[20], 0.07)[0];
     let knn_pixels = knn::classify(&ptrain, &p.train.labels, &ptest, &test.labels, pd, classes, &[20], 0.07)[0];
     let lcfg = lincls::LinclsConfig {
@@ -275,8 +275,8 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         crop_min: 0.08,
     };
     let quiet = |_: &lincls::EpochResult| {};
-    let lin_model = lincls::probe_features(&ftrain, &p.train.labels, &ftest, &test.labels, d, classes, &lcfg, quiet);
-    let lin_pixels = lincls::probe_features(&ptrain, &p.train.labels, &ptest, &test.labels, pd, classes, &lcfg, quiet);
+    let lin_model = lincls::probe_features(&ftrain, &p.train.labels, &ftest, &test.labels, d, classes, &lcfg, quiet)?;
+    let lin_pixels = lincls::probe_features(&ptrain, &p.train.labels, &ptest, &test.labels, pd, classes, &lcfg, quiet)?;
     let best = |r: &[lincls::EpochResult]| r.iter().map(|x| x.top1).fold(f64::NEG_INFINITY, f64::max);
     let last = |r: &[lincls::EpochResult]| r.last().map(|x| x.top1).unwrap_or(f64::NAN);
     let report = mocov3::report::render(&cfg.out_dir)?;

@@ -301,6 +301,9 @@ struct PretrainArgs {
     /// Stop after this many epochs of this invocation (resume later with --resume).
     #[arg(long)]
     stop_after_epochs: Option<usize>,
+    /// Image folders: skip (and count) images that do not decode instead of stopping.
+    #[arg(long)]
+    skip_corrupt: bool,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -334,6 +337,9 @@ fn resolve(a: &PretrainArgs) -> Result<PretrainConfig> {
     }
     if let Some(v) = a.max_steps_per_epoch {
         c.max_steps_per_epoch = Some(v);
+    }
+    if a.skip_corrupt {
+        c.skip_corrupt = true;
     }
     config::merge_sets(&c, &a.sets)
 }

@@ -150,10 +150,18 @@ impl Augment {
         }
     }
 
-    /// The un-augmented image resized to the output size (for evaluation): the same bilinear
-    /// resampling as the training views, of the whole image, CHW normalised.
+    /// The un-augmented image at the output size (for evaluation), CHW normalised: a square image
+    /// is resized whole (identity at the output size: Fashion-MNIST, CIFAR); any other takes the
+    /// central square of 224/256 of its shorter side, as the official Resize(256) + CenterCrop(224).
     pub fn plain(&self, img: &[u8], h: usize, w: usize, c: usize, out: &mut [f32]) {
-        self.render(img, w, c, (0, 0, h, w), false, out);
+        if h == w {
+            self.render(img, w, c, (0, 0, h, w), false, out);
+        } else {
+            let side = ((h.min(w) as f64 * 224.0 / 256.0).round() as usize).max(1);
+            let crop = ((h - side) / 2, (w - side) / 2, side, side);
+            let src = Image::new(h, w, c, img.to_vec());
+            self.normalize(&ops::resized_crop(&src, crop, self.out, self.out), out);
+        }
     }
 }
 

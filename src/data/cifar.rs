@@ -51,7 +51,16 @@ pub fn load(name: &str, dirs: &[PathBuf], train: bool) -> Result<ImageSet> {
             looked.join(", ")
         );
     };
-    let mut set = ImageSet { name: name.into(), h: 32, w: 32, c: 3, pixels: Vec::new(), labels: Vec::new(), classes };
+    let mut set = ImageSet {
+        name: name.into(),
+        h: 32,
+        w: 32,
+        c: 3,
+        pixels: Vec::new(),
+        labels: Vec::new(),
+        classes,
+        ..ImageSet::empty()
+    };
     for f in &files {
         read_records(&dir.join(f), label_bytes, &mut set)?;
     }

@@ -82,7 +82,16 @@ pub fn load_split(name: &str, dirs: &[PathBuf], train: bool, hint: &str) -> Resu
     }
     let labels: Vec<u32> = labels.into_iter().map(u32::from).collect();
     let classes = labels.iter().max().map(|&m| m as usize + 1).unwrap_or(0);
-    Ok(ImageSet { name: name.to_string(), h: idims[1], w: idims[2], c: 1, pixels, labels, classes })
+    Ok(ImageSet {
+        name: name.to_string(),
+        h: idims[1],
+        w: idims[2],
+        c: 1,
+        pixels,
+        labels,
+        classes,
+        ..ImageSet::empty()
+    })
 }
 
 /// Encode images `[n, h, w]` or labels `[n]` as IDX (used by tests and tools).

@@ -6,6 +6,7 @@
 pub mod augment;
 pub mod cifar;
 pub mod download;
+pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod ops;
@@ -14,8 +15,9 @@ pub mod synthetic;
 use anyhow::{bail, Result};
 use std::path::{Path, PathBuf};
 
-/// Labelled 8-bit images, all of one size.
-#[derive(Clone, Debug)]
+/// Labelled 8-bit images: in memory, all of one size (`pixels`, `[n, h, w, c]`), or image files
+/// of any size decoded on demand (`files`, an ImageFolder; `h` = `w` = 0).
+#[derive(Debug, Default)]
 pub struct ImageSet {
     pub name: String,
     pub h: usize,
@@ -24,9 +26,46 @@ pub struct ImageSet {
     pub pixels: Vec<u8>,
     pub labels: Vec<u32>,
     pub classes: usize,
+    pub files: Vec<PathBuf>,
+    /// Replace an undecodable file by the next good one (counted in `skipped`) instead of failing.
+    pub skip_corrupt: bool,
+    pub skipped: std::sync::atomic::AtomicUsize,
+}
+
+/// One image's bytes (`[h, w, c]`), borrowed from memory or decoded from its file.
+pub struct Pixels<'a> {
+    pub px: std::borrow::Cow<'a, [u8]>,
+    pub h: usize,
+    pub w: usize,
 }
 
 impl ImageSet {
+    pub fn empty() -> ImageSet {
+        ImageSet::default()
+    }
+
+    /// Image `i`. For a folder, a file that does not decode is an error naming it, or with
+    /// `skip_corrupt` the next decodable image takes its place (counted in `skipped`).
+    pub fn get(&self, i: usize) -> Result<Pixels<'_>> {
+        if self.files.is_empty() {
+            return Ok(Pixels { px: std::borrow::Cow::Borrowed(self.image(i)), h: self.h, w: self.w });
+        }
+        let mut j = i;
+        loop {
+            match folder::decode(&self.files[j]) {
+                Ok((px, h, w)) => return Ok(Pixels { px: std::borrow::Cow::Owned(px), h, w }),
+                Err(e) if !self.skip_corrupt => return Err(e),
+                Err(_) => {
+                    self.skipped.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    j = (j + 1) % self.files.len();
+                    if j == i {
+                        bail!("{}: no image of the dataset decodes", self.name);
+                    }
+                }
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.labels.len()
     }
@@ -40,8 +79,12 @@ impl ImageSet {
         &self.pixels[i * n..(i + 1) * n]
     }
 
-    /// Per-channel mean and std of the pixels in [0, 1] (for normalisation).
+    /// Per-channel mean and std of the pixels in [0, 1] (for normalisation); ImageNet's, as the
+    /// official code uses, for image folders.
     pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
+        if !self.files.is_empty() {
+            return (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225]);
+        }
         let c = self.c;
         let mut s = vec![0f64; c];
         let mut q = vec![0f64; c];
@@ -81,7 +124,8 @@ fn or_download(name: &str, dirs: &[PathBuf], load_from: impl Fn(&[PathBuf]) -> R
 }
 
 /// Load a dataset by name: `fashion-mnist` or `mnist` (IDX files, gzipped or raw), `cifar10` or
-/// `cifar100` (binary versions), or `synthetic`. `data_dir`, when given, is searched first (the folder holding the IDX files, or
+/// `cifar100` (binary versions), `imagenet` (an ImageFolder with `train/` and `val/`, found like
+/// the others), `folder:PATH` (the same layout at PATH), or `synthetic`. `data_dir`, when given, is searched first (the folder holding the IDX files, or
 /// its parent holding a folder named after the dataset).
 pub fn load(name: &str, data_dir: Option<&Path>, train: bool) -> Result<ImageSet> {
     match name {
@@ -105,8 +149,17 @@ pub fn load(name: &str, data_dir: Option<&Path>, train: bool) -> Result<ImageSet
             or_download(name, &dirs, |d| cifar::load(name, d, train))
         }
         "synthetic" => Ok(synthetic::generate(if train { 2048 } else { 512 }, 28, 1, 10, if train { 1 } else { 2 })),
+        "imagenet" => {
+            let mut dirs: Vec<PathBuf> = data_dir.map(|d| vec![d.to_path_buf(), d.join(name)]).unwrap_or_default();
+            dirs.extend(system_dirs(name));
+            folder::scan(name, &folder::find_split(name, &dirs, train)?)
+        }
+        other if other.starts_with("folder:") => {
+            let root = PathBuf::from(&other["folder:".len()..]);
+            folder::scan(other, &folder::find_split(other, &[root], train)?)
+        }
         other => {
-            bail!("unknown dataset '{other}': expected one of fashion-mnist, mnist, synthetic")
+            bail!("unknown dataset '{other}': expected fashion-mnist, mnist, cifar10, cifar100, imagenet, folder:PATH or synthetic")
         }
     }
 }

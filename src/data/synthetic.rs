@@ -27,5 +27,5 @@ pub fn generate(n: usize, size: usize, chans: usize, classes: usize, seed: u64) 
         }
         labels.push(label as u32);
     }
-    ImageSet { name: "synthetic".into(), h: size, w: size, c: chans, pixels, labels, classes }
+    ImageSet { name: "synthetic".into(), h: size, w: size, c: chans, pixels, labels, classes, ..ImageSet::empty() }
 }

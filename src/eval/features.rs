@@ -15,7 +15,7 @@ pub fn count(set: &ImageSet, limit: Option<usize>) -> usize {
 /// Normalised features of the first `n` images, resized without augmentation, in batches of
 /// `batch` (use the training batch size so no buffer has to grow). BatchNorms run in eval mode
 /// (running statistics, as `model.eval()`) and are left in training mode afterwards.
-pub fn backbone(net: &mut Backbone, set: &ImageSet, n: usize, aug: &Augment, batch: usize) -> Vec<f32> {
+pub fn backbone(net: &mut Backbone, set: &ImageSet, n: usize, aug: &Augment, batch: usize) -> anyhow::Result<Vec<f32>> {
     let d = net.dim();
     net.set_training(false);
     let len = set.c * aug.out * aug.out;
@@ -23,22 +23,30 @@ pub fn backbone(net: &mut Backbone, set: &ImageSet, n: usize, aug: &Augment, bat
     let mut out = vec![0.0f32; n * d];
     for b0 in (0..n).step_by(batch) {
         let rows = batch.min(n - b0);
-        x[..rows * len]
-            .par_chunks_mut(len)
-            .enumerate()
-            .for_each(|(i, v)| aug.plain(set.image(b0 + i), set.h, set.w, set.c, v));
+        let filled = x[..rows * len].par_chunks_mut(len).enumerate().try_for_each(|(i, v)| -> anyhow::Result<()> {
+            let p = set.get(b0 + i)?;
+            aug.plain(&p.px, p.h, p.w, set.c, v);
+            Ok(())
+        });
+        if let Err(e) = filled {
+            net.set_training(true);
+            return Err(e);
+        }
         let f = net.forward(&x[..rows * len], rows, 1);
         out[b0 * d..(b0 + rows) * d].copy_from_slice(f);
     }
     net.set_training(true);
     normalize_rows(&mut out, d);
-    out
+    Ok(out)
 }
 
 /// Normalised raw pixels of the first `n` images (values in [0, 1]).
-pub fn pixels(set: &ImageSet, n: usize) -> (Vec<f32>, usize) {
+pub fn pixels(set: &ImageSet, n: usize) -> anyhow::Result<(Vec<f32>, usize)> {
+    if !set.files.is_empty() {
+        anyhow::bail!("{}: raw-pixel features need images of one size (not an image folder)", set.name);
+    }
     let d = set.h * set.w * set.c;
     let mut out: Vec<f32> = set.pixels[..n * d].iter().map(|&p| p as f32 / 255.0).collect();
     normalize_rows(&mut out, d);
-    (out, d)
+    Ok((out, d))
 }

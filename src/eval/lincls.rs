@@ -155,9 +155,9 @@ fn train_head(
     d: usize,
     classes: usize,
     cfg: &LinclsConfig,
-    mut fill: impl FnMut(usize, &[usize], &mut [f32]),
+    mut fill: impl FnMut(usize, &[usize], &mut [f32]) -> anyhow::Result<()>,
     mut report: impl FnMut(&EpochResult),
-) -> Vec<EpochResult> {
+) -> anyhow::Result<Vec<EpochResult>> {
     let mut rng = Rng::new(cfg.seed);
     let mut head = LinearHead::new(d, classes, &mut rng);
     let init_lr = cfg.lr * cfg.batch as f64 / 256.0;
@@ -177,7 +177,7 @@ fn train_head(
             for (l, &i) in labels.iter_mut().zip(ids) {
                 *l = train_labels[i];
             }
-            fill(epoch, ids, &mut feats);
+            fill(epoch, ids, &mut feats)?;
             loss += head.step(&feats, &labels, lr as f32, cfg.momentum as f32, &mut scratch);
         }
         let (top1, top5) = head.accuracy(test, test_labels);
@@ -185,7 +185,7 @@ fn train_head(
         report(&r);
         out.push(r);
     }
-    out
+    Ok(out)
 }
 
 /// Train and evaluate a linear head on fixed features (`[n, d]` each): `--cached`, and the
@@ -200,11 +200,12 @@ pub fn probe_features(
     classes: usize,
     cfg: &LinclsConfig,
     report: impl FnMut(&EpochResult),
-) -> Vec<EpochResult> {
+) -> anyhow::Result<Vec<EpochResult>> {
     let fill = |_: usize, ids: &[usize], feats: &mut [f32]| {
         for (k, &i) in ids.iter().enumerate() {
             feats[k * d..(k + 1) * d].copy_from_slice(&train[i * d..(i + 1) * d]);
         }
+        Ok(())
     };
     train_head(train_labels, test, test_labels, d, classes, cfg, fill, report)
 }
@@ -222,10 +223,10 @@ pub fn run(
     net.set_keep_activations(false);
     let d = net.dim();
     let classes = train.classes.max(test.classes);
-    let test_feats = features::backbone(net, test, test.len(), plain, cfg.batch);
+    let test_feats = features::backbone(net, test, test.len(), plain, cfg.batch)?;
     let out = if cfg.cached {
-        let train_feats = features::backbone(net, train, train.len(), plain, cfg.batch);
-        probe_features(&train_feats, &train.labels, &test_feats, &test.labels, d, classes, cfg, report)
+        let train_feats = features::backbone(net, train, train.len(), plain, cfg.batch)?;
+        probe_features(&train_feats, &train.labels, &test_feats, &test.labels, d, classes, cfg, report)?
     } else {
         // The backbone in eval mode throughout, as the official `model.eval()`.
         net.set_training(false);
@@ -233,13 +234,16 @@ pub fn run(
         let len = train.c * plain.out * plain.out;
         let mut x = vec![0.0f32; cfg.batch * len];
         let fill = |epoch: usize, ids: &[usize], feats: &mut [f32]| {
-            x.par_chunks_mut(len).zip(ids.par_iter()).for_each(|(v, &i)| {
+            x.par_chunks_mut(len).zip(ids.par_iter()).try_for_each(|(v, &i)| -> anyhow::Result<()> {
                 let mut r = Rng::derive(cfg.seed, &[1 + epoch as u64, i as u64]);
-                aug.view(&mut r, 0, train.image(i), train.h, train.w, train.c, v);
-            });
+                let p = train.get(i)?;
+                aug.view(&mut r, 0, &p.px, p.h, p.w, train.c, v);
+                Ok(())
+            })?;
             feats.copy_from_slice(net.forward(&x, cfg.batch, 1));
+            Ok(())
         };
-        train_head(&train.labels, &test_feats, &test.labels, d, classes, cfg, fill, report)
+        train_head(&train.labels, &test_feats, &test.labels, d, classes, cfg, fill, report)?
     };
     net.set_training(true);
     if fingerprint(net) != before {

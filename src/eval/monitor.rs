@@ -59,9 +59,15 @@ impl KnnMonitor {
     }
 
     /// Top-1 accuracy (%) of the held-out images against the queue.
-    pub fn evaluate(&mut self, net: &mut Backbone, eval: &ImageSet, aug: &Augment, batch: usize) -> f64 {
+    pub fn evaluate(
+        &mut self,
+        net: &mut Backbone,
+        eval: &ImageSet,
+        aug: &Augment,
+        batch: usize,
+    ) -> anyhow::Result<f64> {
         let n = self.eval_n.min(eval.len());
-        let q = features::backbone(net, eval, n, aug, batch);
+        let q = features::backbone(net, eval, n, aug, batch)?;
         let r = classify(
             &self.bank[..self.filled * self.d],
             &self.labels[..self.filled],
@@ -72,7 +78,7 @@ impl KnnMonitor {
             &[self.k],
             self.t,
         );
-        r[0].top1
+        Ok(r[0].top1)
     }
 }
 

@@ -36,13 +36,14 @@ pub fn augment_preview(
     let mut buf = vec![0.0f32; set.c * s * s];
     for (row, &id) in ids.iter().enumerate() {
         let y = top + row as i64 * (cell + gap);
-        plain.plain(set.image(id), set.h, set.w, set.c, &mut buf);
+        let img = set.get(id)?;
+        plain.plain(&img.px, img.h, img.w, set.c, &mut buf);
         paint(&mut c, &buf, aug, col_x(0), y, zoom);
         // The loader's per-sample stream for (seed, pair, image): what training would draw.
         for p in 0..pairs {
             let mut rng = Rng::derive(seed, &[p as u64, id as u64]);
             for v in 0..2 {
-                aug.view(&mut rng, v, set.image(id), set.h, set.w, set.c, &mut buf);
+                aug.view(&mut rng, v, &img.px, img.h, img.w, set.c, &mut buf);
                 paint(&mut c, &buf, aug, col_x(1 + 2 * p + v), y, zoom);
             }
         }

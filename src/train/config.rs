@@ -49,9 +49,12 @@ pub struct PretrainConfig {
     /// Range of the Gaussian blur's σ in pixels (official 0.1–2.0 for 224 px images).
     pub blur_sigma_min: f32,
     pub blur_sigma_max: f32,
-    /// fashion-mnist | mnist | synthetic
+    /// fashion-mnist | mnist | cifar10 | cifar100 | imagenet | folder:PATH | synthetic
     pub dataset: String,
     pub data_dir: Option<PathBuf>,
+    /// Image folders: replace an image that does not decode by the next one (and count it)
+    /// instead of stopping with an error that names the file.
+    pub skip_corrupt: bool,
     /// Stop each epoch after this many steps (for smoke tests; the schedules still assume the
     /// shortened epoch).
     pub max_steps_per_epoch: Option<usize>,
@@ -137,6 +140,7 @@ fn official(arch: &str, batch: usize) -> PretrainConfig {
         blur_sigma_max: 2.0,
         dataset: "imagenet".into(),
         data_dir: None,
+        skip_corrupt: false,
         max_steps_per_epoch: None,
         seed: 0,
         threads: 0,

@@ -70,7 +70,8 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         None => (cfg, None),
     };
     crate::engine::init_threads(cfg.threads);
-    let set = crate::data::load(&cfg.dataset, cfg.data_dir.as_deref(), true)?;
+    let mut set = crate::data::load(&cfg.dataset, cfg.data_dir.as_deref(), true)?;
+    set.skip_corrupt = cfg.skip_corrupt;
     if set.len() < cfg.batch_size {
         bail!("dataset '{}' has {} images, fewer than one batch of {}", cfg.dataset, set.len(), cfg.batch_size);
     }
@@ -147,7 +148,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             let e = epoch as f64 + i as f64 / steps as f64;
             let lr = schedule::learning_rate(peak, e, cfg.warmup_epochs, cfg.epochs as f64);
             let m = schedule::momentum(cfg.moco_m, e, cfg.epochs as f64, cfg.moco_m_cos);
-            loader.fill(epoch, i, &mut x);
+            loader.fill(epoch, i, &mut x)?;
             let loss = model.forward_backward(&x, n, m);
             if let Some((mon, _)) = &mut monitor {
                 // The step's own features of the first views feed the queue.
@@ -173,7 +174,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             if let Some((mon, eval)) = &mut monitor {
                 if mon.due(step) {
                     let t = Instant::now();
-                    knn_top1 = Some(mon.evaluate(&mut model.base.backbone, eval, &loader.aug, 2 * n));
+                    knn_top1 = Some(mon.evaluate(&mut model.base.backbone, eval, &loader.aug, 2 * n)?);
                     monitor_secs += t.elapsed().as_secs_f64();
                 }
             }
@@ -234,6 +235,10 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         }
     }
     let total_secs = run_start.elapsed().as_secs_f64();
+    let skipped = set.skipped.load(std::sync::atomic::Ordering::Relaxed);
+    if skipped > 0 && show {
+        eprintln!("skipped {skipped} image reads that did not decode (--skip-corrupt)");
+    }
     if show && monitor.is_some() && total_secs > 0.0 {
         eprintln!(
             "kNN monitor: {monitor_secs:.1} s of {total_secs:.1} s ({:.1}% of the run)",
