@@ -226,6 +226,24 @@ enum BenchCmd {
         #[arg(long, default_value_t = 0)]
         threads: usize,
     },
+    /// Two-view images per second per core of the official augmentation on a folder of JPEGs
+    /// (generated there if missing); compare with scripts/bench_data_torch.py on the same files.
+    Data {
+        /// Folder for the JPEG files (`DIR/bench/*.jpg`).
+        #[arg(long, default_value = "runs/bench-data")]
+        dir: PathBuf,
+        #[arg(long, default_value_t = 200)]
+        images: usize,
+        /// Output size of each view.
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// Timed passes over the files (after one untimed).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Threads (the rate is reported per thread; 1 compares one core with one core).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
     /// Single-precision GEMM rate (n×n×n) of this machine through the project's GEMM.
     Gemm {
         #[arg(long, default_value_t = 2048)]
@@ -424,6 +442,18 @@ fn real_main() -> Result<()> {
                     s.checkpoint.display()
                 );
             }
+        }
+        Cmd::Bench { what: BenchCmd::Data { dir, images, size, rounds, threads } } => {
+            mocov3::engine::init_threads(threads);
+            let files = mocov3::data::benchdata::generate(&dir, images)?;
+            let r = mocov3::data::benchdata::run(&files, size, rounds.max(1))?;
+            println!(
+                "RESULT framework=mocov3 bench=data images={} size={size} threads={} two_view_img_per_s={:.1} per_core={:.1}",
+                r.images,
+                r.threads,
+                r.images as f64 / r.secs,
+                r.per_core()
+            );
         }
         Cmd::Bench { what: BenchCmd::Gemm { n, threads } } => {
             mocov3::engine::init_threads(threads);

@@ -82,8 +82,7 @@ impl Augment {
             self.render(img, w, c, crop, flip, out);
             return;
         }
-        let src = Image::new(h, w, c, img.to_vec());
-        let mut im = ops::resized_crop(&src, crop, self.out, self.out);
+        let mut im = ops::resized_crop_px(&img[..h * w * c], w, c, crop, self.out, self.out);
         if rng.uniform_f64() < 0.8 {
             color_jitter(rng, &mut im);
         }
@@ -109,8 +108,10 @@ impl Augment {
         let (hw, c) = (im.h * im.w, im.c);
         for k in 0..c {
             let (m, s) = (self.mean[k], self.std[k]);
+            // The 256 possible values, each computed as the direct formula would.
+            let lut: Vec<f32> = (0..256).map(|p| (p as f32 / 255.0 - m) / s).collect();
             for (o, p) in out[k * hw..(k + 1) * hw].iter_mut().zip(im.px[k..].iter().step_by(c)) {
-                *o = (*p as f32 / 255.0 - m) / s;
+                *o = lut[*p as usize];
             }
         }
     }
@@ -159,8 +160,7 @@ impl Augment {
         } else {
             let side = ((h.min(w) as f64 * 224.0 / 256.0).round() as usize).max(1);
             let crop = ((h - side) / 2, (w - side) / 2, side, side);
-            let src = Image::new(h, w, c, img.to_vec());
-            self.normalize(&ops::resized_crop(&src, crop, self.out, self.out), out);
+            self.normalize(&ops::resized_crop_px(&img[..h * w * c], w, c, crop, self.out, self.out), out);
         }
     }
 }

@@ -4,6 +4,7 @@
 //! `augment`.
 
 pub mod augment;
+pub mod benchdata;
 pub mod cifar;
 pub mod download;
 pub mod folder;
