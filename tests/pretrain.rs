@@ -76,6 +76,14 @@ fn resnet_with_lars_resumes_bit_exactly_with_the_monitor_on() {
 }
 
 #[test]
+fn prefetching_workers_give_the_same_run() {
+    let sync = run(small("sync", &[]), &quiet()).unwrap();
+    let pre = run(small("prefetch", &["loader_workers=2", "loader_depth=3"]), &quiet()).unwrap();
+    let bits = |v: &[f32]| v.iter().map(|l| l.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&sync.losses), bits(&pre.losses));
+}
+
+#[test]
 fn loss_falls_on_synthetic_data() {
     let c = small("falls", &["max_steps_per_epoch=30", "epochs=3", "warmup_epochs=0.3"]);
     let s = run(c, &quiet()).unwrap();

@@ -11,6 +11,7 @@ pub mod folder;
 pub mod idx;
 pub mod loader;
 pub mod ops;
+pub mod prefetch;
 pub mod synthetic;
 
 use anyhow::{bail, Result};

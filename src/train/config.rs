@@ -55,6 +55,11 @@ pub struct PretrainConfig {
     /// Image folders: replace an image that does not decode by the next one (and count it)
     /// instead of stopping with an error that names the file.
     pub skip_corrupt: bool,
+    /// Threads that prepare batches ahead of the step (0: on the compute pool between steps, the
+    /// right choice when the step runs on the same cores).
+    pub loader_workers: usize,
+    /// Batches prepared ahead when `loader_workers` > 0.
+    pub loader_depth: usize,
     /// Stop each epoch after this many steps (for smoke tests; the schedules still assume the
     /// shortened epoch).
     pub max_steps_per_epoch: Option<usize>,
@@ -141,6 +146,8 @@ fn official(arch: &str, batch: usize) -> PretrainConfig {
         dataset: "imagenet".into(),
         data_dir: None,
         skip_corrupt: false,
+        loader_workers: 0,
+        loader_depth: 2,
         max_steps_per_epoch: None,
         seed: 0,
         threads: 0,

@@ -72,6 +72,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     crate::engine::init_threads(cfg.threads);
     let mut set = crate::data::load(&cfg.dataset, cfg.data_dir.as_deref(), true)?;
     set.skip_corrupt = cfg.skip_corrupt;
+    let set = std::sync::Arc::new(set);
     if set.len() < cfg.batch_size {
         bail!("dataset '{}' has {} images, fewer than one batch of {}", cfg.dataset, set.len(), cfg.batch_size);
     }
@@ -111,13 +112,29 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     };
     let mut monitor_secs = 0.0f64;
     let run_start = Instant::now();
-    let mut loader = TwoViewLoader::new(&set, aug, cfg.batch_size, cfg.seed);
+    let mut loader = TwoViewLoader::new(&set, aug.clone(), cfg.batch_size, cfg.seed);
     let steps = cfg.max_steps_per_epoch.map_or(loader.steps(), |m| m.min(loader.steps()));
     let n = cfg.batch_size;
     let mut x = vec![0.0f32; 2 * n * loader.image_len()];
     let peak = cfg.peak_lr();
     let end_epoch = opts.stop_after_epochs.map_or(cfg.epochs, |k| (start_epoch + k).min(cfg.epochs));
 
+    // Batches prepared ahead on extra threads, or (0 workers) on the compute pool between steps.
+    let prefetch = if cfg.loader_workers > 0 {
+        let schedule: Vec<(usize, usize)> =
+            (start_epoch..end_epoch).flat_map(|e| (0..steps).map(move |i| (e, i))).collect();
+        Some(crate::data::prefetch::Prefetcher::start(
+            set.clone(),
+            aug,
+            n,
+            cfg.seed,
+            cfg.loader_workers,
+            cfg.loader_depth,
+            schedule,
+        )?)
+    } else {
+        None
+    };
     let show = !opts.quiet;
     let tty = std::io::stderr().is_terminal();
     if show {
@@ -148,12 +165,25 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             let e = epoch as f64 + i as f64 / steps as f64;
             let lr = schedule::learning_rate(peak, e, cfg.warmup_epochs, cfg.epochs as f64);
             let m = schedule::momentum(cfg.moco_m, e, cfg.epochs as f64, cfg.moco_m_cos);
-            loader.fill(epoch, i, &mut x)?;
-            let loss = model.forward_backward(&x, n, m);
+            let ahead = match &prefetch {
+                Some(p) => Some(p.next()?),
+                None => {
+                    loader.fill(epoch, i, &mut x)?;
+                    None
+                }
+            };
+            let (xs, ids) = match &ahead {
+                Some(b) => (&b.x[..], &b.ids[..]),
+                None => (&x[..], loader.ids(i)),
+            };
+            let loss = model.forward_backward(xs, n, m);
             if let Some((mon, _)) = &mut monitor {
                 // The step's own features of the first views feed the queue.
-                let labels = loader.ids(i).iter().map(|&id| set.labels[id]);
+                let labels = ids.iter().map(|&id| set.labels[id]);
                 mon.push(model.features(n), labels);
+            }
+            if let (Some(p), Some(b)) = (&prefetch, ahead) {
+                p.give_back(b.x);
             }
             if !loss.is_finite() {
                 bar.abandon();
