@@ -27,6 +27,35 @@ fn images(n: usize, cfg: &MocoConfig, seed: u64) -> Vec<f32> {
     (0..2 * n * cfg.backbone.in_chans() * cfg.backbone.img() * cfg.backbone.img()).map(|_| rng.normal()).collect()
 }
 
+/// Element `e` of trainable parameter `pi`: the analytic gradient `an` against central and
+/// one-sided differences of the loss (m = 1); ReLU kinks make the loss piecewise smooth, so a
+/// probe whose ±ε straddles a kink may match a one-sided difference instead (a wrong gradient
+/// matches none).
+#[allow(clippy::too_many_arguments)]
+fn check_element(
+    model: &mut MoCo,
+    x: &[f32],
+    n: usize,
+    l0: f64,
+    eps: f32,
+    (pi, e): (usize, usize),
+    name: &str,
+    an: f32,
+    tol: f64,
+) {
+    let mut probe = |delta: f32| -> f64 {
+        model.trainable_params()[pi].w[e] += delta;
+        model.forward_backward(x, n, 1.0) as f64
+    };
+    let lp = probe(eps);
+    let lm = probe(-2.0 * eps);
+    probe(eps);
+    let (h, an) = (eps as f64, an as f64);
+    let candidates = [(lp - lm) / (2.0 * h), (lp - l0) / h, (l0 - lm) / h];
+    let ok = candidates.iter().any(|num| (num - an).abs() <= tol);
+    assert!(ok, "{name}[{e}]: analytic {an:.6} vs numeric {candidates:?} (tolerance {tol})");
+}
+
 /// The gradient of the whole MoCo loss w.r.t. sampled elements of every trainable parameter of
 /// the base encoder and predictor, against central finite differences (m = 1 keeps the momentum
 /// encoder fixed while probing).
@@ -60,18 +89,7 @@ fn check_whole_loss(pos: PosEmbedKind, stop_grad: bool) {
             if g.len() <= 6 { (0..g.len()).collect() } else { (0..6).map(|_| rng.below(g.len())).collect() };
         let scale = g.iter().fold(1e-3f32, |m, v| m.max(v.abs())) as f64;
         for e in idx {
-            let mut probe = |delta: f32| -> f64 {
-                model.trainable_params()[pi].w[e] += delta;
-                model.forward_backward(&x, n, 1.0) as f64
-            };
-            let lp = probe(eps);
-            let lm = probe(-2.0 * eps);
-            probe(eps);
-            let h = eps as f64;
-            let an = g[e] as f64;
-            let candidates = [(lp - lm) / (2.0 * h), (lp - l0) / h, (l0 - lm) / h];
-            let ok = candidates.iter().any(|num| (num - an).abs() <= 0.02 * scale + 5e-4);
-            assert!(ok, "{name}[{e}]: analytic {an:.6} vs numeric {candidates:?} (scale {scale})");
+            check_element(&mut model, &x, n, l0, eps, (pi, e), name, g[e], 0.02 * scale + 5e-4);
             checked += 1;
         }
     }
@@ -195,18 +213,7 @@ fn resnet_whole_loss_finite_differences() {
         let name = model.trainable_params()[pi].name.clone();
         for _ in 0..4 {
             let e = rng.below(g.len());
-            let mut probe = |delta: f32| -> f64 {
-                model.trainable_params()[pi].w[e] += delta;
-                model.forward_backward(&x, n, 1.0) as f64
-            };
-            let lp = probe(eps);
-            let lm = probe(-2.0 * eps);
-            probe(eps);
-            let h = eps as f64;
-            let an = g[e] as f64;
-            let candidates = [(lp - lm) / (2.0 * h), (lp - l0) / h, (l0 - lm) / h];
-            let ok = candidates.iter().any(|num| (num - an).abs() <= 0.03 * scale + 1e-3);
-            assert!(ok, "{name}[{e}]: analytic {an:.6} vs numeric {candidates:?} (scale {scale})");
+            check_element(&mut model, &x, n, l0, eps, (pi, e), &name, g[e], 0.03 * scale + 1e-3);
         }
     }
 }
