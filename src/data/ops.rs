@@ -204,14 +204,6 @@ fn luma(p: &[u8]) -> u8 {
     ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8
 }
 
-fn grey(img: &Image) -> Vec<u8> {
-    if img.c == 1 {
-        img.px.clone()
-    } else {
-        img.px.chunks(img.c).map(luma).collect()
-    }
-}
-
 /// `ImageEnhance.Brightness`: blend with black.
 pub fn brightness(img: &mut Image, f: f32) {
     blend_into(&mut img.px, 0, f);
@@ -219,8 +211,12 @@ pub fn brightness(img: &mut Image, f: f32) {
 
 /// `ImageEnhance.Contrast`: blend with the mean grey level (rounded) of the image.
 pub fn contrast(img: &mut Image, f: f32) {
-    let g = grey(img);
-    let mean = (g.iter().map(|&v| v as f64).sum::<f64>() / g.len() as f64 + 0.5) as u8;
+    let total: u64 = if img.c == 1 {
+        img.px.iter().map(|&v| v as u64).sum()
+    } else {
+        img.px.chunks(img.c).map(|p| luma(p) as u64).sum()
+    };
+    let mean = (total as f64 / (img.h * img.w) as f64 + 0.5) as u8;
     blend_into(&mut img.px, mean, f);
 }
 
@@ -259,9 +255,13 @@ pub fn hue(img: &mut Image, h: f32) {
         for i in 0..N {
             hsv[i] = rgb_to_hsv(r[i], g[i], b[i]);
         }
-        for (p, &[hh, s, v]) in chunk.chunks_mut(c).zip(&hsv[..n]) {
-            let out = hsv_to_rgb(&table, hh.wrapping_add(shift), s, v);
-            p[..3].copy_from_slice(&out);
+        let mut rgb = [[0u8; 3]; N];
+        for i in 0..N {
+            let [hh, s, v] = hsv[i];
+            rgb[i] = hsv_to_rgb(&table, hh.wrapping_add(shift), s, v);
+        }
+        for (p, out) in chunk.chunks_mut(c).zip(&rgb[..n]) {
+            p[..3].copy_from_slice(out);
         }
     }
 }
@@ -306,9 +306,6 @@ fn hue_table() -> [(u8, f32); 256] {
     t
 }
 
-/// Which of (v, p, q, t) each output channel takes, per sextant (Pillow's switch).
-const SEXTANT: [[usize; 3]; 6] = [[0, 3, 1], [2, 0, 1], [1, 0, 3], [1, 2, 0], [3, 1, 0], [0, 1, 2]];
-
 #[inline]
 fn hsv_to_rgb(table: &[(u8, f32); 256], h: u8, s: u8, v: u8) -> [u8; 3] {
     let (i, f) = table[h as usize];
@@ -324,12 +321,29 @@ fn hsv_to_rgb(table: &[(u8, f32); 256], h: u8, s: u8, v: u8) -> [u8; 3] {
     let p = cl(vf * (1.0 - fs as f64));
     let q = cl(vf * (1.0 - (fs * f) as f64));
     let t = cl(vf * (1.0 - fs as f64 * (1.0 - f as f64)));
-    let vals = [v, p, q, t];
-    let k = SEXTANT[i as usize];
+    // Pillow's switch on the sextant, as selects.
+    let r = match i {
+        0 | 5 => v,
+        1 => q,
+        2 | 3 => p,
+        _ => t,
+    };
+    let g = match i {
+        0 => t,
+        1 | 2 => v,
+        3 => q,
+        _ => p,
+    };
+    let b = match i {
+        0 | 1 => p,
+        2 => t,
+        3 | 4 => v,
+        _ => q,
+    };
     if s == 0 {
         [v; 3]
     } else {
-        [vals[k[0]], vals[k[1]], vals[k[2]]]
+        [r, g, b]
     }
 }
 
