@@ -67,7 +67,8 @@ fn coeffs(in_size: usize, out_size: usize) -> (Vec<usize>, Vec<Vec<i32>>) {
     (starts, weights)
 }
 
-fn clip8(v: i64) -> u8 {
+/// Pillow accumulates in 32-bit integers (weights sum to 2^22, so 255 · 2^22 fits).
+fn clip8(v: i32) -> u8 {
     (v >> PRECISION_BITS).clamp(0, 255) as u8
 }
 
@@ -111,13 +112,13 @@ pub fn resized_crop_px(
         let rl = cur.w * c;
         let (starts, weights) = coeffs(ch, out_h);
         let mut out = vec![0u8; out_h * rl];
-        let mut acc = vec![0i64; rl];
+        let mut acc = vec![0i32; rl];
         for y in 0..out_h {
             acc.fill(1 << (PRECISION_BITS - 1));
             for (i, &wt) in weights[y].iter().enumerate() {
                 let src = &cur.px[(starts[y] + i) * rl..][..rl];
                 for (a, &p) in acc.iter_mut().zip(src) {
-                    *a += p as i64 * wt as i64;
+                    *a += p as i32 * wt;
                 }
             }
             for (o, &a) in out[y * rl..(y + 1) * rl].iter_mut().zip(&acc) {
@@ -142,11 +143,11 @@ fn hpass<const C: usize>(
     for y in 0..rows {
         let row = &src[y * stride..];
         for x in 0..out_w {
-            let mut acc = [1i64 << (PRECISION_BITS - 1); C];
+            let mut acc = [1i32 << (PRECISION_BITS - 1); C];
             let px = &row[starts[x] * C..];
             for (i, &wt) in weights[x].iter().enumerate() {
                 for k in 0..C {
-                    acc[k] += px[i * C + k] as i64 * wt as i64;
+                    acc[k] += px[i * C + k] as i32 * wt;
                 }
             }
             for k in 0..C {
@@ -167,14 +168,14 @@ fn hpass_any(
     starts: &[usize],
     weights: &[Vec<i32>],
 ) {
-    let mut acc = vec![0i64; c];
+    let mut acc = vec![0i32; c];
     for y in 0..rows {
         let row = &src[y * stride..];
         for x in 0..out_w {
             acc.fill(1 << (PRECISION_BITS - 1));
             for (i, &wt) in weights[x].iter().enumerate() {
                 for (a, &p) in acc.iter_mut().zip(&row[(starts[x] + i) * c..][..c]) {
-                    *a += p as i64 * wt as i64;
+                    *a += p as i32 * wt;
                 }
             }
             for (o, &a) in out[(y * out_w + x) * c..][..c].iter_mut().zip(&acc) {
