@@ -17,8 +17,13 @@ pub struct PretrainConfig {
     /// vit_tiny | vit_small | vit_base | vit_large | vit_huge (dim/depth/heads below override),
     /// or resnet18 | resnet50.
     pub arch: String,
+    // Optional keys default to None, not to the default preset's value: TOML has no null, so a
+    // None is simply absent when a configuration is merged.
+    #[serde(default)]
     pub dim: Option<usize>,
+    #[serde(default)]
     pub depth: Option<usize>,
+    #[serde(default)]
     pub heads: Option<usize>,
     pub img_size: usize,
     pub patch_size: usize,
@@ -51,6 +56,7 @@ pub struct PretrainConfig {
     pub blur_sigma_max: f32,
     /// fashion-mnist | mnist | cifar10 | cifar100 | imagenet | folder:PATH | synthetic
     pub dataset: String,
+    #[serde(default)]
     pub data_dir: Option<PathBuf>,
     /// Image folders: replace an image that does not decode by the next one (and count it)
     /// instead of stopping with an error that names the file.
@@ -62,6 +68,7 @@ pub struct PretrainConfig {
     pub loader_depth: usize,
     /// Stop each epoch after this many steps (for smoke tests; the schedules still assume the
     /// shortened epoch).
+    #[serde(default)]
     pub max_steps_per_epoch: Option<usize>,
     pub seed: u64,
     /// Compute threads (0 = one per core).
@@ -353,7 +360,8 @@ mod tests {
         let bad = merge_sets(&c, &["heads=5".into()]).unwrap();
         let e = bad.model(1).unwrap_err().to_string();
         assert!(e.contains("heads"), "{e}");
-        let m = preset("vit_small").unwrap().model(3).unwrap();
+        // Merging (as every command does) keeps unset optional keys unset.
+        let m = merge_sets(&preset("vit_small").unwrap(), &[]).unwrap().model(3).unwrap();
         let v = m.backbone.vit().unwrap();
         assert_eq!((v.dim, v.depth, v.heads, v.tokens()), (384, 12, 12, 197));
         let r = preset("resnet50").unwrap();
