@@ -4,6 +4,8 @@
 #
 #   scripts/bench_compare.sh C1 [ROUNDS=3] [PYTHON=python3]
 #   OFFICIAL=path/to/moco-v3 scripts/bench_compare.sh resnet50 [ROUNDS] [PYTHON]
+#   scripts/bench_compare.sh data [ROUNDS] [PYTHON]   (mocov3 bench data vs torchvision + PIL,
+#                                                     one thread each, on the same JPEG files)
 #
 # C1/C2 run the ViT peer (scripts/bench_step_torch.py); resnet18/resnet50 run the official code
 # itself (scripts/bench_resnet_official.py, batch 8 at 224 px; BATCH and IMAGE override).
@@ -24,6 +26,10 @@ for r in $(seq 1 "$rounds"); do
       pytorch:resnet*)
         [ -n "${OFFICIAL:-}" ] || { echo "set OFFICIAL to a checkout of facebookresearch/moco-v3" >&2; exit 1; }
         cmd=("$py" "$here/scripts/bench_resnet_official.py" --official "$OFFICIAL" --arch "$cfg" --batch "${BATCH:-8}" --image "${IMAGE:-224}") ;;
+      mocov3:data)
+        "$bin" bench data --dir "$here/runs/bench-data" --images "${IMAGES:-200}" --rounds 1 >/dev/null  # generate the files
+        cmd=("$bin" bench data --dir "$here/runs/bench-data" --images "${IMAGES:-200}") ;;
+      pytorch:data) cmd=("$py" "$here/scripts/bench_data_torch.py" --dir "$here/runs/bench-data") ;;
       mocov3:*) cmd=("$bin" bench step --config "$cfg") ;;
       *) cmd=("$py" "$here/scripts/bench_step_torch.py" --config "$cfg") ;;
     esac
@@ -36,7 +42,7 @@ done
 python3 - "$log" <<'PY'
 import re, statistics, sys
 rows = [l for l in open(sys.argv[1]) if "RESULT" in l]
-peer = "official" if any("framework=official" in l for l in rows) else "pytorch"
+peer = next(re.search(r"framework=(\S+)", l).group(1) for l in rows if "framework=mocov3 " not in l)
 def med(fw, key):
     return statistics.median(float(re.search(key + r"=([\d.]+)", l).group(1)) for l in rows if f"framework={fw} " in l)
 a, b = med("mocov3", "img_per_s"), med(peer, "img_per_s")
