@@ -59,8 +59,8 @@ pub fn run(files: &[PathBuf], size: usize, rounds: usize) -> Result<DataBench> {
         out: size,
         crop_min: 0.08,
         flip: true,
-        mean: vec![0.485, 0.456, 0.406],
-        std: vec![0.229, 0.224, 0.225],
+        mean: super::IMAGENET_MEAN.to_vec(),
+        std: super::IMAGENET_STD.to_vec(),
         kind: AugmentKind::Official,
         blur_sigma: (0.1, 2.0),
     };

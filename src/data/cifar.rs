@@ -44,12 +44,13 @@ pub fn load(name: &str, dirs: &[PathBuf], train: bool) -> Result<ImageSet> {
     let candidates: Vec<PathBuf> = dirs.iter().flat_map(|d| [d.join(sub), d.clone()]).collect();
     let Some(dir) = candidates.iter().find(|d| d.join(&files[0]).is_file()) else {
         let looked: Vec<String> = candidates.iter().map(|d| d.display().to_string()).collect();
-        bail!(
+        let msg = format!(
             "dataset '{name}' not found: no {sub}/{} in {}; download the binary version from the CIFAR \
              page and unpack it under --data-dir",
             files[0],
             looked.join(", ")
         );
+        return Err(super::NotFound(msg).into());
     };
     let mut set = ImageSet {
         name: name.into(),
@@ -112,7 +113,9 @@ mod tests {
         std::fs::write(d10.join("test_batch.bin"), cut).unwrap();
         let e = load("cifar10", &[root.clone()], false).unwrap_err().to_string();
         assert!(e.contains("test_batch.bin") && e.contains("truncated"), "{e}");
-        let e = load("cifar100", &[root.join("nowhere")], false).unwrap_err().to_string();
+        let e = load("cifar100", &[root.join("nowhere")], false).unwrap_err();
+        assert!(e.is::<super::super::NotFound>());
+        let e = e.to_string();
         assert!(e.contains("not found") && e.contains("nowhere"), "{e}");
     }
 }

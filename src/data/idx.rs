@@ -63,7 +63,8 @@ pub fn load_split(name: &str, dirs: &[PathBuf], train: bool, hint: &str) -> Resu
     let (img_stem, lab_stem) = (format!("{prefix}-images-idx3-ubyte"), format!("{prefix}-labels-idx1-ubyte"));
     let looked: Vec<String> = dirs.iter().map(|d| d.display().to_string()).collect();
     let Some(ip) = find(dirs, &img_stem) else {
-        bail!("dataset '{name}' not found: no {img_stem}(.gz) in {}; {hint}", looked.join(", "));
+        let msg = format!("dataset '{name}' not found: no {img_stem}(.gz) in {}; {hint}", looked.join(", "));
+        return Err(super::NotFound(msg).into());
     };
     let Some(lp) = find(dirs, &lab_stem) else {
         bail!(
@@ -160,10 +161,14 @@ mod tests {
         let p = d.join("train-images-idx3-ubyte.gz");
         let b = std::fs::read(&p).unwrap();
         std::fs::write(&p, &b[..b.len() / 2]).unwrap();
-        let e = format!("{:#}", load_split("t", &[d.clone()], true, "").unwrap_err());
+        let e = load_split("t", &[d.clone()], true, "").unwrap_err();
+        assert!(!e.is::<super::super::NotFound>(), "a damaged file is not a missing dataset");
+        let e = format!("{e:#}");
         assert!(e.contains("gzip") && e.contains(".gz"), "{e}");
         let d = tmp("missing");
-        let e = load_split("fashion-mnist", &[d.clone()], true, "install it").unwrap_err().to_string();
+        let e = load_split("fashion-mnist", &[d.clone()], true, "install it").unwrap_err();
+        assert!(e.is::<super::super::NotFound>(), "only a missing dataset is worth a download");
+        let e = e.to_string();
         assert!(e.contains("not found") && e.contains(&d.display().to_string()) && e.contains("install it"), "{e}");
     }
 }

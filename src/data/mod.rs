@@ -34,6 +34,10 @@ pub struct ImageSet {
     pub skipped: std::sync::atomic::AtomicUsize,
 }
 
+/// The normalisation of the official code (ImageNet's per-channel mean and std).
+pub const IMAGENET_MEAN: [f32; 3] = [0.485, 0.456, 0.406];
+pub const IMAGENET_STD: [f32; 3] = [0.229, 0.224, 0.225];
+
 /// One image's bytes (`[h, w, c]`), borrowed from memory or decoded from its file.
 pub struct Pixels<'a> {
     pub px: std::borrow::Cow<'a, [u8]>,
@@ -85,7 +89,7 @@ impl ImageSet {
     /// official code uses, for image folders.
     pub fn channel_stats(&self) -> (Vec<f32>, Vec<f32>) {
         if !self.files.is_empty() {
-            return (vec![0.485, 0.456, 0.406], vec![0.229, 0.224, 0.225]);
+            return (IMAGENET_MEAN.to_vec(), IMAGENET_STD.to_vec());
         }
         let c = self.c;
         let mut s = vec![0f64; c];
@@ -109,13 +113,25 @@ pub fn system_dirs(name: &str) -> Vec<PathBuf> {
     vec![download::cache_dir(name), PathBuf::from("/usr/share/datasets").join(name)]
 }
 
+/// A dataset that is nowhere to be found (rather than found but damaged): the case a download
+/// can fix.
+#[derive(Debug)]
+pub struct NotFound(pub String);
+
+impl std::fmt::Display for NotFound {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for NotFound {}
+
 /// `load_from(dirs)`; when nothing is found there and the dataset has a canonical address, a
 /// checksum-verified download into the cache and a second try (unless `MOCOV3_OFFLINE` is set).
 fn or_download(name: &str, dirs: &[PathBuf], load_from: impl Fn(&[PathBuf]) -> Result<ImageSet>) -> Result<ImageSet> {
     let first = load_from(dirs);
     let (Err(e), Some(remotes)) = (&first, download::remotes(name)) else { return first };
-    let missing = format!("{e:#}").contains("not found");
-    if !missing || std::env::var_os("MOCOV3_OFFLINE").is_some() {
+    if !e.is::<NotFound>() || std::env::var_os("MOCOV3_OFFLINE").is_some() {
         return first;
     }
     let dir = download::cache_dir(name);
