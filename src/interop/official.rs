@@ -77,7 +77,7 @@ pub fn load_into(path: &Path, model: &mut MoCo, opt: &mut Optimizer) -> Result<O
         let params = model.trainable_params();
         let Some(Value::Dict(state)) = optim.get("state") else { bail!("{p}: optimizer has no state") };
         let sizes: Vec<usize> = params.iter().map(|q| q.len()).collect();
-        opt.restore(1, &sizes);
+        opt.zero_state(&sizes);
         let mut steps = 0u64;
         for (idx, st) in state {
             let i = idx.as_int().context("optimizer state index is not an integer")? as usize;

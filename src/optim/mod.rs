@@ -69,16 +69,11 @@ impl Optimizer {
         }
     }
 
-    /// Restore the step count and zeroed state of the given sizes (filled in by the caller).
-    pub fn restore(&mut self, steps: u64, sizes: &[usize]) {
-        match self {
-            Optimizer::AdamW(o) => o.step = steps,
-            Optimizer::Lars(o) => o.step = steps,
-        }
-        if steps > 0 {
-            for (_, s) in self.state_mut() {
-                *s = sizes.iter().map(|&n| vec![0.0; n]).collect();
-            }
+    /// Zeroed state buffers of the given sizes (one per trainable parameter), for a loader to
+    /// fill in.
+    pub fn zero_state(&mut self, sizes: &[usize]) {
+        for (_, s) in self.state_mut() {
+            *s = sizes.iter().map(|&n| vec![0.0; n]).collect();
         }
     }
 }

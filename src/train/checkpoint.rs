@@ -93,7 +93,10 @@ pub fn load(path: &Path) -> Result<(MoCo, Optimizer, TrainState)> {
     let mut model = MoCo::new(&cfg, c.seed);
     let mut opt = Optimizer::new(c.optimizer, c.weight_decay, c.exclude_norm_bias_decay);
     let sizes: Vec<usize> = model.trainable_params().iter().map(|p| p.len()).collect();
-    opt.restore(steps, &sizes);
+    opt.set_steps(steps);
+    if steps > 0 {
+        opt.zero_state(&sizes);
+    }
     let mut err: Option<anyhow::Error> = None;
     for_each_tensor(&mut model, &mut opt, &mut |name, shape, data| {
         if err.is_some() {
