@@ -5,7 +5,8 @@
 
 use crate::engine::rng::Rng;
 use crate::moco::{MoCo, MocoConfig};
-use crate::models::backbone::{BackboneConfig, ResNetConfig};
+use crate::models::backbone::{Backbone, BackboneConfig, ResNetConfig};
+use crate::models::resnet::ResNet;
 use crate::models::vit::VitConfig;
 use crate::nn::posembed::PosEmbedKind;
 use crate::optim::{Optimizer, OptimizerKind};
@@ -89,11 +90,13 @@ pub fn resnet_config(arch: &str) -> Result<BenchConfig> {
 /// Multiply-add FLOPs (2 per MAC) of one training step as the official code computes it (every
 /// token through every block): the base encoder and predictor forward and backward (backward =
 /// 2 × forward, the patch projection's input gradient excluded) and the momentum encoder forward,
-/// for both views of `batch` images.
-pub fn step_flops(m: &MocoConfig, batch: usize) -> f64 {
-    let v = match &m.backbone {
-        BackboneConfig::Vit(v) => v,
-        BackboneConfig::ResNet(r) => return resnet_step_flops(m, r, batch),
+/// for both views of `batch` images. `net` is the model's backbone (a ResNet's convolutions are
+/// counted on it).
+pub fn step_flops(m: &MocoConfig, net: &Backbone, batch: usize) -> f64 {
+    let v = match (&m.backbone, net) {
+        (BackboneConfig::Vit(v), _) => v,
+        (BackboneConfig::ResNet(r), Backbone::ResNet(net)) => return resnet_step_flops(m, r, net, batch),
+        (BackboneConfig::ResNet(_), Backbone::Vit(_)) => unreachable!("a ResNet configuration builds a ResNet"),
     };
     let (t, d) = (v.tokens() as f64, v.dim as f64);
     let hidden = (v.mlp_ratio * v.dim) as f64;
@@ -111,9 +114,7 @@ pub fn step_flops(m: &MocoConfig, batch: usize) -> f64 {
 
 /// As [`step_flops`] for a ResNet: every convolution's multiply-adds (backward = 2 × forward,
 /// the stem's input gradient excluded), and the heads.
-fn resnet_step_flops(m: &MocoConfig, r: &ResNetConfig, batch: usize) -> f64 {
-    let net = crate::models::backbone::Backbone::new(&m.backbone, &mut Rng::new(0));
-    let crate::models::backbone::Backbone::ResNet(net) = net else { unreachable!() };
+fn resnet_step_flops(m: &MocoConfig, r: &ResNetConfig, net: &ResNet, batch: usize) -> f64 {
     let (conv, stem) = net.conv_macs(r.img, r.img);
     let (d, h, o) = (r.dim() as f64, m.mlp_dim as f64, m.out_dim as f64);
     let projector = 2.0 * (d * h + h * o);
@@ -147,6 +148,8 @@ pub struct BenchResult {
     pub step_ms_median: f64,
     pub loss_first: f32,
     pub loss_last: f32,
+    /// Model FLOPs of one step ([`step_flops`]).
+    pub flops_per_step: f64,
 }
 
 /// Peak resident memory of this process so far, in MiB (Linux), if known.
@@ -186,5 +189,12 @@ pub fn run(cfg: &BenchConfig, warmup: usize, timed: usize, mut progress: impl Fn
     }
     times.sort_by(|a, b| a.partial_cmp(b).unwrap());
     let med = if times.is_empty() { f64::NAN } else { times[times.len() / 2] };
-    BenchResult { img_per_s: n as f64 / med, step_ms_median: med * 1e3, loss_first: first, loss_last: last }
+    let flops_per_step = step_flops(&cfg.model, &model.base.backbone, n);
+    BenchResult {
+        img_per_s: n as f64 / med,
+        step_ms_median: med * 1e3,
+        loss_first: first,
+        loss_last: last,
+        flops_per_step,
+    }
 }

@@ -483,7 +483,7 @@ fn real_main() -> Result<()> {
                 "RESULT framework=mocov3 config={} img_per_s={:.3} step_ms_median={:.1} loss_first={:.4} loss_last={:.4}",
                 cfg.name, r.img_per_s, r.step_ms_median, r.loss_first, r.loss_last
             );
-            let gflop = mocov3::bench::step_flops(&cfg.model, cfg.batch) / 1e9;
+            let gflop = r.flops_per_step / 1e9;
             let patch = cfg.model.backbone.vit().map(|v| format!(" patch {}", v.patch)).unwrap_or_default();
             eprintln!(
                 "batch {} image {}{patch}: {gflop:.1} GFLOP per step (model count), {:.1} GFLOP/s achieved",
