@@ -13,12 +13,15 @@ the loss's `.cuda()` is made a no-op. Random images in [0, 1), one fixed batch.
 Prints: RESULT framework=official config=resnet50 img_per_s=... step_ms_median=... loss_first=... loss_last=...
 """
 import argparse
+import os
 import statistics
 import sys
-import time
 from functools import partial
 
 import torch
+
+sys.path.insert(0, os.path.dirname(__file__))
+from bench_step_torch import time_steps  # noqa: E402
 
 
 def main():
@@ -49,23 +52,7 @@ def main():
     g = torch.Generator().manual_seed(0)
     x1 = torch.rand(n, 3, a.image, a.image, generator=g)
     x2 = torch.rand(n, 3, a.image, a.image, generator=g)
-    times, losses = [], []
-    for i in range(a.warmup + a.steps):
-        t0 = time.perf_counter()
-        loss = model(x1, x2, 0.99)
-        opt.zero_grad()
-        loss.backward()
-        opt.step()
-        dt = time.perf_counter() - t0
-        losses.append(loss.item())
-        if i >= a.warmup:
-            times.append(dt)
-        print(f"  step {i:2d}: {dt * 1e3:8.1f} ms  loss {loss.item():.4f}", file=sys.stderr)
-    med = statistics.median(times)
-    print(
-        f"RESULT framework=official config={a.arch} img_per_s={n / med:.3f} step_ms_median={med * 1e3:.1f} "
-        f"loss_first={losses[0]:.4f} loss_last={losses[-1]:.4f}"
-    )
+    time_steps(lambda: model(x1, x2, 0.99), opt, n, a.warmup, a.steps, "official", a.arch, statistics.median)
 
 
 if __name__ == "__main__":

@@ -170,22 +170,28 @@ def main():
     opt = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad],
                             lr=1.5e-4 * n / 256, weight_decay=0.1)
     x = torch.rand(2, n, 3, c["img"], c["img"])
-    times, losses = [], []
     print(f"bench step {a.config} (pytorch {torch.__version__}): batch {n}, {a.warmup} warm-up + {timed} timed, "
           f"{torch.get_num_threads()} threads", file=sys.stderr)
-    for i in range(a.warmup + timed):
+    time_steps(lambda: model(x[0], x[1], 0.99), opt, n, a.warmup, timed, "pytorch", a.config)
+
+
+def time_steps(forward, opt, n, warmup, timed, framework, config, median=statistics.median_low):
+    """Run `warmup + timed` training steps (forward() gives the loss; backward; opt.step()), time
+    each, and print the RESULT line of the bench-step protocol from the median timed step."""
+    times, losses = [], []
+    for i in range(warmup + timed):
         t0 = time.perf_counter()
-        loss = model(x[0], x[1], 0.99)
+        loss = forward()
         opt.zero_grad()
         loss.backward()
         opt.step()
         dt = time.perf_counter() - t0
         losses.append(loss.item())
-        if i >= a.warmup:
+        if i >= warmup:
             times.append(dt)
         print(f"  step {i:2d}: {dt * 1e3:8.1f} ms  loss {losses[-1]:.4f}", file=sys.stderr)
-    med = statistics.median_low(times)
-    print(f"RESULT framework=pytorch config={a.config} img_per_s={n / med:.3f} step_ms_median={med * 1e3:.1f} "
+    med = median(times)
+    print(f"RESULT framework={framework} config={config} img_per_s={n / med:.3f} step_ms_median={med * 1e3:.1f} "
           f"loss_first={losses[0]:.4f} loss_last={losses[-1]:.4f}")
 
 
