@@ -155,9 +155,8 @@ impl BatchNorm1d {
                         b[k] += d[k];
                     }
                 });
-                self.gamma.as_mut().unwrap().g.copy_from_slice(&tg);
-                self.beta.as_mut().unwrap().g.copy_from_slice(&tb);
             }
+            self.set_param_grads(&tg, &tb);
             return;
         }
         let groups = self.groups;
@@ -193,9 +192,14 @@ impl BatchNorm1d {
                 }
             });
         }
+        self.set_param_grads(&tg, &tb);
+    }
+
+    /// dγ and dβ (overwritten), when affine.
+    fn set_param_grads(&mut self, tg: &[f32], tb: &[f32]) {
         if let (Some(gm), Some(bt)) = (&mut self.gamma, &mut self.beta) {
-            gm.g.copy_from_slice(&tg);
-            bt.g.copy_from_slice(&tb);
+            gm.g.copy_from_slice(tg);
+            bt.g.copy_from_slice(tb);
         }
     }
 }
