@@ -44,7 +44,10 @@ fn tmp(name: &str) -> PathBuf {
 }
 
 fn md5_of(bytes: &[u8]) -> String {
-    let p = tmp("md5").join("x");
+    // A directory per call: tests run in parallel threads of one process, and `tmp` empties it.
+    static CALLS: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = CALLS.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let p = tmp(&format!("md5-{n}")).join("x");
     std::fs::write(&p, bytes).unwrap();
     file_md5(&p).unwrap()
 }

@@ -54,9 +54,173 @@ pub fn gelu_grad(x: f32) -> f32 {
     0.5 * (1.0 + e) + x * INV_SQRT_2PI * g
 }
 
+/// `y[i] = gelu(x[i])` over a slice, eight lanes at a time (AVX2 + FMA, which the x86-64-v3 build
+/// guarantees; a portable loop otherwise).
+pub fn gelu_slice(x: &[f32], y: &mut [f32]) {
+    assert_eq!(x.len(), y.len());
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    simd::lanes(x, y, |xv, _| unsafe { simd::gelu(xv) });
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    y.iter_mut().zip(x).for_each(|(o, &v)| *o = gelu(v));
+}
+
+/// `d[i] *= gelu_grad(x[i])` over a slice (the GELU backward, in place).
+pub fn gelu_grad_mul(x: &[f32], d: &mut [f32]) {
+    assert_eq!(x.len(), d.len());
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    simd::lanes(x, d, |xv, dv| unsafe { std::arch::x86_64::_mm256_mul_ps(dv, simd::gelu_grad(xv)) });
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    d.iter_mut().zip(x).for_each(|(o, &v)| *o *= gelu_grad(v));
+}
+
+/// `row[i] = e^(row[i] - m)` in place; returns the sum (softmax's middle pass).
+pub fn exp_shifted_sum(row: &mut [f32], m: f32) -> f32 {
+    #[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+    {
+        simd::exp_shifted_sum(row, m)
+    }
+    #[cfg(not(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma")))]
+    {
+        row.iter_mut().for_each(|x| *x = exp(*x - m));
+        row.iter().sum()
+    }
+}
+
+/// The same formulas as the scalar functions above, written with AVX2/FMA intrinsics (the
+/// compiler's own vectorisation of them ran at about a third of this speed). Every element,
+/// tails included, goes through the vector path, so results do not depend on alignment.
+#[cfg(all(target_arch = "x86_64", target_feature = "avx2", target_feature = "fma"))]
+mod simd {
+    use std::arch::x86_64::*;
+
+    #[inline(always)]
+    unsafe fn splat(v: f32) -> __m256 {
+        _mm256_set1_ps(v)
+    }
+
+    #[inline(always)]
+    pub unsafe fn exp(x: __m256) -> __m256 {
+        let x = _mm256_min_ps(_mm256_max_ps(x, splat(-87.3)), splat(88.0));
+        let n =
+            _mm256_round_ps::<{ _MM_FROUND_TO_NEAREST_INT | _MM_FROUND_NO_EXC }>(_mm256_mul_ps(x, splat(super::LOG2E)));
+        let r = _mm256_fnmadd_ps(n, splat(super::LN2_HI), x);
+        let r = _mm256_fnmadd_ps(n, splat(super::LN2_LO), r);
+        let mut p = splat(1.0 / 5040.0);
+        for c in [1.0 / 720.0, 1.0 / 120.0, 1.0 / 24.0, 1.0 / 6.0, 0.5, 1.0, 1.0] {
+            p = _mm256_fmadd_ps(p, r, splat(c));
+        }
+        let bits = _mm256_slli_epi32::<23>(_mm256_add_epi32(_mm256_cvtps_epi32(n), _mm256_set1_epi32(127)));
+        _mm256_mul_ps(p, _mm256_castsi256_ps(bits))
+    }
+
+    /// (erf(z), e^{-z²})
+    #[inline(always)]
+    unsafe fn erf_and_gauss(z: __m256) -> (__m256, __m256) {
+        let sign = splat(-0.0);
+        let a = _mm256_andnot_ps(sign, z);
+        let t = _mm256_div_ps(splat(1.0), _mm256_fmadd_ps(a, splat(0.327_591_1), splat(1.0)));
+        let mut p = splat(1.061_405_4);
+        for c in [-1.453_152, 1.421_413_8, -0.284_496_74, 0.254_829_6] {
+            p = _mm256_fmadd_ps(p, t, splat(c));
+        }
+        let p = _mm256_mul_ps(p, t);
+        let g = exp(_mm256_xor_ps(_mm256_mul_ps(z, z), sign));
+        let e = _mm256_fnmadd_ps(p, g, splat(1.0));
+        (_mm256_or_ps(_mm256_andnot_ps(sign, e), _mm256_and_ps(z, sign)), g)
+    }
+
+    #[inline(always)]
+    pub unsafe fn gelu(x: __m256) -> __m256 {
+        let (e, _) = erf_and_gauss(_mm256_mul_ps(x, splat(super::FRAC_1_SQRT_2)));
+        _mm256_mul_ps(_mm256_mul_ps(splat(0.5), x), _mm256_add_ps(splat(1.0), e))
+    }
+
+    #[inline(always)]
+    pub unsafe fn gelu_grad(x: __m256) -> __m256 {
+        let (e, g) = erf_and_gauss(_mm256_mul_ps(x, splat(super::FRAC_1_SQRT_2)));
+        let cdf = _mm256_mul_ps(splat(0.5), _mm256_add_ps(splat(1.0), e));
+        _mm256_fmadd_ps(_mm256_mul_ps(x, splat(super::INV_SQRT_2PI)), g, cdf)
+    }
+
+    /// `out[i] = f(x[i], out[i])` eight lanes at a time; the tail goes through a padded copy.
+    #[inline(always)]
+    pub fn lanes(x: &[f32], out: &mut [f32], f: impl Fn(__m256, __m256) -> __m256) {
+        let n = x.len() / 8 * 8;
+        unsafe {
+            for i in (0..n).step_by(8) {
+                let v = f(_mm256_loadu_ps(x.as_ptr().add(i)), _mm256_loadu_ps(out.as_ptr().add(i)));
+                _mm256_storeu_ps(out.as_mut_ptr().add(i), v);
+            }
+            if n < x.len() {
+                let (mut a, mut b) = ([0.0f32; 8], [0.0f32; 8]);
+                let k = x.len() - n;
+                a[..k].copy_from_slice(&x[n..]);
+                b[..k].copy_from_slice(&out[n..]);
+                let v = f(_mm256_loadu_ps(a.as_ptr()), _mm256_loadu_ps(b.as_ptr()));
+                _mm256_storeu_ps(b.as_mut_ptr(), v);
+                out[n..].copy_from_slice(&b[..k]);
+            }
+        }
+    }
+
+    pub fn exp_shifted_sum(row: &mut [f32], m: f32) -> f32 {
+        let n = row.len() / 8 * 8;
+        unsafe {
+            let mv = splat(m);
+            let mut acc = _mm256_setzero_ps();
+            for i in (0..n).step_by(8) {
+                let p = row.as_mut_ptr().add(i);
+                let v = exp(_mm256_sub_ps(_mm256_loadu_ps(p), mv));
+                _mm256_storeu_ps(p, v);
+                acc = _mm256_add_ps(acc, v);
+            }
+            if n < row.len() {
+                let mut a = [f32::NEG_INFINITY; 8];
+                let k = row.len() - n;
+                a[..k].copy_from_slice(&row[n..]);
+                let v = exp(_mm256_sub_ps(_mm256_loadu_ps(a.as_ptr()), mv));
+                _mm256_storeu_ps(a.as_mut_ptr(), v);
+                row[n..].copy_from_slice(&a[..k]);
+                // Padding lanes hold e^(-87.3) ≈ 1e-38 after the clamp: mask them out of the sum.
+                let mask = _mm256_cmp_ps::<_CMP_LT_OQ>(
+                    _mm256_setr_ps(0.0, 1.0, 2.0, 3.0, 4.0, 5.0, 6.0, 7.0),
+                    splat(k as f32),
+                );
+                acc = _mm256_add_ps(acc, _mm256_and_ps(v, mask));
+            }
+            let mut lanes = [0.0f32; 8];
+            _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
+            ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn slice_kernels_match_the_scalar_formulas_tails_included() {
+        for n in [1usize, 7, 8, 13, 64, 65] {
+            let x: Vec<f32> = (0..n).map(|i| (i as f32 - n as f32 / 2.0) * 0.37).collect();
+            let mut y = vec![0.0f32; n];
+            gelu_slice(&x, &mut y);
+            let mut d = vec![2.0f32; n];
+            gelu_grad_mul(&x, &mut d);
+            for i in 0..n {
+                assert!((y[i] - gelu(x[i])).abs() < 1e-6 * x[i].abs().max(1.0), "gelu n {n} i {i}");
+                assert!((d[i] - 2.0 * gelu_grad(x[i])).abs() < 2e-6, "gelu' n {n} i {i}");
+            }
+            let mut row = x.clone();
+            let m = x.iter().cloned().fold(f32::NEG_INFINITY, f32::max);
+            let s = exp_shifted_sum(&mut row, m);
+            let want: f64 = x.iter().map(|&v| ((v - m) as f64).exp()).sum();
+            assert!((s as f64 - want).abs() < 1e-6 * want, "sum n {n}: {s} vs {want}");
+            for i in 0..n {
+                assert!((row[i] as f64 - ((x[i] - m) as f64).exp()).abs() < 1e-6, "exp n {n} i {i}");
+            }
+        }
+    }
 
     #[test]
     fn accuracy_against_libm() {

@@ -81,6 +81,29 @@ where
     F: Fn(usize, std::ops::Range<usize>, &mut [f32]) + Sync,
 {
     const BLOCK: usize = 64;
+    let cols = dst.len();
+    if cols < 1024 && rows >= 64 {
+        // Narrow rows (LayerNorm and bias gradients): blocks of 64 columns would give two threads
+        // 3 tasks for a 192-wide layer. Cut the rows into fixed pieces instead, one partial sum
+        // per piece, then add the partials in piece order (the pieces depend on the shape only).
+        let per = (8192 / cols).clamp(16, 256);
+        let pieces = rows.div_ceil(per);
+        let mut partial = vec![0.0f32; pieces * cols];
+        partial.par_chunks_mut(cols).enumerate().for_each(|(pi, acc)| {
+            for r in pi * per..((pi + 1) * per).min(rows) {
+                term(r, 0..cols, acc);
+            }
+        });
+        if !accumulate {
+            dst.fill(0.0);
+        }
+        for acc in partial.chunks(cols) {
+            for (x, a) in dst.iter_mut().zip(acc) {
+                *x += *a;
+            }
+        }
+        return;
+    }
     dst.par_chunks_mut(BLOCK).enumerate().for_each(|(bi, d)| {
         let c0 = bi * BLOCK;
         let mut acc = [0.0f32; BLOCK];
@@ -102,4 +125,46 @@ pub fn col_sum(dst: &mut [f32], src: &[f32], rows: usize, cols: usize, accumulat
             *a += *v;
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn col_sum_matches_a_serial_sum_for_narrow_and_wide_rows() {
+        let mut rng = crate::engine::rng::Rng::new(4);
+        for (rows, cols) in [(1000, 192), (37, 5), (300, 1500), (64, 1)] {
+            let src: Vec<f32> = (0..rows * cols).map(|_| rng.normal()).collect();
+            let mut want = vec![0.0f64; cols];
+            for r in 0..rows {
+                for c in 0..cols {
+                    want[c] += src[r * cols + c] as f64;
+                }
+            }
+            let mut got = vec![1.0f32; cols];
+            col_sum(&mut got, &src, rows, cols, false);
+            let mut acc = vec![1.0f32; cols];
+            col_sum(&mut acc, &src, rows, cols, true);
+            for c in 0..cols {
+                assert!((got[c] as f64 - want[c]).abs() < 1e-3, "{rows}x{cols} col {c}");
+                assert!((acc[c] as f64 - want[c] - 1.0).abs() < 1e-3, "{rows}x{cols} col {c} accumulated");
+            }
+        }
+    }
+
+    #[test]
+    fn col_sum_does_not_depend_on_the_thread_count() {
+        let mut rng = crate::engine::rng::Rng::new(5);
+        let (rows, cols) = (4000, 192);
+        let src: Vec<f32> = (0..rows * cols).map(|_| rng.normal()).collect();
+        let run = |threads| {
+            let pool = rayon::ThreadPoolBuilder::new().num_threads(threads).build().unwrap();
+            let mut out = vec![0.0f32; cols];
+            pool.install(|| col_sum(&mut out, &src, rows, cols, false));
+            out
+        };
+        let one = run(1);
+        assert!(one.iter().zip(run(3)).all(|(a, b)| a.to_bits() == b.to_bits()));
+    }
 }

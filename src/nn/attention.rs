@@ -251,10 +251,7 @@ impl Attention {
 #[inline]
 pub fn softmax_inplace(row: &mut [f32]) {
     let m = vec::max(row);
-    for x in row.iter_mut() {
-        *x = crate::engine::fastmath::exp(*x - m);
-    }
-    let inv = 1.0 / vec::sum(row);
+    let inv = 1.0 / crate::engine::fastmath::exp_shifted_sum(row, m);
     for x in row.iter_mut() {
         *x *= inv;
     }

@@ -1,7 +1,7 @@
 //! GELU with the exact erf form, as PyTorch's default `nn.GELU()` (erf evaluated by the
 //! vectorisable `engine::fastmath`).
 
-use crate::engine::{ensure, par};
+use crate::engine::{ensure, fastmath, par};
 
 pub use crate::engine::fastmath::{gelu, gelu_grad};
 
@@ -13,11 +13,7 @@ pub struct Gelu {
 impl Gelu {
     pub fn forward(&mut self, x: &[f32]) {
         ensure(&mut self.y, x.len());
-        par::map2(&mut self.y[..x.len()], x, |o, i| {
-            for (o, &v) in o.iter_mut().zip(i) {
-                *o = gelu(v);
-            }
-        });
+        par::map2(&mut self.y[..x.len()], x, |o, i| fastmath::gelu_slice(i, o));
     }
 
     pub fn swap_activations(&mut self, other: &mut Gelu) {
@@ -26,11 +22,7 @@ impl Gelu {
 
     /// `d` holds dy on entry and dx on return.
     pub fn backward_inplace(x: &[f32], d: &mut [f32]) {
-        par::map2(&mut d[..x.len()], x, |o, i| {
-            for (o, &v) in o.iter_mut().zip(i) {
-                *o *= gelu_grad(v);
-            }
-        });
+        par::map2(&mut d[..x.len()], x, |o, i| fastmath::gelu_grad_mul(i, o));
     }
 }
 

@@ -61,14 +61,17 @@ impl LayerNorm {
             let dyr = &dy[r * d..(r + 1) * d];
             let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
             // dxhat = dy * g; mean(dxhat) and mean(dxhat * xhat)
-            let mut s1 = 0.0f32;
-            let mut s2 = 0.0f32;
-            for i in 0..d {
-                let dxh = dyr[i] * g[i];
-                s1 += dxh;
-                s2 += dxh * (xr[i] - mean) * rstd;
+            // Eight running sums each, so the loop vectorises (a single sum is a serial chain).
+            let (mut a1, mut a2) = ([0.0f32; 8], [0.0f32; 8]);
+            for ((dc, xc), gc) in dyr.chunks(8).zip(xr.chunks(8)).zip(g.chunks(8)) {
+                for k in 0..dc.len() {
+                    let dxh = dc[k] * gc[k];
+                    a1[k] += dxh;
+                    a2[k] += dxh * (xc[k] - mean) * rstd;
+                }
             }
-            let (m1, m2) = (s1 / d as f32, s2 / d as f32);
+            let fold = |a: [f32; 8]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
+            let (m1, m2) = (fold(a1) / d as f32, fold(a2) / d as f32);
             let out = unsafe { dxp.slice(r * d, d) };
             for i in 0..d {
                 let xh = (xr[i] - mean) * rstd;
