@@ -37,12 +37,19 @@ pub struct Scratch {
 impl Block {
     pub fn new(i: usize, dim: usize, heads: usize, mlp_ratio: usize) -> Block {
         let n = |s: &str| format!("blocks.{i}.{s}");
+        // norm1 and norm2 feed qkv and fc1 only: their outputs carry a ones column so those two
+        // layers take their bias inside the matrix product (Linear::forward_aug).
+        let norm = |s: &str| {
+            let mut l = LayerNorm::new(&n(s), dim, 1e-6);
+            l.ones_column = true;
+            l
+        };
         Block {
-            norm1: LayerNorm::new(&n("norm1"), dim, 1e-6),
+            norm1: norm("norm1"),
             qkv: Linear::new(&n("attn.qkv"), dim, 3 * dim, true),
             attn: Attention::new(dim, heads),
             proj: Linear::new(&n("attn.proj"), dim, dim, true),
-            norm2: LayerNorm::new(&n("norm2"), dim, 1e-6),
+            norm2: norm("norm2"),
             fc1: Linear::new(&n("mlp.fc1"), dim, mlp_ratio * dim, true),
             act: Gelu::default(),
             fc2: Linear::new(&n("mlp.fc2"), mlp_ratio * dim, dim, true),
@@ -66,7 +73,7 @@ impl Block {
         let h = self.fc1.out;
         let r = Block::rows(batch, t, cls_only);
         self.norm1.forward(x, m);
-        self.qkv.forward(&self.norm1.y[..m * d], m);
+        self.qkv.forward_aug(&self.norm1.y[..m * (d + 1)], m);
         if cls_only {
             self.attn.forward_cls(&self.qkv.y[..m * 3 * d], batch, t);
         } else {
@@ -77,7 +84,7 @@ impl Block {
         let stride = if cls_only { t * d } else { d };
         self.proj.forward_residual(&self.attn.o[..r * d], r, x, stride, &mut self.res1);
         self.norm2.forward(&self.res1[..r * d], r);
-        self.fc1.forward(&self.norm2.y[..r * d], r);
+        self.fc1.forward_aug(&self.norm2.y[..r * (d + 1)], r);
         self.act.forward(&self.fc1.y[..r * h]);
         ensure(&mut self.out, r * d);
         self.fc2.forward_residual(&self.act.y[..r * h], r, &self.res1, d, &mut self.out);
@@ -108,7 +115,7 @@ impl Block {
         // MLP branch: out = res1 + fc2(gelu(fc1(norm2(res1))))
         self.fc2.backward(&self.act.y[..r * h], &dout[..r * d], r, Some(hid));
         Gelu::backward_inplace(&self.fc1.y[..r * h], hid);
-        self.fc1.backward(&self.norm2.y[..r * d], hid, r, Some(&mut d1[..r * d]));
+        self.fc1.backward_aug(&self.norm2.y[..r * (d + 1)], hid, r, Some(&mut d1[..r * d]));
         self.norm2.backward(&self.res1[..r * d], &d1[..r * d], r, d2);
         vec::add_assign(d2, &dout[..r * d]); // d2 = d res1
                                              // Attention branch: res1 = x + proj(attn(qkv(norm1(x))))
@@ -120,7 +127,7 @@ impl Block {
         } else {
             self.attn.backward(qkv, &d1[..r * d], dq, &mut s.attn, batch, t);
         }
-        self.qkv.backward(&self.norm1.y[..m * d], dq, m, Some(d1));
+        self.qkv.backward_aug(&self.norm1.y[..m * (d + 1)], dq, m, Some(d1));
         self.norm1.backward(x, d1, m, dx);
         if cls_only {
             par::for_rows(&mut dx[..m * d], t * d, |b, img| {

@@ -10,7 +10,11 @@ pub struct LayerNorm {
     pub b: Param,
     pub d: usize,
     pub eps: f32,
+    /// Output, `[rows, d]`, or `[rows, d + 1]` with a last column of ones when `ones_column`.
     pub y: Vec<f32>,
+    /// Append a column of ones to every output row, so that the Linear layer reading it can take
+    /// its bias inside the matrix product ([`crate::nn::Linear::forward_aug`]).
+    pub ones_column: bool,
     /// Per row: mean and 1/std.
     stats: Vec<f32>,
 }
@@ -23,17 +27,24 @@ impl LayerNorm {
             d,
             eps,
             y: Vec::new(),
+            ones_column: false,
             stats: Vec::new(),
         }
+    }
+
+    /// Floats per output row (`d`, or `d + 1` with the ones column).
+    pub fn stride(&self) -> usize {
+        self.d + self.ones_column as usize
     }
 
     pub fn forward(&mut self, x: &[f32], rows: usize) {
         let d = self.d;
         assert_eq!(x.len(), rows * d, "layernorm {}: input shape", self.g.name);
-        ensure(&mut self.y, rows * d);
+        let sy = self.stride();
+        ensure(&mut self.y, rows * sy);
         ensure(&mut self.stats, rows * 2);
         let (g, b, eps) = (&self.g.w, &self.b.w, self.eps);
-        par::for_rows2(&mut self.y[..rows * d], d, &mut self.stats[..rows * 2], 2, |r, y, st| {
+        par::for_rows2(&mut self.y[..rows * sy], sy, &mut self.stats[..rows * 2], 2, |r, y, st| {
             let xr = &x[r * d..(r + 1) * d];
             let mean = vec::sum(xr) / d as f32;
             let var = vec::sq_dev(xr, mean) / d as f32;
@@ -42,6 +53,9 @@ impl LayerNorm {
             st[1] = rstd;
             for i in 0..d {
                 y[i] = (xr[i] - mean) * rstd * g[i] + b[i];
+            }
+            if sy > d {
+                y[d] = 1.0;
             }
         });
     }
