@@ -1,7 +1,7 @@
 //! y = x Wᵀ + b, W of shape [out, in] as PyTorch's `nn.Linear`.
 
 use super::param::{Module, Param, ParamKind};
-use crate::engine::gemm::{sgemm, Mat};
+use crate::engine::gemm::{sgemm, sgemm_long_k, Mat};
 use crate::engine::{ensure, par};
 
 pub struct Linear {
@@ -69,7 +69,7 @@ impl Linear {
         let b = self.b.as_mut().expect("backward_aug needs a bias");
         if self.w.trainable || b.trainable {
             ensure(&mut self.wb, o * ia);
-            sgemm(o, ia, rows, Mat::trans(dy, o), Mat::rows(xa, ia), &mut self.wb, ia, 1.0, false, true);
+            sgemm_long_k(o, ia, rows, Mat::trans(dy, o), Mat::rows(xa, ia), &mut self.wb, ia, 1.0);
             for (r, row) in self.wb.chunks(ia).enumerate() {
                 if self.w.trainable {
                     self.w.g[r * i..(r + 1) * i].copy_from_slice(&row[..i]);
@@ -111,7 +111,7 @@ impl Linear {
             sgemm(rows, i, o, Mat::rows(dy, o), Mat::rows(&self.w.w, i), &mut dx[..rows * i], i, 1.0, false, true);
         }
         if self.w.trainable {
-            sgemm(o, i, rows, Mat::trans(dy, o), Mat::rows(x, i), &mut self.w.g, i, 1.0, false, true);
+            sgemm_long_k(o, i, rows, Mat::trans(dy, o), Mat::rows(x, i), &mut self.w.g, i, 1.0);
         }
         if let Some(b) = &mut self.b {
             if b.trainable {
