@@ -190,7 +190,7 @@ mod simd {
             }
             let mut lanes = [0.0f32; 8];
             _mm256_storeu_ps(lanes.as_mut_ptr(), acc);
-            ((lanes[0] + lanes[4]) + (lanes[1] + lanes[5])) + ((lanes[2] + lanes[6]) + (lanes[3] + lanes[7]))
+            crate::engine::vec::fold8(lanes)
         }
     }
 }

@@ -1,5 +1,11 @@
 //! Small vector kernels written so the compiler vectorises them (8 independent accumulators).
 
+/// The sum of eight running sums, in the fixed pairwise order every reduction here uses.
+#[inline(always)]
+pub fn fold8(a: [f32; 8]) -> f32 {
+    ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]))
+}
+
 #[inline]
 pub fn sum(x: &[f32]) -> f32 {
     let mut acc = [0.0f32; 8];
@@ -9,7 +15,7 @@ pub fn sum(x: &[f32]) -> f32 {
             acc[i] += c[i];
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = fold8(acc);
     for v in ch.remainder() {
         s += v;
     }
@@ -43,7 +49,7 @@ pub fn dot(x: &[f32], y: &[f32]) -> f32 {
             acc[i] += a[i] * b[i];
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = fold8(acc);
     for (a, b) in cx.remainder().iter().zip(cy.remainder()) {
         s += a * b;
     }
@@ -61,7 +67,7 @@ pub fn sq_dev(x: &[f32], mean: f32) -> f32 {
             acc[i] += d * d;
         }
     }
-    let mut s = ((acc[0] + acc[4]) + (acc[1] + acc[5])) + ((acc[2] + acc[6]) + (acc[3] + acc[7]));
+    let mut s = fold8(acc);
     for v in ch.remainder() {
         s += (v - mean) * (v - mean);
     }

@@ -84,8 +84,7 @@ impl LayerNorm {
                     a2[k] += dxh * (xc[k] - mean) * rstd;
                 }
             }
-            let fold = |a: [f32; 8]| ((a[0] + a[4]) + (a[1] + a[5])) + ((a[2] + a[6]) + (a[3] + a[7]));
-            let (m1, m2) = (fold(a1) / d as f32, fold(a2) / d as f32);
+            let (m1, m2) = (vec::fold8(a1) / d as f32, vec::fold8(a2) / d as f32);
             let out = unsafe { dxp.slice(r * d, d) };
             for i in 0..d {
                 let xh = (xr[i] - mean) * rstd;
