@@ -113,6 +113,14 @@ pub fn system_dirs(name: &str) -> Vec<PathBuf> {
     vec![download::cache_dir(name), PathBuf::from("/usr/share/datasets").join(name)]
 }
 
+/// Where `load` looks for dataset `name`, in order: `data_dir` itself, `data_dir/<name>`, then
+/// [`system_dirs`].
+fn search_dirs(name: &str, data_dir: Option<&Path>) -> Vec<PathBuf> {
+    let mut dirs: Vec<PathBuf> = data_dir.map(|d| vec![d.to_path_buf(), d.join(name)]).unwrap_or_default();
+    dirs.extend(system_dirs(name));
+    dirs
+}
+
 /// A dataset that is nowhere to be found (rather than found but damaged): the case a download
 /// can fix.
 #[derive(Debug)]
@@ -148,12 +156,7 @@ fn or_download(name: &str, dirs: &[PathBuf], load_from: impl Fn(&[PathBuf]) -> R
 pub fn load(name: &str, data_dir: Option<&Path>, train: bool) -> Result<ImageSet> {
     match name {
         "fashion-mnist" | "mnist" => {
-            let mut dirs = Vec::new();
-            if let Some(d) = data_dir {
-                dirs.push(d.to_path_buf());
-                dirs.push(d.join(name));
-            }
-            dirs.extend(system_dirs(name));
+            let dirs = search_dirs(name, data_dir);
             let hint = if name == "fashion-mnist" {
                 "install it with `apt-get install dataset-fashion-mnist` (files under /usr/share/datasets/fashion-mnist/), or pass --data-dir DIR holding train-images-idx3-ubyte(.gz) and the label files"
             } else {
@@ -161,17 +164,9 @@ pub fn load(name: &str, data_dir: Option<&Path>, train: bool) -> Result<ImageSet
             };
             or_download(name, &dirs, |d| idx::load_split(name, d, train, hint))
         }
-        "cifar10" | "cifar100" => {
-            let mut dirs: Vec<PathBuf> = data_dir.map(|d| vec![d.to_path_buf(), d.join(name)]).unwrap_or_default();
-            dirs.extend(system_dirs(name));
-            or_download(name, &dirs, |d| cifar::load(name, d, train))
-        }
+        "cifar10" | "cifar100" => or_download(name, &search_dirs(name, data_dir), |d| cifar::load(name, d, train)),
         "synthetic" => Ok(synthetic::generate(if train { 2048 } else { 512 }, 28, 1, 10, if train { 1 } else { 2 })),
-        "imagenet" => {
-            let mut dirs: Vec<PathBuf> = data_dir.map(|d| vec![d.to_path_buf(), d.join(name)]).unwrap_or_default();
-            dirs.extend(system_dirs(name));
-            folder::scan(name, &folder::find_split(name, &dirs, train)?)
-        }
+        "imagenet" => folder::scan(name, &folder::find_split(name, &search_dirs(name, data_dir), train)?),
         other if other.starts_with("folder:") => {
             let root = PathBuf::from(&other["folder:".len()..]);
             folder::scan(other, &folder::find_split(other, &[root], train)?)
