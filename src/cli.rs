@@ -76,18 +76,19 @@ pub fn lincls(a: LinclsArgs) -> Result<()> {
     let cfg = lincls::LinclsConfig {
         epochs: a.epochs,
         batch: a.batch_size,
-        lr: a.lr,
+        lr: a.lr[0],
         momentum: 0.9,
         seed: a.seed,
         cached: a.cached,
         crop_min: 0.08,
+        lr_sweep: if a.lr.len() > 1 { a.lr.clone() } else { vec![] },
     };
     let out = a.out.clone().unwrap_or_else(|| a.checkpoint.parent().map(|d| d.to_path_buf()).unwrap_or_default());
     std::fs::create_dir_all(&out)?;
     let mut log = mocov3::train::metrics::MetricsLog::open(&out.join("lincls.jsonl"), true)?;
     let mut tb = mocov3::train::tensorboard::EventWriter::create(&out)?;
     let mut err = None;
-    let res = lincls::run(&mut p.model.base.backbone, &p.train, &p.test, &p.plain, &cfg, |r| {
+    let probed = lincls::run(&mut p.model.base.backbone, &p.train, &p.test, &p.plain, &cfg, |r| {
         eprintln!(
             "epoch {:3}/{}: lr {:.4} loss {:.4} top1 {:.2} top5 {:.2}",
             r.epoch + 1,
@@ -110,11 +111,16 @@ pub fn lincls(a: LinclsArgs) -> Result<()> {
     if let Some(e) = err {
         return Err(e);
     }
+    for sp in &probed.sweep {
+        eprintln!("lr sweep: base lr {} -> held-out top1 {:.2}", sp.lr, sp.val_top1);
+    }
+    let res = &probed.epochs;
     let best = res.iter().map(|r| r.top1).fold(f64::NEG_INFINITY, f64::max);
     let last = res.last().map(|r| (r.top1, r.top5)).unwrap_or((0.0, 0.0));
     println!(
-        "lincls dataset={name} epochs={} mode={} best_top1={best:.2} last_top1={:.2} last_top5={:.2} backbone=unchanged",
+        "lincls dataset={name} epochs={} lr={} mode={} best_top1={best:.2} last_top1={:.2} last_top5={:.2} backbone=unchanged",
         cfg.epochs,
+        probed.lr,
         if cfg.cached { "cached" } else { "augmented" },
         last.0,
         last.1
@@ -273,10 +279,19 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         seed: 0,
         cached: true,
         crop_min: 0.08,
+        lr_sweep: vec![],
     };
     let quiet = |_: &lincls::EpochResult| {};
-    let lin_model = lincls::probe_features(&ftrain, &p.train.labels, &ftest, &test.labels, d, classes, &lcfg, quiet)?;
-    let lin_pixels = lincls::probe_features(&ptrain, &p.train.labels, &ptest, &test.labels, pd, classes, &lcfg, quiet)?;
+    let probe = |x: &[f32], xt: &[f32], d: usize, what: &str| -> Result<(f64, Vec<lincls::EpochResult>)> {
+        let (lr, sweep) = lincls::sweep_lr(x, &p.train.labels, d, classes, &lcfg, &a.lincls_lr, 0.1)?;
+        for sp in &sweep {
+            eprintln!("quickstart: linear probe of {what}, base lr {} -> held-out top1 {:.2}", sp.lr, sp.val_top1);
+        }
+        let c = lincls::LinclsConfig { lr, ..lcfg.clone() };
+        Ok((lr, lincls::probe_features(x, &p.train.labels, xt, &test.labels, d, classes, &c, quiet)?))
+    };
+    let (lr_model, lin_model) = probe(&ftrain, &ftest, d, "the model")?;
+    let (lr_pixels, lin_pixels) = probe(&ptrain, &ptest, pd, "raw pixels")?;
     let best = |r: &[lincls::EpochResult]| r.iter().map(|x| x.top1).fold(f64::NEG_INFINITY, f64::max);
     let last = |r: &[lincls::EpochResult]| r.last().map(|x| x.top1).unwrap_or(f64::NAN);
     let report = mocov3::report::render(&cfg.out_dir)?;
@@ -287,12 +302,13 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         "knn_top1": knn_model.top1, "knn_top1_pixels": knn_pixels.top1,
         "linear_top1_best": best(&lin_model), "linear_top1_last": last(&lin_model),
         "linear_top1_pixels_best": best(&lin_pixels), "linear_top1_pixels_last": last(&lin_pixels),
+        "linear_epochs": lcfg.epochs, "linear_lr": lr_model, "linear_lr_pixels": lr_pixels,
     });
     std::fs::write(cfg.out_dir.join("quickstart.json"), serde_json::to_string_pretty(&summary)?)?;
     println!("Fashion-MNIST test set, top-1 (%)       ViT ({} epochs)   raw pixels", p.state.epoch);
     println!("  weighted kNN (k 20, T 0.07)           {:>10.2}   {:>10.2}", knn_model.top1, knn_pixels.top1);
     println!(
-        "  linear probe ({} epochs, best/last)   {:>5.2}/{:<5.2}  {:>5.2}/{:<5.2}",
+        "  linear probe ({} epochs, best/last)  {:>5.2}/{:<5.2}  {:>5.2}/{:<5.2}   (base lr {lr_model} / {lr_pixels})",
         lcfg.epochs,
         best(&lin_model),
         last(&lin_model),

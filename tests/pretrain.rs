@@ -158,8 +158,17 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
     let (mean, std) = train.channel_stats();
     let plain = mocov3::data::augment::Augment::crop_flip(state.config.img_size, 1.0, false, mean, std);
     for cached in [true, false] {
-        let cfg = LinclsConfig { epochs: 3, batch: 64, lr: 1.0, momentum: 0.9, seed: 0, cached, crop_min: 0.5 };
-        let r = lincls(&mut model.base.backbone, &train, &test, &plain, &cfg, |_| {}).unwrap();
+        let cfg = LinclsConfig {
+            epochs: 3,
+            batch: 64,
+            lr: 1.0,
+            momentum: 0.9,
+            seed: 0,
+            cached,
+            crop_min: 0.5,
+            lr_sweep: vec![],
+        };
+        let r = lincls(&mut model.base.backbone, &train, &test, &plain, &cfg, |_| {}).unwrap().epochs;
         assert_eq!(r.len(), 3);
         // Ten stripe classes: chance is 10%; the features of a barely trained ViT separate them.
         // Random crops rescale the stripes, whose frequency is part of the class, so training on
@@ -168,4 +177,22 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
         assert!(r.last().unwrap().top1 > bar, "cached={cached}: {:?}", r.last());
         assert!(r[2].lr < r[0].lr, "cosine schedule");
     }
+    // With a list of lrs, the one chosen on held-out training features trains the final head.
+    let cfg = LinclsConfig {
+        epochs: 2,
+        batch: 64,
+        lr: 0.0,
+        momentum: 0.9,
+        seed: 0,
+        cached: true,
+        crop_min: 0.5,
+        lr_sweep: vec![1e-7, 1.0],
+    };
+    let r = lincls(&mut model.base.backbone, &train, &test, &plain, &cfg, |_| {}).unwrap();
+    assert_eq!(r.sweep.len(), 2);
+    assert_eq!(r.lr, 1.0, "{:?}", r.sweep);
+    assert_eq!(r.epochs[0].lr, 1.0 * 64.0 / 256.0);
+    assert!(r.epochs.last().unwrap().top1 > 40.0);
+    let augmented = LinclsConfig { cached: false, ..cfg };
+    assert!(lincls(&mut model.base.backbone, &train, &test, &plain, &augmented, |_| {}).is_err());
 }

@@ -26,6 +26,16 @@ pub struct LinclsConfig {
     /// Train on cached features of the un-augmented images (no augmentation).
     pub cached: bool,
     pub crop_min: f64,
+    /// Base lrs to choose from on held-out training features (cached mode; empty: use `lr`).
+    pub lr_sweep: Vec<f64>,
+}
+
+/// What [`run`] did: the epochs of the final head, its base lr, and the sweep that chose it.
+#[derive(Clone, Debug)]
+pub struct Probed {
+    pub epochs: Vec<EpochResult>,
+    pub lr: f64,
+    pub sweep: Vec<SweepPoint>,
 }
 
 #[derive(Clone, Debug, serde::Serialize)]
@@ -210,6 +220,53 @@ pub fn probe_features(
     train_head(train_labels, test, test_labels, d, classes, cfg, fill, report)
 }
 
+/// One base lr's outcome in [`sweep_lr`]: validation top-1 after the last epoch.
+#[derive(Clone, Debug, serde::Serialize)]
+pub struct SweepPoint {
+    pub lr: f64,
+    pub val_top1: f64,
+}
+
+/// The paper sweeps the probe's learning rate; this does it without looking at the test split:
+/// a seeded random `val_frac` of the training features is held out, a head is trained on the
+/// rest for each base lr in `lrs`, and the lr with the best validation top-1 after the last
+/// epoch wins (the first of equals). Returns the winner and every point.
+#[allow(clippy::too_many_arguments)]
+pub fn sweep_lr(
+    train: &[f32],
+    train_labels: &[u32],
+    d: usize,
+    classes: usize,
+    cfg: &LinclsConfig,
+    lrs: &[f64],
+    val_frac: f64,
+) -> anyhow::Result<(f64, Vec<SweepPoint>)> {
+    let n = train_labels.len();
+    let n_val = ((n as f64 * val_frac).round() as usize).clamp(1, n.saturating_sub(cfg.batch).max(1));
+    if lrs.is_empty() || n_val + cfg.batch > n {
+        anyhow::bail!("an lr sweep needs at least one lr and more than {} training images (has {n})", cfg.batch + 1);
+    }
+    let mut order: Vec<usize> = (0..n).collect();
+    Rng::derive(cfg.seed, &[0x5ee9]).shuffle(&mut order);
+    let gather = |ids: &[usize]| {
+        let mut x = Vec::with_capacity(ids.len() * d);
+        for &i in ids {
+            x.extend_from_slice(&train[i * d..(i + 1) * d]);
+        }
+        (x, ids.iter().map(|&i| train_labels[i]).collect::<Vec<u32>>())
+    };
+    let (vx, vy) = gather(&order[..n_val]);
+    let (tx, ty) = gather(&order[n_val..]);
+    let mut points = Vec::new();
+    for &lr in lrs {
+        let c = LinclsConfig { lr, ..cfg.clone() };
+        let r = probe_features(&tx, &ty, &vx, &vy, d, classes, &c, |_| {})?;
+        points.push(SweepPoint { lr, val_top1: r.last().map(|e| e.top1).unwrap_or(0.0) });
+    }
+    let best = points.iter().fold(&points[0], |b, p| if p.val_top1 > b.val_top1 { p } else { b });
+    Ok((best.lr, points))
+}
+
 /// Run the protocol; `report` is called after every epoch.
 pub fn run(
     net: &mut Backbone,
@@ -218,15 +275,24 @@ pub fn run(
     plain: &Augment,
     cfg: &LinclsConfig,
     report: impl FnMut(&EpochResult),
-) -> anyhow::Result<Vec<EpochResult>> {
+) -> anyhow::Result<Probed> {
+    if !cfg.lr_sweep.is_empty() && !cfg.cached {
+        anyhow::bail!("an lr sweep runs on cached features: add --cached, or give one --lr");
+    }
     let before = fingerprint(net);
     net.set_keep_activations(false);
     let d = net.dim();
     let classes = train.classes.max(test.classes);
     let test_feats = features::backbone(net, test, test.len(), plain, cfg.batch)?;
+    let mut lr = cfg.lr;
+    let mut sweep = Vec::new();
     let out = if cfg.cached {
         let train_feats = features::backbone(net, train, train.len(), plain, cfg.batch)?;
-        probe_features(&train_feats, &train.labels, &test_feats, &test.labels, d, classes, cfg, report)?
+        if !cfg.lr_sweep.is_empty() {
+            (lr, sweep) = sweep_lr(&train_feats, &train.labels, d, classes, cfg, &cfg.lr_sweep, 0.1)?;
+        }
+        let c = LinclsConfig { lr, ..cfg.clone() };
+        probe_features(&train_feats, &train.labels, &test_feats, &test.labels, d, classes, &c, report)?
     } else {
         // The backbone in eval mode throughout, as the official `model.eval()`.
         net.set_training(false);
@@ -249,7 +315,7 @@ pub fn run(
     if fingerprint(net) != before {
         anyhow::bail!("the backbone's weights changed during linear probing: this is a bug, please report it");
     }
-    Ok(out)
+    Ok(Probed { epochs: out, lr, sweep })
 }
 
 #[cfg(test)]
@@ -283,5 +349,37 @@ mod tests {
         assert!(before < 60.0 && after > 98.0, "{before} -> {after}");
         assert_eq!(top5, 100.0);
         assert!(last < 0.2 * first.unwrap());
+    }
+
+    #[test]
+    fn lr_sweep_prefers_a_rate_that_learns() {
+        // Four classes on four directions (as above): with 1e-6 the head stays near its random
+        // start in two epochs, with 1.0 it separates them; the sweep must pick 1.0 and score it
+        // on held-out rows.
+        let (d, c, n) = (8, 4, 800);
+        let mut rng = Rng::new(5);
+        let (mut x, mut y) = (Vec::new(), Vec::new());
+        for i in 0..n {
+            let k = i % c;
+            for j in 0..d {
+                x.push(if j == 2 * k { 1.0 } else { 0.0 } + 0.3 * rng.normal());
+            }
+            y.push(k as u32);
+        }
+        let cfg = LinclsConfig {
+            epochs: 2,
+            batch: 32,
+            lr: 0.0,
+            momentum: 0.9,
+            seed: 1,
+            cached: true,
+            crop_min: 0.08,
+            lr_sweep: vec![],
+        };
+        let (lr, points) = sweep_lr(&x, &y, d, c, &cfg, &[1e-6, 1.0], 0.1).unwrap();
+        assert_eq!(lr, 1.0);
+        assert_eq!(points.len(), 2);
+        assert!(points[1].val_top1 > 95.0 && points[0].val_top1 < 60.0, "{points:?}");
+        assert!(sweep_lr(&x[..8], &y[..2], d, c, &cfg, &[1.0], 0.1).is_err());
     }
 }
