@@ -279,16 +279,14 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         seed: 0,
         cached: true,
         crop_min: 0.08,
-        lr_sweep: vec![],
+        lr_sweep: a.lincls_lr.clone(),
     };
-    let quiet = |_: &lincls::EpochResult| {};
     let probe = |x: &[f32], xt: &[f32], d: usize, what: &str| -> Result<(f64, Vec<lincls::EpochResult>)> {
-        let (lr, sweep) = lincls::sweep_lr(x, &p.train.labels, d, classes, &lcfg, &a.lincls_lr, 0.1)?;
-        for sp in &sweep {
+        let r = lincls::probe_swept(x, &p.train.labels, xt, &test.labels, d, classes, &lcfg, |_| {})?;
+        for sp in &r.sweep {
             eprintln!("quickstart: linear probe of {what}, base lr {} -> held-out top1 {:.2}", sp.lr, sp.val_top1);
         }
-        let c = lincls::LinclsConfig { lr, ..lcfg.clone() };
-        Ok((lr, lincls::probe_features(x, &p.train.labels, xt, &test.labels, d, classes, &c, quiet)?))
+        Ok((r.lr, r.epochs))
     };
     let (lr_model, lin_model) = probe(&ftrain, &ftest, d, "the model")?;
     let (lr_pixels, lin_pixels) = probe(&ptrain, &ptest, pd, "raw pixels")?;

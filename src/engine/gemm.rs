@@ -117,7 +117,8 @@ pub unsafe fn sgemm_raw(
 /// C[m, n] = alpha · A[m, k] · B[k, n] for a long k (weight gradients: k = rows of the batch),
 /// computed as `pieces` products over consecutive slices of k, in parallel, each on one thread,
 /// then summed in slice order. The gemm crate's own threading splits m and n, which leaves two
-/// threads little to share when m·n is small and k long (up to 1.2x slower at the ViT's shapes). The split depends on k only, so the result does not depend on the thread count.
+/// threads little to share when m·n is small and k long (up to 1.2x slower at the ViT's shapes).
+/// The split depends on k only, so the result does not depend on the thread count.
 #[allow(clippy::too_many_arguments)]
 pub fn sgemm_long_k(m: usize, n: usize, k: usize, a: Mat, b: Mat, c: &mut [f32], ldc: usize, alpha: f32) {
     use rayon::prelude::*;

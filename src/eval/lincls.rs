@@ -227,22 +227,23 @@ pub struct SweepPoint {
     pub val_top1: f64,
 }
 
+/// Share of the training features [`sweep_lr`] holds out to score each lr.
+pub const SWEEP_HELD_OUT: f64 = 0.1;
+
 /// The paper sweeps the probe's learning rate; this does it without looking at the test split:
-/// a seeded random `val_frac` of the training features is held out, a head is trained on the
-/// rest for each base lr in `lrs`, and the lr with the best validation top-1 after the last
-/// epoch wins (the first of equals). Returns the winner and every point.
-#[allow(clippy::too_many_arguments)]
+/// a seeded random [`SWEEP_HELD_OUT`] of the training features is held out, a head is trained on
+/// the rest for each base lr in `cfg.lr_sweep`, and the lr with the best validation top-1 after
+/// the last epoch wins (the first of equals). Returns the winner and every point.
 pub fn sweep_lr(
     train: &[f32],
     train_labels: &[u32],
     d: usize,
     classes: usize,
     cfg: &LinclsConfig,
-    lrs: &[f64],
-    val_frac: f64,
 ) -> anyhow::Result<(f64, Vec<SweepPoint>)> {
+    let lrs = &cfg.lr_sweep;
     let n = train_labels.len();
-    let n_val = ((n as f64 * val_frac).round() as usize).clamp(1, n.saturating_sub(cfg.batch).max(1));
+    let n_val = ((n as f64 * SWEEP_HELD_OUT).round() as usize).clamp(1, n.saturating_sub(cfg.batch).max(1));
     if lrs.is_empty() || n_val + cfg.batch > n {
         anyhow::bail!("an lr sweep needs at least one lr and more than {} training images (has {n})", cfg.batch + 1);
     }
@@ -267,6 +268,26 @@ pub fn sweep_lr(
     Ok((best.lr, points))
 }
 
+/// The cached-mode head: its base lr swept first when `cfg.lr_sweep` lists any ([`sweep_lr`]),
+/// then trained on all of `train` and scored on `test` every epoch.
+#[allow(clippy::too_many_arguments)]
+pub fn probe_swept(
+    train: &[f32],
+    train_labels: &[u32],
+    test: &[f32],
+    test_labels: &[u32],
+    d: usize,
+    classes: usize,
+    cfg: &LinclsConfig,
+    report: impl FnMut(&EpochResult),
+) -> anyhow::Result<Probed> {
+    let (lr, sweep) =
+        if cfg.lr_sweep.is_empty() { (cfg.lr, vec![]) } else { sweep_lr(train, train_labels, d, classes, cfg)? };
+    let c = LinclsConfig { lr, ..cfg.clone() };
+    let epochs = probe_features(train, train_labels, test, test_labels, d, classes, &c, report)?;
+    Ok(Probed { epochs, lr, sweep })
+}
+
 /// Run the protocol; `report` is called after every epoch.
 pub fn run(
     net: &mut Backbone,
@@ -284,15 +305,9 @@ pub fn run(
     let d = net.dim();
     let classes = train.classes.max(test.classes);
     let test_feats = features::backbone(net, test, test.len(), plain, cfg.batch)?;
-    let mut lr = cfg.lr;
-    let mut sweep = Vec::new();
     let out = if cfg.cached {
         let train_feats = features::backbone(net, train, train.len(), plain, cfg.batch)?;
-        if !cfg.lr_sweep.is_empty() {
-            (lr, sweep) = sweep_lr(&train_feats, &train.labels, d, classes, cfg, &cfg.lr_sweep, 0.1)?;
-        }
-        let c = LinclsConfig { lr, ..cfg.clone() };
-        probe_features(&train_feats, &train.labels, &test_feats, &test.labels, d, classes, &c, report)?
+        probe_swept(&train_feats, &train.labels, &test_feats, &test.labels, d, classes, cfg, report)?
     } else {
         // The backbone in eval mode throughout, as the official `model.eval()`.
         net.set_training(false);
@@ -309,13 +324,14 @@ pub fn run(
             feats.copy_from_slice(net.forward(&x, cfg.batch, 1));
             Ok(())
         };
-        train_head(&train.labels, &test_feats, &test.labels, d, classes, cfg, fill, report)?
+        let epochs = train_head(&train.labels, &test_feats, &test.labels, d, classes, cfg, fill, report)?;
+        Probed { epochs, lr: cfg.lr, sweep: vec![] }
     };
     net.set_training(true);
     if fingerprint(net) != before {
         anyhow::bail!("the backbone's weights changed during linear probing: this is a bug, please report it");
     }
-    Ok(Probed { epochs: out, lr, sweep })
+    Ok(out)
 }
 
 #[cfg(test)]
@@ -374,12 +390,13 @@ mod tests {
             seed: 1,
             cached: true,
             crop_min: 0.08,
-            lr_sweep: vec![],
+            lr_sweep: vec![1e-6, 1.0],
         };
-        let (lr, points) = sweep_lr(&x, &y, d, c, &cfg, &[1e-6, 1.0], 0.1).unwrap();
+        let (lr, points) = sweep_lr(&x, &y, d, c, &cfg).unwrap();
         assert_eq!(lr, 1.0);
         assert_eq!(points.len(), 2);
         assert!(points[1].val_top1 > 95.0 && points[0].val_top1 < 60.0, "{points:?}");
-        assert!(sweep_lr(&x[..8], &y[..2], d, c, &cfg, &[1.0], 0.1).is_err());
+        assert!(sweep_lr(&x[..8], &y[..2], d, c, &cfg).is_err());
+        assert!(sweep_lr(&x, &y, d, c, &LinclsConfig { lr_sweep: vec![], ..cfg }).is_err());
     }
 }
