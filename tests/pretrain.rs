@@ -165,16 +165,17 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
             momentum: 0.9,
             seed: 0,
             cached,
-            crop_min: 0.5,
+            crop_min: 1.0,
             lr_sweep: vec![],
         };
         let r = lincls(&mut model.base.backbone, &train, &test, &plain, &cfg, |_| {}).unwrap().epochs;
         assert_eq!(r.len(), 3);
         // Ten stripe classes: chance is 10%; the features of a barely trained ViT separate them.
-        // Random crops rescale the stripes, whose frequency is part of the class, so training on
-        // augmented views is held to a lower bar.
-        let bar = if cached { 40.0 } else { 20.0 };
-        assert!(r.last().unwrap().top1 > bar, "cached={cached}: {:?}", r.last());
+        // Random crops rescale the stripes, whose frequency is part of the class, so the
+        // augmented run crops at full scale (flips and aspect jitter only): its head must then
+        // score the plain test features as well as the cached one does (81% here; 34% when the
+        // test features were normalised and the training features not).
+        assert!(r.last().unwrap().top1 > 60.0, "cached={cached}: {:?}", r.last());
         assert!(r[2].lr < r[0].lr, "cosine schedule");
     }
     // With a list of lrs, the one chosen on held-out training features trains the final head.

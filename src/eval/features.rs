@@ -16,6 +16,20 @@ pub fn count(set: &ImageSet, limit: Option<usize>) -> usize {
 /// `batch` (use the training batch size so no buffer has to grow). BatchNorms run in eval mode
 /// (running statistics, as `model.eval()`) and are left in training mode afterwards.
 pub fn backbone(net: &mut Backbone, set: &ImageSet, n: usize, aug: &Augment, batch: usize) -> anyhow::Result<Vec<f32>> {
+    let mut out = backbone_raw(net, set, n, aug, batch)?;
+    normalize_rows(&mut out, net.dim());
+    Ok(out)
+}
+
+/// As [`backbone`], without the L2 normalisation: what the backbone itself outputs, as the
+/// official linear probe sees it.
+pub fn backbone_raw(
+    net: &mut Backbone,
+    set: &ImageSet,
+    n: usize,
+    aug: &Augment,
+    batch: usize,
+) -> anyhow::Result<Vec<f32>> {
     let d = net.dim();
     net.set_training(false);
     let len = set.c * aug.out * aug.out;
@@ -36,7 +50,6 @@ pub fn backbone(net: &mut Backbone, set: &ImageSet, n: usize, aug: &Augment, bat
         out[b0 * d..(b0 + rows) * d].copy_from_slice(f);
     }
     net.set_training(true);
-    normalize_rows(&mut out, d);
     Ok(out)
 }
 

@@ -304,11 +304,15 @@ pub fn run(
     net.set_keep_activations(false);
     let d = net.dim();
     let classes = train.classes.max(test.classes);
-    let test_feats = features::backbone(net, test, test.len(), plain, cfg.batch)?;
     let out = if cfg.cached {
+        // Cached mode probes the L2-normalised features kNN uses (its lr is swept to suit them).
+        let test_feats = features::backbone(net, test, test.len(), plain, cfg.batch)?;
         let train_feats = features::backbone(net, train, train.len(), plain, cfg.batch)?;
         probe_swept(&train_feats, &train.labels, &test_feats, &test.labels, d, classes, cfg, report)?
     } else {
+        // The official protocol: the head sees the backbone's raw output, augmented views for
+        // training and plain resized images for testing alike (no normalisation of either).
+        let test_feats = features::backbone_raw(net, test, test.len(), plain, cfg.batch)?;
         // The backbone in eval mode throughout, as the official `model.eval()`.
         net.set_training(false);
         let aug = Augment::crop_flip(plain.out, cfg.crop_min, true, plain.mean.clone(), plain.std.clone());
