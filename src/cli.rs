@@ -71,6 +71,9 @@ fn open_probe(checkpoint: &std::path::Path, dataset: &Option<String>, data_dir: 
 pub fn lincls(a: LinclsArgs) -> Result<()> {
     use mocov3::eval::lincls;
     mocov3::engine::init_threads(a.threads);
+    if !(a.crop_min > 0.0 && a.crop_min <= 1.0) {
+        anyhow::bail!("--crop-min {} is not a share of the image: give a value in (0, 1], e.g. 0.08", a.crop_min);
+    }
     let mut p = open_probe(&a.checkpoint, &a.dataset, &a.data_dir)?;
     let name = p.dataset.clone();
     let cfg = lincls::LinclsConfig {
@@ -80,7 +83,7 @@ pub fn lincls(a: LinclsArgs) -> Result<()> {
         momentum: 0.9,
         seed: a.seed,
         cached: a.cached,
-        crop_min: 0.08,
+        crop_min: a.crop_min,
         lr_sweep: if a.lr.len() > 1 { a.lr.clone() } else { vec![] },
     };
     let out = a.out.clone().unwrap_or_else(|| a.checkpoint.parent().map(|d| d.to_path_buf()).unwrap_or_default());

@@ -146,6 +146,10 @@ struct LinclsArgs {
     /// Train on cached features of the un-augmented images (fast; no augmentation).
     #[arg(long)]
     cached: bool,
+    /// Smallest share of the image a training crop keeps (random-resized-crop scale; the
+    /// official 0.08 leaves few pixels of a 28-px image). Not used with --cached.
+    #[arg(long, default_value_t = 0.08)]
+    crop_min: f64,
     /// Where to write lincls.jsonl (default: beside the checkpoint).
     #[arg(long)]
     out: Option<PathBuf>,

@@ -197,3 +197,14 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
     let augmented = LinclsConfig { cached: false, ..cfg };
     assert!(lincls(&mut model.base.backbone, &train, &test, &plain, &augmented, |_| {}).is_err());
 }
+
+#[test]
+fn lincls_rejects_a_crop_share_outside_0_1() {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mocov3"))
+        .args(["lincls", "--checkpoint", "missing.safetensors", "--crop-min", "1.5"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--crop-min 1.5 is not a share of the image"), "{err}");
+}
