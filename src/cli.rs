@@ -71,11 +71,6 @@ fn open_probe(checkpoint: &std::path::Path, dataset: &Option<String>, data_dir: 
 pub fn lincls(a: LinclsArgs) -> Result<()> {
     use mocov3::eval::lincls;
     mocov3::engine::init_threads(a.threads);
-    if !(a.crop_min > 0.0 && a.crop_min <= 1.0) {
-        anyhow::bail!("--crop-min {} is not a share of the image: give a value in (0, 1], e.g. 0.08", a.crop_min);
-    }
-    let mut p = open_probe(&a.checkpoint, &a.dataset, &a.data_dir)?;
-    let name = p.dataset.clone();
     let cfg = lincls::LinclsConfig {
         epochs: a.epochs,
         batch: a.batch_size,
@@ -86,6 +81,10 @@ pub fn lincls(a: LinclsArgs) -> Result<()> {
         crop_min: a.crop_min,
         lr_sweep: if a.lr.len() > 1 { a.lr.clone() } else { vec![] },
     };
+    // Bad settings are reported before the checkpoint and the dataset are read.
+    cfg.validate()?;
+    let mut p = open_probe(&a.checkpoint, &a.dataset, &a.data_dir)?;
+    let name = p.dataset.clone();
     let out = a.out.clone().unwrap_or_else(|| a.checkpoint.parent().map(|d| d.to_path_buf()).unwrap_or_default());
     std::fs::create_dir_all(&out)?;
     let mut log = mocov3::train::metrics::MetricsLog::open(&out.join("lincls.jsonl"), true)?;

@@ -30,6 +30,22 @@ pub struct LinclsConfig {
     pub lr_sweep: Vec<f64>,
 }
 
+impl LinclsConfig {
+    /// The settings [`run`] cannot use, as errors that name the command-line flag to fix.
+    pub fn validate(&self) -> anyhow::Result<()> {
+        if !(self.crop_min > 0.0 && self.crop_min <= 1.0) {
+            anyhow::bail!(
+                "--crop-min {} is not a share of the image: give a value in (0, 1], e.g. 0.08",
+                self.crop_min
+            );
+        }
+        if !self.lr_sweep.is_empty() && !self.cached {
+            anyhow::bail!("an lr sweep runs on cached features: add --cached, or give one --lr");
+        }
+        Ok(())
+    }
+}
+
 /// What [`run`] did: the epochs of the final head, its base lr, and the sweep that chose it.
 #[derive(Clone, Debug)]
 pub struct Probed {
@@ -297,9 +313,7 @@ pub fn run(
     cfg: &LinclsConfig,
     report: impl FnMut(&EpochResult),
 ) -> anyhow::Result<Probed> {
-    if !cfg.lr_sweep.is_empty() && !cfg.cached {
-        anyhow::bail!("an lr sweep runs on cached features: add --cached, or give one --lr");
-    }
+    cfg.validate()?;
     let before = fingerprint(net);
     net.set_keep_activations(false);
     let d = net.dim();
