@@ -103,9 +103,9 @@ fn a_cifar_archive_is_fetched_unpacked_and_loads() {
     let dir = tmp("cifar");
     let remotes = [Remote { url, file: "cifar-10-binary.tar.gz", md5 }];
     fetch_all(&remotes, &dir).unwrap();
-    let set = mocov3::data::cifar::load("cifar10", &[dir.clone()], true).unwrap();
+    let set = mocov3::data::cifar::load("cifar10", std::slice::from_ref(&dir), true).unwrap();
     assert_eq!((set.len(), set.h, set.w, set.c), (15, 32, 32, 3));
-    let test = mocov3::data::cifar::load("cifar10", &[dir.clone()], false).unwrap();
+    let test = mocov3::data::cifar::load("cifar10", std::slice::from_ref(&dir), false).unwrap();
     assert_eq!(test.labels, vec![5, 6]);
     // A second call finds the verified archive and does not download again (the server is
     // still up, but the file's checksum is what decides).

@@ -93,25 +93,25 @@ mod tests {
             std::fs::write(d10.join(format!("data_batch_{i}.bin")), b).unwrap();
         }
         std::fs::write(d10.join("test_batch.bin"), record(&[3], 1)).unwrap();
-        let s = load("cifar10", &[root.clone()], true).unwrap();
+        let s = load("cifar10", std::slice::from_ref(&root), true).unwrap();
         assert_eq!((s.len(), s.h, s.w, s.c, s.classes), (10, 32, 32, 3, 10));
         assert_eq!(&s.labels[..3], &[1, 9, 2]);
         // HWC: pixel 1's red is plane byte 1, its green plane byte 1025.
         let img = s.image(0);
         assert_eq!(img[3], 7u8.wrapping_add(1));
         assert_eq!(img[4], (1025u32 * 7 % 256) as u8 + 1);
-        assert_eq!(load("cifar10", &[root.clone()], false).unwrap().labels, vec![3]);
+        assert_eq!(load("cifar10", std::slice::from_ref(&root), false).unwrap().labels, vec![3]);
 
         let d100 = root.join("cifar-100-binary");
         std::fs::create_dir_all(&d100).unwrap();
         std::fs::write(d100.join("train.bin"), [record(&[4, 77], 0), record(&[1, 12], 0)].concat()).unwrap();
-        let s = load("cifar100", &[root.clone()], true).unwrap();
+        let s = load("cifar100", std::slice::from_ref(&root), true).unwrap();
         assert_eq!((s.labels.clone(), s.classes), (vec![77, 12], 100));
 
         let mut cut = record(&[1], 0);
         cut.truncate(1000);
         std::fs::write(d10.join("test_batch.bin"), cut).unwrap();
-        let e = load("cifar10", &[root.clone()], false).unwrap_err().to_string();
+        let e = load("cifar10", std::slice::from_ref(&root), false).unwrap_err().to_string();
         assert!(e.contains("test_batch.bin") && e.contains("truncated"), "{e}");
         let e = load("cifar100", &[root.join("nowhere")], false).unwrap_err();
         assert!(e.is::<super::super::NotFound>());

@@ -143,7 +143,7 @@ mod tests {
         for gz in [true, false] {
             let d = tmp(&format!("ok{gz}"));
             write_set(&d, gz, false);
-            let s = load_split("t", &[d.clone()], true, "").unwrap();
+            let s = load_split("t", std::slice::from_ref(&d), true, "").unwrap();
             assert_eq!((s.len(), s.h, s.w, s.c, s.classes), (5, 3, 4, 1, 3));
             assert_eq!(s.image(1)[0], 12);
             assert_eq!(s.labels, vec![0, 1, 2, 0, 1]);
@@ -154,19 +154,19 @@ mod tests {
     fn truncated_and_missing_files_are_clear_errors() {
         let d = tmp("trunc");
         write_set(&d, false, true);
-        let e = load_split("t", &[d.clone()], true, "").unwrap_err().to_string();
+        let e = load_split("t", std::slice::from_ref(&d), true, "").unwrap_err().to_string();
         assert!(e.contains("truncated") && e.contains("train-images-idx3-ubyte"), "{e}");
         let d = tmp("truncgz");
         write_set(&d, true, false);
         let p = d.join("train-images-idx3-ubyte.gz");
         let b = std::fs::read(&p).unwrap();
         std::fs::write(&p, &b[..b.len() / 2]).unwrap();
-        let e = load_split("t", &[d.clone()], true, "").unwrap_err();
+        let e = load_split("t", std::slice::from_ref(&d), true, "").unwrap_err();
         assert!(!e.is::<super::super::NotFound>(), "a damaged file is not a missing dataset");
         let e = format!("{e:#}");
         assert!(e.contains("gzip") && e.contains(".gz"), "{e}");
         let d = tmp("missing");
-        let e = load_split("fashion-mnist", &[d.clone()], true, "install it").unwrap_err();
+        let e = load_split("fashion-mnist", std::slice::from_ref(&d), true, "install it").unwrap_err();
         assert!(e.is::<super::super::NotFound>(), "only a missing dataset is worth a download");
         let e = e.to_string();
         assert!(e.contains("not found") && e.contains(&d.display().to_string()) && e.contains("install it"), "{e}");

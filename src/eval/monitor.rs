@@ -55,7 +55,7 @@ impl KnnMonitor {
     }
 
     pub fn due(&self, step: u64) -> bool {
-        self.every > 0 && step % self.every as u64 == 0 && self.filled >= self.k
+        self.every > 0 && step.is_multiple_of(self.every as u64) && self.filled >= self.k
     }
 
     /// Top-1 accuracy (%) of the held-out images against the queue.

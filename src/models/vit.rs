@@ -44,13 +44,13 @@ impl VitConfig {
     }
 
     pub fn validate(&self) -> Result<(), String> {
-        if self.patch == 0 || self.img % self.patch != 0 {
+        if self.patch == 0 || !self.img.is_multiple_of(self.patch) {
             return Err(format!("image size {} must be a multiple of the patch size {}", self.img, self.patch));
         }
-        if self.heads == 0 || self.dim % self.heads != 0 {
+        if self.heads == 0 || !self.dim.is_multiple_of(self.heads) {
             return Err(format!("dim {} must be divisible by the number of heads {}", self.dim, self.heads));
         }
-        if self.pos == PosEmbedKind::Sincos && self.dim % 4 != 0 {
+        if self.pos == PosEmbedKind::Sincos && !self.dim.is_multiple_of(4) {
             return Err(format!("the 2D sin-cos position embedding needs dim divisible by 4 (dim {})", self.dim));
         }
         if self.depth == 0 || self.in_chans == 0 {

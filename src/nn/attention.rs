@@ -20,7 +20,7 @@ pub struct Attention {
 
 impl Attention {
     pub fn new(dim: usize, heads: usize) -> Attention {
-        assert!(dim % heads == 0, "dim {dim} not divisible by heads {heads}");
+        assert!(dim.is_multiple_of(heads), "dim {dim} not divisible by heads {heads}");
         let hd = dim / heads;
         Attention { dim, heads, scale: (hd as f32).powf(-0.5), p: Vec::new(), o: Vec::new() }
     }

@@ -78,7 +78,7 @@ impl BatchNorm1d {
     pub fn forward(&mut self, x: &[f32], rows: usize, groups: usize) {
         let c = self.c;
         assert_eq!(x.len(), rows * c, "batchnorm {}: input shape", self.name);
-        assert!(groups > 0 && rows % groups == 0, "batchnorm: rows not divisible into groups");
+        assert!(groups > 0 && rows.is_multiple_of(groups), "batchnorm: rows not divisible into groups");
         ensure(&mut self.y, rows * c);
         let n = rows / groups;
         self.groups = groups;

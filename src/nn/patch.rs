@@ -16,7 +16,7 @@ pub struct PatchEmbed {
 
 impl PatchEmbed {
     pub fn new(name: &str, img: usize, patch: usize, chans: usize, dim: usize) -> PatchEmbed {
-        assert!(img % patch == 0, "image size {img} is not a multiple of the patch size {patch}");
+        assert!(img.is_multiple_of(patch), "image size {img} is not a multiple of the patch size {patch}");
         let mut proj = Linear::new(name, chans * patch * patch, dim, true);
         proj.w.shape = vec![dim, chans, patch, patch];
         PatchEmbed { proj, chans, img, patch, cols: Vec::new() }

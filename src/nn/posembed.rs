@@ -19,7 +19,7 @@ pub enum PosEmbedKind {
 /// As `torch.meshgrid(grid_w, grid_h)` with 'ij' indexing does in the official code, the first
 /// quarter-pair (sin, cos) encodes the *row* of the patch and the second the column.
 pub fn sincos_2d(grid: usize, dim: usize, temperature: f32) -> Vec<f32> {
-    assert!(dim % 4 == 0, "embed dim {dim} must be divisible by 4 for the 2D sin-cos embedding");
+    assert!(dim.is_multiple_of(4), "embed dim {dim} must be divisible by 4 for the 2D sin-cos embedding");
     let pd = dim / 4;
     let omega: Vec<f32> = (0..pd).map(|k| 1.0 / temperature.powf(k as f32 / pd as f32)).collect();
     let mut out = vec![0.0f32; (1 + grid * grid) * dim];
