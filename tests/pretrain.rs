@@ -37,10 +37,27 @@ fn check_resume(name: &str, extra: &[&str]) {
     let cfg = small(&format!("{name}-split"), extra);
     let first = run(cfg.clone(), &RunOptions { stop_after_epochs: Some(1), ..quiet() }).unwrap();
     assert_eq!(first.next_epoch, 1);
+    // As if the run had gone on past its checkpoint (step 3) and been killed mid-line.
+    let metrics = cfg.out_dir.join("metrics.jsonl");
+    let mut text = std::fs::read_to_string(&metrics).unwrap();
+    text += "{\"step\":4,\"loss\":9.0}\n{\"step\":5,\"lo";
+    std::fs::write(&metrics, text).unwrap();
     let second = run(cfg, &RunOptions { resume: Some(first.checkpoint.clone()), ..quiet() }).unwrap();
     let resumed: Vec<u32> = first.losses.iter().chain(&second.losses).map(|l| l.to_bits()).collect();
     let want: Vec<u32> = straight.losses.iter().map(|l| l.to_bits()).collect();
     assert_eq!(resumed, want, "losses differ after resume");
+    // The resumed run's log reads as the straight run's: same steps, same losses.
+    let logged = |r: &mocov3::train::pretrain::RunSummary| -> Vec<(u64, f64)> {
+        let text = std::fs::read_to_string(r.checkpoint.parent().unwrap().join("metrics.jsonl")).unwrap();
+        text.lines()
+            .map(|l| {
+                let v: serde_json::Value = serde_json::from_str(l).unwrap();
+                (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())
+            })
+            .collect()
+    };
+    assert!(!logged(&straight).is_empty());
+    assert_eq!(logged(&second), logged(&straight), "metrics.jsonl after resume");
 
     // And the final weights, buffers and optimiser state are identical.
     let (mut a, mut oa, sa) = checkpoint::load(&straight.checkpoint).unwrap();

@@ -39,10 +39,73 @@ impl MetricsLog {
         Ok(MetricsLog { file })
     }
 
+    /// Reopen the log of a run resumed from the checkpoint written after `step`: the lines of
+    /// steps past it (logged by the interrupted run after its last checkpoint, and logged again
+    /// by the resumed one) are dropped, as are lines superseded by an earlier resume and a line
+    /// cut short by a crash, so the log reads as one run. Rewritten through a temporary file.
+    pub fn resume(path: &Path, step: u64) -> Result<MetricsLog> {
+        if path.exists() {
+            let text = std::fs::read_to_string(path).with_context(|| format!("cannot read {}", path.display()))?;
+            let tmp = path.with_extension("jsonl.tmp");
+            std::fs::write(&tmp, kept_lines(&text, step))
+                .and_then(|_| std::fs::rename(&tmp, path))
+                .with_context(|| format!("cannot rewrite metrics file {}", path.display()))?;
+        }
+        Self::open(path, false)
+    }
+
     pub fn write<T: Serialize>(&mut self, m: &T) -> Result<()> {
         let line = serde_json::to_string(m)?;
         writeln!(self.file, "{line}")?;
         self.file.flush()?;
         Ok(())
+    }
+}
+
+/// The lines of a log that a run resumed after `step` keeps: each line's `step` must exceed the
+/// one before (a line at or below it starts a restarted segment, which replaces the lines it
+/// overlaps), none may lie past `step`, and lines that do not parse are dropped.
+fn kept_lines(text: &str, step: u64) -> String {
+    let mut kept: Vec<(u64, &str)> = Vec::new();
+    for line in text.lines() {
+        let Some(s) = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("step")?.as_u64()) else {
+            continue;
+        };
+        while kept.last().is_some_and(|&(k, _)| k >= s) {
+            kept.pop();
+        }
+        kept.push((s, line));
+    }
+    kept.into_iter().filter(|&(s, _)| s <= step).map(|(_, l)| format!("{l}\n")).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_resumed_log_drops_what_came_after_the_checkpoint() {
+        #[derive(Serialize)]
+        struct Line {
+            step: u64,
+            loss: f32,
+        }
+        let line = |step: u64, loss: f32| serde_json::to_string(&Line { step, loss }).unwrap() + "\n";
+        // Steps 1..=8 of a first run, a restart from step 4 that got to 6, and a line cut short.
+        let mut text: String = (1..=8).map(|s| line(s, 1.0)).collect();
+        text += &(4..=6).map(|s| line(s, 2.0)).collect::<String>();
+        text += "{\"step\":7,\"lo";
+        let want: String = (1..=3).map(|s| line(s, 1.0)).chain((4..=5).map(|s| line(s, 2.0))).collect();
+        assert_eq!(kept_lines(&text, 5), want);
+        assert_eq!(kept_lines(&text, 100), want + &line(6, 2.0));
+
+        let dir = std::env::temp_dir().join(format!("mocov3-metrics-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let path = dir.join("metrics.jsonl");
+        std::fs::write(&path, &text).unwrap();
+        let mut log = MetricsLog::resume(&path, 2).unwrap();
+        log.write(&Line { step: 3, loss: 3.0 }).unwrap();
+        assert_eq!(std::fs::read_to_string(&path).unwrap(), line(1, 1.0) + &line(2, 1.0) + &line(3, 3.0));
+        let _ = std::fs::remove_dir_all(&dir);
     }
 }

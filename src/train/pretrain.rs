@@ -96,9 +96,15 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     };
     std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
     std::fs::write(cfg.out_dir.join("config.toml"), toml::to_string(&cfg)?)?;
-    let mut log = MetricsLog::open(&cfg.out_dir.join("metrics.jsonl"), start_epoch == 0)?;
+    let metrics = cfg.out_dir.join("metrics.jsonl");
+    let mut log =
+        if start_epoch == 0 { MetricsLog::open(&metrics, true)? } else { MetricsLog::resume(&metrics, step)? };
     let ckpt = checkpoint_path(&cfg.out_dir);
     let mut tb = EventWriter::create(&cfg.out_dir)?;
+    if start_epoch > 0 {
+        // TensorBoard drops what earlier event files logged from this step on.
+        tb.restart_at(step + 1)?;
+    }
 
     let aug = augmentation(&cfg, &set);
     let mut monitor = if cfg.knn_every > 0 {

@@ -78,6 +78,16 @@ impl EventWriter {
         Ok(())
     }
 
+    /// Mark a restart (a resumed run) at `step`: a `SessionLog` START event, on which
+    /// TensorBoard purges the events of earlier files at `step` and after, so the steps an
+    /// interrupted run logged past its last checkpoint do not show twice.
+    pub fn restart_at(&mut self, step: u64) -> Result<()> {
+        let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
+        let mut e = event(wall, step as i64, None, &[]);
+        field_bytes(7, &[0x08, 0x01], &mut e); // session_log { status: START }
+        self.record(&e)
+    }
+
     /// Scalars for one step (tags such as `train/loss`).
     pub fn scalars(&mut self, step: u64, values: &[(&str, f32)]) -> Result<()> {
         let wall = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap_or_default().as_secs_f64();
@@ -96,6 +106,7 @@ mod tests {
         std::fs::create_dir_all(&dir).unwrap();
         let mut w = EventWriter::create(&dir).unwrap();
         w.scalars(7, &[("train/loss", 1.5)]).unwrap();
+        w.restart_at(5).unwrap();
         let f = std::fs::read_dir(&dir).unwrap().next().unwrap().unwrap().path();
         assert!(f.file_name().unwrap().to_str().unwrap().starts_with("events.out.tfevents."));
         let b = std::fs::read(f).unwrap();
@@ -109,7 +120,8 @@ mod tests {
             records.push(data.to_vec());
             at += 16 + len;
         }
-        assert_eq!(records.len(), 2);
+        assert_eq!(records.len(), 3);
+        assert_eq!(&records[2][9..], &[0x10, 5, 0x3a, 2, 0x08, 1], "step 5, session_log START");
         assert!(records[0].windows(13).any(|w| w == b"brain.Event:2"));
         let r = &records[1];
         assert!(r.windows(10).any(|w| w == b"train/loss"));
