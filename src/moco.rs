@@ -89,6 +89,9 @@ impl Module for Encoder {
     }
 }
 
+/// A callback given each named tensor: its key, its shape and its data (which it may change).
+pub type TensorVisitor<'a> = dyn FnMut(String, &[usize], &mut Vec<f32>) + 'a;
+
 pub struct MoCo {
     pub cfg: MocoConfig,
     pub base: Encoder,
@@ -172,7 +175,7 @@ impl MoCo {
 
     /// Every parameter and buffer of the model under its official state_dict key
     /// (`base_encoder.*`, `momentum_encoder.*`, `predictor.*`), in that order.
-    pub fn visit_tensors(&mut self, f: &mut dyn FnMut(String, &[usize], &mut Vec<f32>)) {
+    pub fn visit_tensors(&mut self, f: &mut TensorVisitor) {
         let parts: [(&str, &mut dyn Module); 3] =
             [("base_encoder.", &mut self.base), ("momentum_encoder.", &mut self.momentum), ("", &mut self.predictor)];
         for (prefix, m) in parts {

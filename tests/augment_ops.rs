@@ -34,7 +34,8 @@ fn every_op_matches_pillow_within_one_level() {
     let st = SafeTensors::deserialize(&bytes).unwrap();
     for img in ["rgb", "grey"] {
         let input = image(&st, &format!("{img}.input"));
-        let cases: Vec<(&str, Box<dyn Fn(&mut Image) -> Image>)> = vec![
+        type Op = Box<dyn Fn(&mut Image) -> Image>;
+        let cases: Vec<(&str, Op)> = vec![
             ("crop_up", Box::new(|im: &mut Image| ops::resized_crop(im, (2, 3, 13, 17), 24, 24))),
             ("crop_down", Box::new(|im: &mut Image| ops::resized_crop(im, (1, 0, 19, 23), 9, 11))),
             ("crop_mixed", Box::new(|im: &mut Image| ops::resized_crop(im, (0, 2, 10, 20), 16, 8))),

@@ -60,23 +60,15 @@ pub fn render(run_dir: &Path) -> Result<PathBuf> {
     ];
     for (i, (title, s, log)) in charts.iter().enumerate() {
         let (x, y) = at(i as i64);
-        chart(&mut c, x, y, pw, ph, title, s, *log);
+        chart(&mut c, [x, y, pw, ph], title, s, *log);
     }
     if !lincls.is_empty() {
         let (x, y) = at(6);
         let s = vec![series(&lincls, "epoch", "top1", "top1", 0), series(&lincls, "epoch", "top5", "top5", 1)];
-        chart(&mut c, x, y, pw, ph, "linear probe accuracy (%) by epoch", &s, false);
+        chart(&mut c, [x, y, pw, ph], "linear probe accuracy (%) by epoch", &s, false);
         let (x, y) = at(7);
-        chart(
-            &mut c,
-            x,
-            y,
-            pw,
-            ph,
-            "linear probe train loss",
-            &[series(&lincls, "epoch", "train_loss", "loss", 0)],
-            false,
-        );
+        let loss = [series(&lincls, "epoch", "train_loss", "loss", 0)];
+        chart(&mut c, [x, y, pw, ph], "linear probe train loss", &loss, false);
     }
     let out = run_dir.join("report.png");
     c.save_png(&out)?;

@@ -86,9 +86,9 @@ pub fn fmt_num(v: f64) -> String {
     }
 }
 
-/// Draw one chart in the box (x, y, w, h): title, frame, y range and x range labels, series.
+/// Draw one chart in the box `[x, y, w, h]`: title, frame, y range and x range labels, series.
 /// With `log_y`, values are plotted on a log10 scale (non-positive values are skipped).
-pub fn chart(c: &mut Canvas, x: i64, y: i64, w: i64, h: i64, title: &str, series: &[Series], log_y: bool) {
+pub fn chart(c: &mut Canvas, [x, y, w, h]: [i64; 4], title: &str, series: &[Series], log_y: bool) {
     const S: i64 = 2;
     let black = [0, 0, 0];
     let grey = [120, 120, 120];

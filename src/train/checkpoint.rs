@@ -5,7 +5,7 @@
 //! half-written checkpoint.
 
 use super::config::PretrainConfig;
-use crate::moco::MoCo;
+use crate::moco::{MoCo, TensorVisitor};
 use crate::optim::Optimizer;
 use anyhow::{bail, Context, Result};
 use safetensors::tensor::{Dtype, SafeTensors, TensorView};
@@ -27,14 +27,14 @@ pub struct TrainState {
 }
 
 /// Every named tensor of the model and optimiser, as (name, shape, mutable data).
-fn for_each_tensor(model: &mut MoCo, opt: &mut Optimizer, f: &mut dyn FnMut(String, Vec<usize>, &mut Vec<f32>)) {
-    model.visit_tensors(&mut |name, shape, data| f(name, shape.to_vec(), data));
+fn for_each_tensor(model: &mut MoCo, opt: &mut Optimizer, f: &mut TensorVisitor) {
+    model.visit_tensors(&mut |name, shape, data| f(name, shape, data));
     let keys = model.trainable_keys();
     let shapes: Vec<Vec<usize>> = model.trainable_params().iter().map(|p| p.shape.clone()).collect();
     for (state, bufs) in opt.state_mut() {
         if bufs.len() == keys.len() {
             for ((n, s), b) in keys.iter().zip(&shapes).zip(bufs.iter_mut()) {
-                f(format!("optimizer.{state}.{n}"), s.clone(), b);
+                f(format!("optimizer.{state}.{n}"), s, b);
             }
         }
     }
@@ -45,7 +45,7 @@ pub fn save(path: &Path, model: &mut MoCo, opt: &Optimizer, state: &TrainState) 
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
     for_each_tensor(model, &mut opt, &mut |name, shape, data| {
         let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        owned.push((name, shape, bytes));
+        owned.push((name, shape.to_vec(), bytes));
     });
     let views: Vec<(String, TensorView)> = owned
         .iter()
@@ -109,7 +109,7 @@ pub fn load(path: &Path) -> Result<(MoCo, Optimizer, TrainState)> {
                     path.display()
                 ))
             }
-            Ok(t) if t.dtype() != Dtype::F32 || t.shape() != shape.as_slice() => {
+            Ok(t) if t.dtype() != Dtype::F32 || t.shape() != shape => {
                 err = Some(anyhow::anyhow!(
                     "{}: tensor '{name}' has shape {:?} ({:?}), the model expects {shape:?} (f32)",
                     path.display(),
