@@ -220,7 +220,7 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         }
     };
     let base = if arch.starts_with("resnet") { "resnet50" } else { "vit_small" };
-    let cfg = config::merge_sets(&config::preset(base)?, &sets)?;
+    let cfg = config::merge_sets(&config::preset(base)?, &[sets, a.sets.clone()].concat())?;
     let mut model = mocov3::moco::MoCo::new(&cfg.model(in_chans)?, 0);
     let mut opt = mocov3::optim::Optimizer::new(cfg.optimizer, cfg.weight_decay, false);
     let info = official::load_into(&a.input, &mut model, &mut opt)?;
@@ -249,7 +249,21 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     }
     cfg.data_dir = a.data_dir.clone();
     let ckpt = pretrain::checkpoint_path(&cfg.out_dir);
-    let resume = if ckpt.is_file() { Some(mocov3::train::checkpoint::load(&ckpt)?.2.epoch) } else { None };
+    let resume = if ckpt.is_file() {
+        let state = mocov3::train::checkpoint::load(&ckpt)?.2;
+        let conflicts = config::resume_conflicts(&state.config, &cfg)?;
+        if !conflicts.is_empty() {
+            anyhow::bail!(
+                "{} holds a run with another configuration than this quickstart's:\n  {}\nscore it with the \
+                 same --epochs, or give another --out",
+                ckpt.display(),
+                conflicts.join("\n  ")
+            );
+        }
+        Some(state.epoch)
+    } else {
+        None
+    };
     match resume {
         Some(e) if e >= cfg.epochs => {
             eprintln!("quickstart: {} already holds {e} epochs; evaluating it", ckpt.display())

@@ -124,6 +124,11 @@ struct ConvertArgs {
     /// Dataset the native checkpoint should name for later commands.
     #[arg(long, default_value = "imagenet")]
     dataset: String,
+    /// The recipe the run was trained with (batch_size, epochs, lr, ...: keys of `mocov3
+    /// pretrain --print-config`), recorded for a later `pretrain --resume`, which keeps it.
+    /// Default: the official vit_small / resnet50 recipe.
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
 }
 
 #[derive(Args)]
@@ -323,7 +328,9 @@ struct PretrainArgs {
     /// Cut every epoch to this many steps (smoke runs).
     #[arg(long)]
     max_steps_per_epoch: Option<usize>,
-    /// Resume from a checkpoint written by an earlier run (its configuration is used).
+    /// Resume from a checkpoint written by an earlier run. Its configuration is kept: other flags
+    /// may change only --out, --threads, --data-dir, --skip-corrupt and the loader and logging
+    /// keys; anything else that differs is an error.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Stop after this many epochs of this invocation (resume later with --resume).
@@ -340,7 +347,11 @@ struct PretrainArgs {
 }
 
 fn resolve(a: &PretrainArgs) -> Result<PretrainConfig> {
-    let mut c = config::preset(&a.preset)?;
+    overrides(config::preset(&a.preset)?, a)
+}
+
+/// `c` with the configuration file, the flags and the `--set`s of the command line applied.
+fn overrides(mut c: PretrainConfig, a: &PretrainArgs) -> Result<PretrainConfig> {
     if let Some(p) = &a.config {
         c = config::merge_file(&c, p)?;
     }
@@ -438,7 +449,26 @@ fn real_main() -> Result<()> {
             }
         }
         Cmd::Pretrain(a) => {
-            let cfg = resolve(&a)?;
+            let cfg = match &a.resume {
+                // A resumed run keeps its configuration; the command line may change only how
+                // it runs (threads, logging, where it writes).
+                Some(ck) => {
+                    let trained = mocov3::train::checkpoint::load(ck)?.2.config;
+                    let asked = overrides(trained.clone(), &a)?;
+                    let conflicts = config::resume_conflicts(&trained, &asked)?;
+                    if !conflicts.is_empty() {
+                        anyhow::bail!(
+                            "{}: a resumed run keeps the configuration it was started with (its lr and momentum \
+                             schedules depend on it), but the command line changes it:\n  {}\ndrop those \
+                             settings, or start a new run in another --out",
+                            ck.display(),
+                            conflicts.join("\n  ")
+                        );
+                    }
+                    asked
+                }
+                None => resolve(&a)?,
+            };
             if a.print_config {
                 print!("{}", toml::to_string(&cfg)?);
                 return Ok(());

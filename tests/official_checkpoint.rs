@@ -204,3 +204,17 @@ fn resnet_official_layout_round_trips_and_names_its_shape() {
     assert_eq!((r.depth, r.cifar, r.in_chans, r.mlp_dim, r.out_dim), (18, true, 1, 32, 16));
     assert!(mocov3::interop::official::infer_resnet(&fixture("official_zip.pth.tar")).unwrap().is_none());
 }
+
+#[test]
+fn convert_records_the_recipe_a_resume_keeps() {
+    let out = std::env::temp_dir().join(format!("mocov3-convert-{}.safetensors", std::process::id()));
+    let run = std::process::Command::new(env!("CARGO_BIN_EXE_mocov3"))
+        .args(["convert", fixture("official_zip.pth.tar").to_str().unwrap(), "--to", "safetensors"])
+        .args(["--out", out.to_str().unwrap(), "--heads", "2", "--set", "epochs=7", "--set", "batch_size=32"])
+        .output()
+        .unwrap();
+    assert!(run.status.success(), "{}", String::from_utf8_lossy(&run.stderr));
+    let (_, _, state) = mocov3::train::checkpoint::load(&out).unwrap();
+    assert_eq!((state.config.epochs, state.config.batch_size, state.config.dim), (7, 32, Some(16)));
+    let _ = std::fs::remove_file(&out);
+}

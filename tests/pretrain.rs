@@ -216,6 +216,30 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
 }
 
 #[test]
+fn a_resumed_run_refuses_a_new_schedule() {
+    let cfg = small("resume-conflict", &[]);
+    let first = run(cfg.clone(), &RunOptions { stop_after_epochs: Some(1), ..quiet() }).unwrap();
+    let resume = |extra: &[&str]| {
+        let ck = first.checkpoint.to_str().unwrap();
+        let out = cfg.out_dir.to_str().unwrap();
+        let mut args = vec!["pretrain", "--resume", ck, "--out", out, "--quiet", "--threads", "1"];
+        args.extend(extra);
+        std::process::Command::new(env!("CARGO_BIN_EXE_mocov3")).args(args).output().unwrap()
+    };
+    let out = resume(&["--epochs", "5", "--set", "moco_t=0.5"]);
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("epochs: the checkpoint has 2, asked 5"), "{err}");
+    assert!(err.contains("moco_t: the checkpoint has 0.2, asked 0.5"), "{err}");
+    let (_, _, state) = checkpoint::load(&first.checkpoint).unwrap();
+    assert_eq!(state.epoch, 1, "the refused run left the checkpoint as it was");
+    // Changing only how it runs is fine, and the run finishes its 2 epochs.
+    let out = resume(&["--set", "log_every=1"]);
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(checkpoint::load(&first.checkpoint).unwrap().2.epoch, 2);
+}
+
+#[test]
 fn lincls_rejects_a_crop_share_outside_0_1() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_mocov3"))
         .args(["lincls", "--checkpoint", "missing.safetensors", "--crop-min", "1.5"])

@@ -276,6 +276,31 @@ pub fn merge_sets(cfg: &PretrainConfig, sets: &[String]) -> Result<PretrainConfi
     merge_toml(cfg, table, "--set")
 }
 
+/// Keys a resumed run may change: where it writes, how it runs, how often it logs. Every other
+/// key shapes the model, the data or the schedules, so a resumed run keeps it.
+pub const RUN_KEYS: &[&str] =
+    &["out_dir", "threads", "data_dir", "skip_corrupt", "loader_workers", "loader_depth", "log_every"];
+
+/// The keys (other than [`RUN_KEYS`]) on which `asked` differs from the configuration a
+/// checkpoint was trained with, as `key = checkpoint value, asked value` lines.
+pub fn resume_conflicts(checkpoint: &PretrainConfig, asked: &PretrainConfig) -> Result<Vec<String>> {
+    let (a, b) = (toml::Table::try_from(checkpoint)?, toml::Table::try_from(asked)?);
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| !RUN_KEYS.contains(&k.as_str())).collect();
+    keys.sort();
+    keys.dedup();
+    // f32 keys (τ, blur σ) pass through f64: show them as the f32 they are.
+    let show = |v: Option<&toml::Value>| match v {
+        None => "(unset)".to_string(),
+        Some(toml::Value::Float(f)) if (*f as f32) as f64 == *f => (*f as f32).to_string(),
+        Some(v) => v.to_string(),
+    };
+    Ok(keys
+        .into_iter()
+        .filter(|k| a.get(*k) != b.get(*k))
+        .map(|k| format!("{k}: the checkpoint has {}, asked {}", show(a.get(k)), show(b.get(k))))
+        .collect())
+}
+
 impl PretrainConfig {
     /// The model configuration for images of `chans` channels; checks every shape constraint.
     pub fn model(&self, chans: usize) -> Result<MocoConfig> {
@@ -349,6 +374,23 @@ impl PretrainConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_resumed_run_may_change_only_how_it_runs() {
+        let c = preset("fashion-mnist").unwrap();
+        let run_side = merge_sets(&c, &["threads=1".into(), "out_dir=\"x\"".into(), "log_every=3".into()]).unwrap();
+        assert!(resume_conflicts(&c, &run_side).unwrap().is_empty());
+        let longer = merge_sets(&run_side, &["epochs=50".into(), "lr=1e-3".into()]).unwrap();
+        let got = resume_conflicts(&c, &longer).unwrap();
+        assert_eq!(got, ["epochs: the checkpoint has 25, asked 50", "lr: the checkpoint has 0.002, asked 0.001"]);
+        let capped = PretrainConfig { max_steps_per_epoch: Some(3), ..c.clone() };
+        assert_eq!(
+            resume_conflicts(&c, &capped).unwrap(),
+            ["max_steps_per_epoch: the checkpoint has (unset), asked 3"]
+        );
+        let colder = PretrainConfig { moco_t: 0.1, ..c.clone() };
+        assert_eq!(resume_conflicts(&c, &colder).unwrap(), ["moco_t: the checkpoint has 0.2, asked 0.1"]);
+    }
 
     #[test]
     fn presets_build_and_overrides_apply() {
