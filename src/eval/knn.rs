@@ -66,7 +66,9 @@ pub fn classify(
                             votes[bank_labels[j] as usize] += ((row[j] / t) as f64).exp();
                         }
                         let mut order: Vec<usize> = (0..classes).collect();
-                        order.sort_by(|&a, &b| votes[b].partial_cmp(&votes[a]).unwrap().then(a.cmp(&b)));
+                        // total_cmp: features of a damaged checkpoint (NaN) give a wrong
+                        // answer, not a panic.
+                        order.sort_by(|&a, &b| votes[b].total_cmp(&votes[a]).then(a.cmp(&b)));
                         (order[0] == truth, order.iter().take(5).any(|&c| c == truth))
                     })
                     .collect()
@@ -135,5 +137,9 @@ mod tests {
         assert_eq!(classify(&bank, &labels, &q, &[0], d, 2, &[3], 10.0)[0].top1, 100.0);
         // k = 1 keeps only the nearest: class 1.
         assert_eq!(classify(&bank, &labels, &q, &[0], d, 2, &[1], 10.0)[0].top1, 0.0);
+        // A NaN feature (a damaged checkpoint) scores, it does not panic.
+        let nan = [f32::NAN, 0.0];
+        let r = classify(&bank, &labels, &nan, &[0], d, 2, &[3], 0.1)[0];
+        assert!(r.top1 <= 100.0, "{r:?}");
     }
 }

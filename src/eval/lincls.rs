@@ -153,7 +153,7 @@ impl LinearHead {
             .zip(labels.par_iter())
             .map(|(row, &l)| {
                 let mut order: Vec<usize> = (0..c).collect();
-                order.sort_by(|&a, &b| row[b].partial_cmp(&row[a]).unwrap().then(a.cmp(&b)));
+                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
                 ((order[0] == l as usize) as usize, order.iter().take(5).any(|&k| k == l as usize) as usize)
             })
             .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));

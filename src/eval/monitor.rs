@@ -88,11 +88,13 @@ mod tests {
 
     #[test]
     fn queue_keeps_the_most_recent() {
-        let mut m = KnnMonitor::new(1, 3, 10, 1, 0.07, 2, 2);
+        // Every 2 steps, a queue of 3, k = 3: not due before 3 features are in.
+        let mut m = KnnMonitor::new(2, 3, 10, 3, 0.07, 2, 2);
         m.push(&[1.0, 0.0, 0.0, 1.0], [0, 1]);
-        assert!(!m.due(1) || m.filled >= 1);
+        assert!(!m.due(2), "only 2 of the k = 3 neighbours are queued");
         m.push(&[2.0, 0.0, 0.0, 3.0], [0, 1]);
         assert_eq!(m.filled, 3);
+        assert!(m.due(2) && m.due(4) && !m.due(3));
         // Oldest (label 0 at slot 0) was replaced by the fourth entry (label 1).
         assert_eq!(m.labels, vec![1, 1, 0]);
         assert!((m.bank[1] - 1.0).abs() < 1e-6, "normalised on entry");
