@@ -10,11 +10,14 @@ pub fn knn(a: KnnArgs) -> Result<()> {
         Some(ck) => {
             let mut p = open_probe(ck, &a.dataset, &a.data_dir)?;
             let (nb, nq) = (features::count(&p.train, a.train_limit), features::count(&p.test, a.test_limit));
-            let net = &mut p.model.base.backbone;
+            let net = match a.encoder.as_str() {
+                "momentum" => &mut p.model.momentum.backbone,
+                _ => &mut p.model.base.backbone,
+            };
             net.set_keep_activations(false);
             let b = features::backbone(net, &p.train, nb, &p.plain, 256)?;
             let q = features::backbone(net, &p.test, nq, &p.plain, 256)?;
-            let what = format!("{} (epoch {})", ck.display(), p.state.epoch);
+            let what = format!("{} (epoch {}, {} encoder)", ck.display(), p.state.epoch, a.encoder);
             (p.dataset, p.train, p.test, b, q, net.dim(), what)
         }
         None => {

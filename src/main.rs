@@ -207,6 +207,10 @@ struct KnnArgs {
     /// Use only the first N test images as queries.
     #[arg(long)]
     test_limit: Option<usize>,
+    /// Whose backbone gives the features: the base encoder (the one the official probe takes)
+    /// or the momentum encoder.
+    #[arg(long, value_parser = ["base", "momentum"], default_value = "base")]
+    encoder: String,
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
