@@ -163,6 +163,18 @@ fn knn_monitor_runs_and_logs() {
     let logged = text.lines().filter(|l| l.contains("knn_top1")).count();
     assert_eq!(logged, 4, "steps 3, 6, 9, 12 carry a kNN value:\n{text}");
     assert!(s.monitor_secs > 0.0 && s.monitor_secs < s.total_secs);
+    // `mocov3 knn` scores the checkpoint with either encoder's backbone.
+    for encoder in ["base", "momentum"] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mocov3"))
+            .args(["knn", "--checkpoint", s.checkpoint.to_str().unwrap(), "--encoder", encoder])
+            .args(["--train-limit", "256", "--test-limit", "64", "--threads", "1"])
+            .output()
+            .unwrap();
+        let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+        assert!(out.status.success(), "{stderr}");
+        assert!(stderr.contains(&format!("{encoder} encoder")), "{stderr}");
+        assert!(stdout.contains("knn dataset=synthetic features=checkpoint k=20"), "{stdout}");
+    }
 }
 
 #[test]
