@@ -253,7 +253,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     cfg.data_dir = a.data_dir.clone();
     let ckpt = pretrain::checkpoint_path(&cfg.out_dir);
     let resume = if ckpt.is_file() {
-        let state = mocov3::train::checkpoint::load(&ckpt)?.2;
+        let state = mocov3::train::checkpoint::read_state(&ckpt)?;
         let conflicts = config::resume_conflicts(&state.config, &cfg)?;
         if !conflicts.is_empty() {
             anyhow::bail!(

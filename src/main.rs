@@ -457,7 +457,7 @@ fn real_main() -> Result<()> {
                 // A resumed run keeps its configuration; the command line may change only how
                 // it runs (threads, logging, where it writes).
                 Some(ck) => {
-                    let trained = mocov3::train::checkpoint::load(ck)?.2.config;
+                    let trained = mocov3::train::checkpoint::read_state(ck)?.config;
                     let asked = overrides(trained.clone(), &a)?;
                     let conflicts = config::resume_conflicts(&trained, &asked)?;
                     if !conflicts.is_empty() {

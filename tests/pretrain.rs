@@ -143,6 +143,16 @@ fn missing_dataset_and_corrupt_checkpoint_are_clear_errors() {
         run(small("corrupt2", &[]), &RunOptions { resume: Some(bad.clone()), ..quiet() }).err().unwrap()
     );
     assert!(msg.contains("truncated.safetensors") && msg.contains("corrupt or truncated"), "{msg}");
+
+    // The header alone gives the state that a full load gives; damage is an error naming the file.
+    let head = checkpoint::read_state(&good.checkpoint).unwrap();
+    let (_, _, full) = checkpoint::load(&good.checkpoint).unwrap();
+    assert_eq!((head.epoch, head.step, &head.config), (full.epoch, full.step, &full.config));
+    for cut in [4, 40] {
+        std::fs::write(&bad, &bytes[..cut]).unwrap();
+        let msg = format!("{:#}", checkpoint::read_state(&bad).unwrap_err());
+        assert!(msg.contains("truncated.safetensors") && msg.contains("corrupt or truncated"), "{msg}");
+    }
 }
 
 #[test]

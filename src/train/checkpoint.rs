@@ -66,6 +66,38 @@ pub fn save(path: &Path, model: &mut MoCo, opt: &Optimizer, state: &TrainState) 
     Ok(())
 }
 
+/// The training state kept in a checkpoint's metadata.
+fn parse_state(info: Option<&str>, path: &Path) -> Result<TrainState> {
+    let info = info.with_context(|| {
+        format!("{} has no mocov3 training state: it was not written by `mocov3 pretrain`", path.display())
+    })?;
+    let state: TrainState =
+        serde_json::from_str(info).with_context(|| format!("{}: unreadable training state", path.display()))?;
+    if state.format != FORMAT {
+        bail!("{}: checkpoint format {} is not supported (expected {FORMAT})", path.display(), state.format);
+    }
+    Ok(state)
+}
+
+/// The training state (epoch, step, configuration) of a checkpoint, from its header alone
+/// (the tensors are not read; [`load`] checks them).
+pub fn read_state(path: &Path) -> Result<TrainState> {
+    use std::io::Read;
+    let fix = "it is corrupt or truncated: resume from an earlier checkpoint or start the run again";
+    let mut f = std::fs::File::open(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
+    let mut len = [0u8; 8];
+    f.read_exact(&mut len).with_context(|| format!("checkpoint {}: no header; {fix}", path.display()))?;
+    let len = u64::from_le_bytes(len);
+    if len > 100 << 20 {
+        bail!("checkpoint {}: a header of {len} bytes; {fix}", path.display());
+    }
+    let mut header = vec![0u8; len as usize];
+    f.read_exact(&mut header).with_context(|| format!("checkpoint {}: truncated header; {fix}", path.display()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .map_err(|e| anyhow::anyhow!("checkpoint {}: header: {e}; {fix}", path.display()))?;
+    parse_state(header.get("__metadata__").and_then(|m| m.get("mocov3")).and_then(|s| s.as_str()), path)
+}
+
 /// Load a checkpoint written by [`save`]: the model, the optimiser and the training state.
 pub fn load(path: &Path) -> Result<(MoCo, Optimizer, TrainState)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
@@ -74,14 +106,7 @@ pub fn load(path: &Path) -> Result<(MoCo, Optimizer, TrainState)> {
         SafeTensors::read_metadata(&bytes).map_err(|e| anyhow::anyhow!("checkpoint {}: {e}; {fix}", path.display()))?;
     let st =
         SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("checkpoint {}: {e}; {fix}", path.display()))?;
-    let info = meta.metadata().as_ref().and_then(|m| m.get("mocov3")).with_context(|| {
-        format!("{} has no mocov3 training state: it was not written by `mocov3 pretrain`", path.display())
-    })?;
-    let state: TrainState =
-        serde_json::from_str(info).with_context(|| format!("{}: unreadable training state", path.display()))?;
-    if state.format != FORMAT {
-        bail!("{}: checkpoint format {} is not supported (expected {FORMAT})", path.display(), state.format);
-    }
+    let state = parse_state(meta.metadata().as_ref().and_then(|m| m.get("mocov3")).map(|s| s.as_str()), path)?;
     let steps: u64 = meta
         .metadata()
         .as_ref()
