@@ -334,7 +334,8 @@ struct PretrainArgs {
     max_steps_per_epoch: Option<usize>,
     /// Resume from a checkpoint written by an earlier run. Its configuration is kept: other flags
     /// may change only --out, --threads, --data-dir, --skip-corrupt and the loader and logging
-    /// keys; anything else that differs is an error.
+    /// keys; anything else that differs is an error. Without --out it continues in its own run
+    /// directory.
     #[arg(long)]
     resume: Option<PathBuf>,
     /// Stop after this many epochs of this invocation (resume later with --resume).
