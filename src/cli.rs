@@ -15,10 +15,11 @@ pub fn knn(a: KnnArgs) -> Result<()> {
                 _ => &mut p.model.base.backbone,
             };
             net.set_keep_activations(false);
-            let b = features::backbone(net, &p.train, nb, &p.plain, 256)?;
-            let q = features::backbone(net, &p.test, nq, &p.plain, 256)?;
-            let what = format!("{} (epoch {}, {} encoder)", ck.display(), p.state.epoch, a.encoder);
-            (p.dataset, p.train, p.test, b, q, net.dim(), what)
+            let (b, d) = features::backbone(net, &p.train, nb, &p.plain, 256, a.feature)?;
+            let (q, _) = features::backbone(net, &p.test, nq, &p.plain, 256, a.feature)?;
+            let what =
+                format!("{} (epoch {}, {} encoder, feature {})", ck.display(), p.state.epoch, a.encoder, a.feature);
+            (p.dataset, p.train, p.test, b, q, d, what)
         }
         None => {
             let dataset = a.dataset.clone().unwrap_or_else(|| "fashion-mnist".into());
@@ -83,6 +84,7 @@ pub fn lincls(a: LinclsArgs) -> Result<()> {
         cached: a.cached,
         crop_min: a.crop_min,
         lr_sweep: if a.lr.len() > 1 { a.lr.clone() } else { vec![] },
+        feature: a.feature,
     };
     // Bad settings are reported before the checkpoint and the dataset are read.
     cfg.validate()?;
@@ -143,8 +145,7 @@ pub fn extract(a: ExtractArgs) -> Result<()> {
     };
     let net = &mut p.model.base.backbone;
     net.set_keep_activations(false);
-    let d = net.dim();
-    let f = mocov3::eval::features::backbone(net, set, set.len(), &p.plain, 256)?;
+    let (f, d) = mocov3::eval::features::backbone(net, set, set.len(), &p.plain, 256, a.feature)?;
     let fb: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
     let lb: Vec<u8> = set.labels.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect();
     use safetensors::tensor::{Dtype, TensorView};
@@ -155,7 +156,12 @@ pub fn extract(a: ExtractArgs) -> Result<()> {
     let tmp = a.out.with_extension("tmp");
     safetensors::tensor::serialize_to_file(views, &None, &tmp)?;
     std::fs::rename(&tmp, &a.out)?;
-    println!("extract: {} features of dim {d} (L2-normalised) and labels -> {}", set.len(), a.out.display());
+    println!(
+        "extract: {} {} features of dim {d} (L2-normalised) and labels -> {}",
+        set.len(),
+        a.feature,
+        a.out.display()
+    );
     Ok(())
 }
 
@@ -282,10 +288,9 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     let classes = p.train.classes.max(test.classes);
     let net = &mut p.model.base.backbone;
     net.set_keep_activations(false);
-    let d = net.dim();
     eprintln!("quickstart: features of {} train and {} test images", p.train.len(), test.len());
-    let ftrain = features::backbone(net, &p.train, p.train.len(), &p.plain, 256)?;
-    let ftest = features::backbone(net, test, test.len(), &p.plain, 256)?;
+    let (ftrain, d) = features::backbone(net, &p.train, p.train.len(), &p.plain, 256, features::VitFeature::Cls)?;
+    let (ftest, _) = features::backbone(net, test, test.len(), &p.plain, 256, features::VitFeature::Cls)?;
     let (ptrain, pd) = features::pixels(&p.train, p.train.len())?;
     let (ptest, _) = features::pixels(test, test.len())?;
     let knn_model = knn::classify(&ftrain, &p.train.labels, &ftest, &test.labels, d, classes, &[20], 0.07)[0];
@@ -299,6 +304,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         cached: true,
         crop_min: 0.08,
         lr_sweep: a.lincls_lr.clone(),
+        feature: features::VitFeature::Cls,
     };
     let probe = |x: &[f32], xt: &[f32], d: usize, what: &str| -> Result<(f64, Vec<lincls::EpochResult>)> {
         let r = lincls::probe_swept(x, &p.train.labels, xt, &test.labels, d, classes, &lcfg, |_| {})?;

@@ -162,6 +162,11 @@ fn bad_shapes_in_config_are_errors() {
     assert!(msg.contains("multiple of the patch size"), "{msg}");
 }
 
+/// Width of the ViT in a checkpoint.
+fn vit_dim(ckpt: &std::path::Path) -> usize {
+    checkpoint::read_state(ckpt).unwrap().config.dim.unwrap()
+}
+
 #[test]
 fn knn_monitor_runs_and_logs() {
     let c = small("knn", &["max_steps_per_epoch=6", "knn_every=3", "knn_eval=64", "knn_bank=96", "knn_k=5"]);
@@ -173,22 +178,50 @@ fn knn_monitor_runs_and_logs() {
     let logged = text.lines().filter(|l| l.contains("knn_top1")).count();
     assert_eq!(logged, 4, "steps 3, 6, 9, 12 carry a kNN value:\n{text}");
     assert!(s.monitor_secs > 0.0 && s.monitor_secs < s.total_secs);
-    // `mocov3 knn` scores the checkpoint with either encoder's backbone.
-    for encoder in ["base", "momentum"] {
+    // `mocov3 knn` scores the checkpoint with either encoder's backbone and any ViT feature.
+    for (encoder, feature) in [("base", "cls"), ("momentum", "cls"), ("base", "cls+avg"), ("momentum", "last2")] {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_mocov3"))
             .args(["knn", "--checkpoint", s.checkpoint.to_str().unwrap(), "--encoder", encoder])
-            .args(["--train-limit", "256", "--test-limit", "64", "--threads", "1"])
+            .args(["--feature", feature, "--train-limit", "256", "--test-limit", "64", "--threads", "1"])
             .output()
             .unwrap();
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{stderr}");
-        assert!(stderr.contains(&format!("{encoder} encoder")), "{stderr}");
+        assert!(stderr.contains(&format!("{encoder} encoder, feature {feature}")), "{stderr}");
         assert!(stdout.contains("knn dataset=synthetic features=checkpoint k=20"), "{stdout}");
+    }
+    // `mocov3 extract` writes the chosen feature, L2-normalised, with the labels.
+    let file = s.checkpoint.with_file_name("features-last2.safetensors");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mocov3"))
+        .args(["extract", "--checkpoint", s.checkpoint.to_str().unwrap(), "--split", "test"])
+        .args(["--feature", "last2", "--threads", "1", "--out", file.to_str().unwrap()])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let bytes = std::fs::read(&file).unwrap();
+    let st = safetensors::SafeTensors::deserialize(&bytes).unwrap();
+    let (f, l) = (st.tensor("features").unwrap(), st.tensor("labels").unwrap());
+    let dim = 2 * vit_dim(&s.checkpoint);
+    assert_eq!(f.shape(), [l.shape()[0], dim]);
+    let rows: Vec<f32> = f.data().chunks(4).map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]])).collect();
+    for r in rows.chunks(dim) {
+        assert!((r.iter().map(|v| v * v).sum::<f32>() - 1.0).abs() < 1e-4);
+    }
+    // A feature the model cannot give is refused with the reason, as is a name that is none.
+    for (feature, why) in [("last3", "this ViT has 2 blocks"), ("avg", "expected cls, cls+avg or lastN")] {
+        let out = std::process::Command::new(env!("CARGO_BIN_EXE_mocov3"))
+            .args(["knn", "--checkpoint", s.checkpoint.to_str().unwrap(), "--feature", feature])
+            .args(["--train-limit", "256", "--test-limit", "64", "--threads", "1"])
+            .output()
+            .unwrap();
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(!out.status.success() && stderr.contains(why), "{feature}: {stderr}");
     }
 }
 
 #[test]
 fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
+    use mocov3::eval::features::VitFeature;
     use mocov3::eval::lincls::{run as lincls, LinclsConfig};
     let s = run(small("lincls", &["max_steps_per_epoch=4", "epochs=1"]), &quiet()).unwrap();
     let (mut model, _, state) = checkpoint::load(&s.checkpoint).unwrap();
@@ -196,7 +229,13 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
     let test = mocov3::data::load("synthetic", None, false).unwrap();
     let (mean, std) = train.channel_stats();
     let plain = mocov3::data::augment::Augment::crop_flip(state.config.img_size, 1.0, false, mean, std);
-    for cached in [true, false] {
+    let features = [
+        (true, VitFeature::Cls),
+        (false, VitFeature::Cls),
+        (false, VitFeature::LastCls(2)),
+        (true, VitFeature::ClsAvg),
+    ];
+    for (cached, feature) in features {
         let cfg = LinclsConfig {
             epochs: 3,
             batch: 64,
@@ -206,6 +245,7 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
             cached,
             crop_min: 1.0,
             lr_sweep: vec![],
+            feature,
         };
         let r = lincls(&mut model.base.backbone, &train, &test, &plain, &cfg, |_| {}).unwrap().epochs;
         assert_eq!(r.len(), 3);
@@ -214,7 +254,7 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
         // augmented run crops at full scale (flips and aspect jitter only): its head must then
         // score the plain test features as well as the cached one does (81% here; 34% when the
         // test features were normalised and the training features not).
-        assert!(r.last().unwrap().top1 > 60.0, "cached={cached}: {:?}", r.last());
+        assert!(r.last().unwrap().top1 > 60.0, "cached={cached} feature={feature}: {:?}", r.last());
         assert!(r[2].lr < r[0].lr, "cosine schedule");
     }
     // With a list of lrs, the one chosen on held-out training features trains the final head.
@@ -227,6 +267,7 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
         cached: true,
         crop_min: 0.5,
         lr_sweep: vec![1e-7, 1.0],
+        feature: VitFeature::Cls,
     };
     let r = lincls(&mut model.base.backbone, &train, &test, &plain, &cfg, |_| {}).unwrap();
     assert_eq!(r.sweep.len(), 2);

@@ -1,10 +1,12 @@
-//! Features of a dataset from a backbone (ViT: cls token after the final norm; ResNet: the
-//! pooled channels; L2-normalised), or from raw pixels (the baseline).
+//! Features of a dataset from a backbone (ViT: cls token after the final norm, or one of the
+//! other token features of [`VitFeature`]; ResNet: the pooled channels; L2-normalised), or from
+//! raw pixels (the baseline).
 
 use super::knn::normalize_rows;
 use crate::data::augment::Augment;
 use crate::data::ImageSet;
 use crate::models::backbone::Backbone;
+pub use crate::models::vit::VitFeature;
 use rayon::prelude::*;
 
 /// Which images of `set` to use: the first `limit` (all when None).
@@ -12,13 +14,21 @@ pub fn count(set: &ImageSet, limit: Option<usize>) -> usize {
     limit.map_or(set.len(), |l| l.min(set.len()))
 }
 
-/// Normalised features of the first `n` images, resized without augmentation, in batches of
-/// `batch` (use the training batch size so no buffer has to grow). BatchNorms run in eval mode
-/// (running statistics, as `model.eval()`) and are left in training mode afterwards.
-pub fn backbone(net: &mut Backbone, set: &ImageSet, n: usize, aug: &Augment, batch: usize) -> anyhow::Result<Vec<f32>> {
-    let mut out = backbone_raw(net, set, n, aug, batch)?;
-    normalize_rows(&mut out, net.dim());
-    Ok(out)
+/// Normalised features of `kind` ([`VitFeature`]) of the first `n` images, resized without
+/// augmentation, in batches of `batch` (use the training batch size so no buffer has to grow).
+/// BatchNorms run in eval mode (running statistics, as `model.eval()`) and are left in training
+/// mode afterwards. Returns the features and their width.
+pub fn backbone(
+    net: &mut Backbone,
+    set: &ImageSet,
+    n: usize,
+    aug: &Augment,
+    batch: usize,
+    kind: VitFeature,
+) -> anyhow::Result<(Vec<f32>, usize)> {
+    let (mut out, d) = backbone_raw(net, set, n, aug, batch, kind)?;
+    normalize_rows(&mut out, d);
+    Ok((out, d))
 }
 
 /// As [`backbone`], without the L2 normalisation: what the backbone itself outputs, as the
@@ -29,8 +39,9 @@ pub fn backbone_raw(
     n: usize,
     aug: &Augment,
     batch: usize,
-) -> anyhow::Result<Vec<f32>> {
-    let d = net.dim();
+    kind: VitFeature,
+) -> anyhow::Result<(Vec<f32>, usize)> {
+    let d = net.feature_dim(kind).map_err(anyhow::Error::msg)?;
     net.set_training(false);
     let len = set.c * aug.out * aug.out;
     let mut x = vec![0.0f32; batch * len];
@@ -46,11 +57,11 @@ pub fn backbone_raw(
             net.set_training(true);
             return Err(e);
         }
-        let f = net.forward(&x[..rows * len], rows, 1);
-        out[b0 * d..(b0 + rows) * d].copy_from_slice(f);
+        let f = net.features(&x[..rows * len], rows, kind);
+        out[b0 * d..(b0 + rows) * d].copy_from_slice(&f);
     }
     net.set_training(true);
-    Ok(out)
+    Ok((out, d))
 }
 
 /// Normalised raw pixels of the first `n` images (values in [0, 1]).

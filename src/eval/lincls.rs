@@ -6,7 +6,7 @@
 //! A fast mode trains on cached features of the un-augmented images instead.
 //! The backbone's weights are compared bit for bit before and after.
 
-use super::features;
+use super::features::{self, VitFeature};
 use crate::data::augment::Augment;
 use crate::data::ImageSet;
 use crate::engine::gemm::{sgemm, Mat};
@@ -28,6 +28,8 @@ pub struct LinclsConfig {
     pub crop_min: f64,
     /// Base lrs to choose from on held-out training features (cached mode; empty: use `lr`).
     pub lr_sweep: Vec<f64>,
+    /// The feature the head reads: the cls token (the protocol) or another of [`VitFeature`].
+    pub feature: VitFeature,
 }
 
 impl LinclsConfig {
@@ -316,17 +318,17 @@ pub fn run(
     cfg.validate()?;
     let before = fingerprint(net);
     net.set_keep_activations(false);
-    let d = net.dim();
+    let d = net.feature_dim(cfg.feature).map_err(anyhow::Error::msg)?;
     let classes = train.classes.max(test.classes);
     let out = if cfg.cached {
         // Cached mode probes the L2-normalised features kNN uses (its lr is swept to suit them).
-        let test_feats = features::backbone(net, test, test.len(), plain, cfg.batch)?;
-        let train_feats = features::backbone(net, train, train.len(), plain, cfg.batch)?;
+        let (test_feats, _) = features::backbone(net, test, test.len(), plain, cfg.batch, cfg.feature)?;
+        let (train_feats, _) = features::backbone(net, train, train.len(), plain, cfg.batch, cfg.feature)?;
         probe_swept(&train_feats, &train.labels, &test_feats, &test.labels, d, classes, cfg, report)?
     } else {
         // The official protocol: the head sees the backbone's raw output, augmented views for
         // training and plain resized images for testing alike (no normalisation of either).
-        let test_feats = features::backbone_raw(net, test, test.len(), plain, cfg.batch)?;
+        let (test_feats, _) = features::backbone_raw(net, test, test.len(), plain, cfg.batch, cfg.feature)?;
         // The backbone in eval mode throughout, as the official `model.eval()`.
         net.set_training(false);
         let aug = Augment::crop_flip(plain.out, cfg.crop_min, true, plain.mean.clone(), plain.std.clone());
@@ -339,7 +341,7 @@ pub fn run(
                 aug.view(&mut r, 0, &p.px, p.h, p.w, train.c, v);
                 Ok(())
             })?;
-            feats.copy_from_slice(net.forward(&x, cfg.batch, 1));
+            feats.copy_from_slice(&net.features(&x, cfg.batch, cfg.feature));
             Ok(())
         };
         let epochs = train_head(&train.labels, &test_feats, &test.labels, d, classes, cfg, fill, report)?;
@@ -409,6 +411,7 @@ mod tests {
             cached: true,
             crop_min: 0.08,
             lr_sweep: vec![1e-6, 1.0],
+            feature: VitFeature::Cls,
         };
         let (lr, points) = sweep_lr(&x, &y, d, c, &cfg).unwrap();
         assert_eq!(lr, 1.0);

@@ -67,7 +67,7 @@ impl KnnMonitor {
         batch: usize,
     ) -> anyhow::Result<f64> {
         let n = self.eval_n.min(eval.len());
-        let q = features::backbone(net, eval, n, aug, batch)?;
+        let (q, _) = features::backbone(net, eval, n, aug, batch, features::VitFeature::Cls)?;
         let r = classify(
             &self.bank[..self.filled * self.d],
             &self.labels[..self.filled],

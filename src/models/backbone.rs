@@ -2,7 +2,7 @@
 //! (torchvision). MoCo, the optimisers, checkpoints and the evaluation tools see only this.
 
 use super::resnet::ResNet;
-use super::vit::{Vit, VitConfig};
+use super::vit::{Vit, VitConfig, VitFeature};
 use crate::engine::rng::Rng;
 use crate::nn::{Buffer, Module, Param};
 use serde::{Deserialize, Serialize};
@@ -134,6 +134,27 @@ impl Backbone {
         }
     }
 
+    /// Width of the evaluation feature `kind`, or why this backbone cannot give it.
+    pub fn feature_dim(&self, kind: VitFeature) -> Result<usize, String> {
+        match (self, kind) {
+            (_, VitFeature::Cls) => Ok(self.dim()),
+            (Backbone::ResNet(_), k) => Err(format!("feature '{k}' is for ViTs: a ResNet's feature is 'cls' (pooled)")),
+            (Backbone::Vit(v), VitFeature::LastCls(n)) if n > v.blocks.len() => {
+                Err(format!("feature 'last{n}': this ViT has {} blocks", v.blocks.len()))
+            }
+            (Backbone::Vit(v), k) => Ok(k.dim(v.cfg.dim)),
+        }
+    }
+
+    /// Evaluation features `[images, feature_dim(kind)]` of images (`kind` checked by
+    /// [`Backbone::feature_dim`]); `Cls` is [`Backbone::forward`]'s output.
+    pub fn features(&mut self, x: &[f32], images: usize, kind: VitFeature) -> Vec<f32> {
+        match (self, kind) {
+            (Backbone::Vit(v), k) if k != VitFeature::Cls => v.features(x, images, k),
+            (net, _) => net.forward(x, images, 1).to_vec(),
+        }
+    }
+
     /// The features of the last forward, `[images, dim]`.
     pub fn output(&self, images: usize) -> &[f32] {
         match self {
@@ -203,5 +224,35 @@ impl Module for Backbone {
             Backbone::Vit(v) => v.visit_buffers(f),
             Backbone::ResNet(r) => r.visit_buffers(f),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::nn::posembed::PosEmbedKind;
+
+    #[test]
+    fn feature_widths_and_the_features_a_backbone_cannot_give() {
+        let vit = BackboneConfig::Vit(VitConfig {
+            img: 8,
+            patch: 4,
+            in_chans: 1,
+            dim: 8,
+            depth: 2,
+            heads: 2,
+            mlp_ratio: 2,
+            pos: PosEmbedKind::Sincos,
+            stop_grad_conv1: false,
+        });
+        let v = Backbone::new(&vit, &mut Rng::new(0));
+        assert_eq!(v.feature_dim(VitFeature::Cls), Ok(8));
+        assert_eq!(v.feature_dim(VitFeature::ClsAvg), Ok(16));
+        assert_eq!(v.feature_dim(VitFeature::LastCls(2)), Ok(16));
+        assert!(v.feature_dim(VitFeature::LastCls(3)).unwrap_err().contains("2 blocks"));
+        let rn = BackboneConfig::ResNet(ResNetConfig { depth: 18, cifar: true, img: 8, in_chans: 1 });
+        let r = Backbone::new(&rn, &mut Rng::new(0));
+        assert_eq!(r.feature_dim(VitFeature::Cls), Ok(512));
+        assert!(r.feature_dim(VitFeature::ClsAvg).unwrap_err().contains("ResNet"));
     }
 }

@@ -60,6 +60,54 @@ impl VitConfig {
     }
 }
 
+/// Which token outputs make an evaluation feature. Training always uses `Cls`.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum VitFeature {
+    /// The cls token after the final norm: MoCo v3's feature, and its linear probe's.
+    Cls,
+    /// The cls token and the mean of the patch tokens, each after the final norm (`2·dim`): the
+    /// probe DINO (Caron et al., 2021) uses for ViT-B.
+    ClsAvg,
+    /// The cls tokens of the last n blocks, each after the final norm (`n·dim`): DINO's probe for
+    /// ViT-S (n = 4).
+    LastCls(usize),
+}
+
+impl VitFeature {
+    /// Width of the feature for a ViT of width `dim`.
+    pub fn dim(self, dim: usize) -> usize {
+        match self {
+            VitFeature::Cls => dim,
+            VitFeature::ClsAvg => 2 * dim,
+            VitFeature::LastCls(n) => n * dim,
+        }
+    }
+}
+
+impl std::str::FromStr for VitFeature {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s {
+            "cls" => Ok(VitFeature::Cls),
+            "cls+avg" => Ok(VitFeature::ClsAvg),
+            _ => match s.strip_prefix("last").and_then(|n| n.parse::<usize>().ok()) {
+                Some(n) if n >= 1 => Ok(VitFeature::LastCls(n)),
+                _ => Err(format!("unknown feature '{s}': expected cls, cls+avg or lastN (e.g. last4)")),
+            },
+        }
+    }
+}
+
+impl std::fmt::Display for VitFeature {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            VitFeature::Cls => write!(f, "cls"),
+            VitFeature::ClsAvg => write!(f, "cls+avg"),
+            VitFeature::LastCls(n) => write!(f, "last{n}"),
+        }
+    }
+}
+
 pub struct Vit {
     pub cfg: VitConfig,
     pub cls_token: Param,
@@ -131,6 +179,66 @@ impl Vit {
 
     /// Images `[batch, chans, img, img]` → features `[batch, dim]` (the returned slice).
     pub fn forward(&mut self, x: &[f32], batch: usize) -> &[f32] {
+        let (d, n) = (self.cfg.dim, self.blocks.len());
+        self.embed(x, batch);
+        // Only the cls token's output is used: the last block computes that row alone.
+        self.run_blocks(batch, true, |i, out, norm| {
+            if i == n - 1 {
+                norm.forward(&out[..batch * d], batch);
+            }
+        });
+        &self.norm.y[..batch * d]
+    }
+
+    /// An evaluation feature of `kind` for each image, `[batch, kind.dim(dim)]` (see
+    /// [`VitFeature`]; `Cls` gives what [`Vit::forward`] does). Leaves the final norm's output
+    /// holding something else: not for training.
+    pub fn features(&mut self, x: &[f32], batch: usize, kind: VitFeature) -> Vec<f32> {
+        let (d, t, n) = (self.cfg.dim, self.cfg.tokens(), self.blocks.len());
+        let fd = kind.dim(d);
+        let first = match kind {
+            VitFeature::LastCls(k) => n - k.clamp(1, n),
+            _ => n - 1,
+        };
+        let avg = kind == VitFeature::ClsAvg;
+        let mut f = vec![0.0f32; batch * fd];
+        let mut cls = vec![0.0f32; batch * d];
+        self.embed(x, batch);
+        self.run_blocks(batch, !avg, |i, out, norm| {
+            if i < first {
+                return;
+            }
+            if avg {
+                // The last block, all tokens: cls and the mean of the patch tokens, after the norm.
+                norm.forward(&out[..batch * t * d], batch * t);
+                for (b, fr) in f.chunks_mut(fd).enumerate() {
+                    let y = &norm.y[b * t * d..(b + 1) * t * d];
+                    fr[..d].copy_from_slice(&y[..d]);
+                    for row in y[d..].chunks(d) {
+                        for (m, v) in fr[d..].iter_mut().zip(row) {
+                            *m += v / (t - 1) as f32;
+                        }
+                    }
+                }
+                return;
+            }
+            // The cls rows (the last block computed only those), after the final norm.
+            let stride = if i == n - 1 { d } else { t * d };
+            for (b, c) in cls.chunks_mut(d).enumerate() {
+                c.copy_from_slice(&out[b * stride..b * stride + d]);
+            }
+            norm.forward(&cls, batch);
+            let slot = (i - first) * d;
+            for (fr, y) in f.chunks_mut(fd).zip(norm.y.chunks(d)) {
+                fr[slot..slot + d].copy_from_slice(y);
+            }
+        });
+        f
+    }
+
+    /// The token sequence of a batch: cls token and patch projections, plus the position
+    /// embedding.
+    fn embed(&mut self, x: &[f32], batch: usize) {
         let (d, t) = (self.cfg.dim, self.cfg.tokens());
         self.patch_embed.forward(x, batch);
         ensure(&mut self.tokens, batch * t * d);
@@ -149,6 +257,12 @@ impl Vit {
                 }
             }
         });
+    }
+
+    /// The blocks over the embedded tokens; after block i, `each(i, its output, final norm)`.
+    /// The last block computes the cls rows alone when `last_cls_only`.
+    fn run_blocks(&mut self, batch: usize, last_cls_only: bool, mut each: impl FnMut(usize, &[f32], &mut LayerNorm)) {
+        let (d, t) = (self.cfg.dim, self.cfg.tokens());
         let n = self.blocks.len();
         for i in 0..n {
             let (prev, rest) = self.blocks.split_at_mut(i);
@@ -157,10 +271,9 @@ impl Vit {
                 rest[0].swap_activations(&mut prev[i - 2]);
             }
             let input = if i == 0 { &self.tokens[..batch * t * d] } else { &prev[i - 1].out[..batch * t * d] };
-            // Only the cls token's output is used: the last block computes that row alone.
-            rest[0].forward(input, batch, t, i == n - 1);
+            rest[0].forward(input, batch, t, last_cls_only && i == n - 1);
+            each(i, &rest[0].out, &mut self.norm);
         }
-        self.norm.forward(&self.blocks[n - 1].out[..batch * d], batch);
         if !self.keep_activations {
             // Return the two live buffer sets to blocks 0 and 1 for the next call.
             for i in n.saturating_sub(2)..n {
@@ -170,7 +283,6 @@ impl Vit {
                 }
             }
         }
-        &self.norm.y[..batch * d]
     }
 
     /// Gradients of all trainable parameters given the gradient of the features.
@@ -272,6 +384,82 @@ mod tests {
                 Probe { eps: 1e-3, check_input: false, max_per_param: 24, ..Probe::default() },
             );
         }
+    }
+
+    /// LayerNorm of one row, written out (the reference for the evaluation features).
+    fn norm_row(x: &[f32], g: &[f32], b: &[f32]) -> Vec<f32> {
+        let n = x.len() as f32;
+        let mean = x.iter().sum::<f32>() / n;
+        let var = x.iter().map(|v| (v - mean) * (v - mean)).sum::<f32>() / n;
+        x.iter().zip(g.iter().zip(b)).map(|(v, (g, b))| (v - mean) / (var + 1e-6).sqrt() * g + b).collect()
+    }
+
+    #[test]
+    fn evaluation_features_are_the_normalised_tokens_they_name() {
+        let cfg = VitConfig {
+            img: 8,
+            patch: 4,
+            in_chans: 1,
+            dim: 8,
+            depth: 3,
+            heads: 2,
+            mlp_ratio: 2,
+            pos: PosEmbedKind::Sincos,
+            stop_grad_conv1: false,
+        };
+        let (d, t, b) = (8, 5, 3);
+        let mut rng = Rng::new(4);
+        let x: Vec<f32> = (0..b * 64).map(|_| rng.normal()).collect();
+        let mut v = Vit::new(&cfg, &mut Rng::new(1));
+        v.norm.g.init_normal(&mut rng, 1.0);
+        v.norm.b.init_normal(&mut rng, 1.0);
+        let (g, beta) = (v.norm.g.w.clone(), v.norm.b.w.clone());
+        let close = |a: &[f32], e: &[f32], what: &str| {
+            assert_eq!(a.len(), e.len(), "{what}");
+            for (p, q) in a.iter().zip(e) {
+                assert!((p - q).abs() < 1e-4, "{what}: {a:?} against {e:?}");
+            }
+        };
+        let cls = v.forward(&x, b).to_vec();
+        assert_eq!(v.features(&x, b, VitFeature::Cls), cls);
+        assert_eq!(v.features(&x, b, VitFeature::LastCls(1)), cls);
+        // cls + mean of the normalised patch tokens of the last block (which ran on all tokens).
+        let f = v.features(&x, b, VitFeature::ClsAvg);
+        let out = v.blocks[2].out[..b * t * d].to_vec();
+        for i in 0..b {
+            close(&f[i * 2 * d..i * 2 * d + d], &cls[i * d..(i + 1) * d], "cls half");
+            let mut mean = vec![0.0f32; d];
+            for tok in 1..t {
+                let y = norm_row(&out[(i * t + tok) * d..(i * t + tok + 1) * d], &g, &beta);
+                mean.iter_mut().zip(&y).for_each(|(m, y)| *m += y / (t - 1) as f32);
+            }
+            close(&f[i * 2 * d + d..(i + 1) * 2 * d], &mean, "mean half");
+        }
+        // The cls rows of blocks 0, 1 and 2, each normalised.
+        let f = v.features(&x, b, VitFeature::LastCls(3));
+        for i in 0..b {
+            for blk in 0..2 {
+                let y = norm_row(&v.blocks[blk].out[i * t * d..i * t * d + d], &g, &beta);
+                close(&f[i * 3 * d + blk * d..i * 3 * d + (blk + 1) * d], &y, "intermediate cls");
+            }
+            close(&f[i * 3 * d + 2 * d..(i + 1) * 3 * d], &cls[i * d..(i + 1) * d], "last cls");
+        }
+        // The same without kept activations (the buffers handed between blocks), twice over.
+        let mut w = Vit::new(&cfg, &mut Rng::new(1));
+        w.norm.g.w = g.clone();
+        w.norm.b.w = beta.clone();
+        w.keep_activations = false;
+        for kind in [VitFeature::ClsAvg, VitFeature::LastCls(2), VitFeature::Cls, VitFeature::LastCls(3)] {
+            for _ in 0..2 {
+                assert_eq!(w.features(&x, b, kind), v.features(&x, b, kind), "{kind}");
+            }
+        }
+        assert_eq!(w.forward(&x, b), &cls[..]);
+        for s in ["cls", "cls+avg", "last4"] {
+            assert_eq!(s.parse::<VitFeature>().unwrap().to_string(), s);
+        }
+        assert_eq!(VitFeature::LastCls(4).dim(8), 32);
+        assert!("last0".parse::<VitFeature>().is_err() && "avg".parse::<VitFeature>().is_err());
     }
 
     #[test]
