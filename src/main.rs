@@ -35,7 +35,8 @@ enum Cmd {
     Knn(KnnArgs),
     /// Linear probe of a checkpoint's frozen backbone (the official main_lincls.py protocol).
     Lincls(LinclsArgs),
-    /// Backbone features (cls token after the final norm) of a dataset split, to safetensors.
+    /// Backbone features (cls token after the final norm, or --feature) of a dataset split, to
+    /// safetensors.
     Extract(ExtractArgs),
     /// Render the curves of a run directory (metrics.jsonl, lincls.jsonl) into RUN_DIR/report.png.
     Report { run_dir: PathBuf },
@@ -47,7 +48,8 @@ enum Cmd {
     /// safetensors file), written in the official layout with the AdamW state: a parity check.
     Step(StepCmd),
     /// Pre-train the Fashion-MNIST preset (or finish it), then kNN and linear probe on its
-    /// features and on raw pixels, the report, and a summary table.
+    /// features (the cls token, and cls + mean patch token) and on raw pixels, the report, and a
+    /// summary table.
     Quickstart(QuickstartArgs),
     /// List the named presets.
     Presets,
