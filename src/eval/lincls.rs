@@ -1,8 +1,9 @@
 //! The linear-probing protocol of the official `main_lincls.py`: the backbone frozen (and, for a
 //! ViT, with nothing that differs between train and eval modes), a linear head on the cls feature
-//! after the final norm, initialised N(0, 0.01) with zero bias, SGD with momentum 0.9 and no
-//! weight decay, lr = base × batch / 256 on a per-epoch cosine, random-resized-crop + flip for
-//! training and the plain resized image for evaluation, top-1 / top-5 every epoch, best and last.
+//! after the final norm (or another of [`VitFeature`], `LinclsConfig::feature`), initialised
+//! N(0, 0.01) with zero bias, SGD with momentum 0.9 and no weight decay, lr = base × batch / 256 on a
+//! per-epoch cosine, random-resized-crop + flip for training and the plain resized image for
+//! evaluation, top-1 / top-5 every epoch, best and last.
 //! A fast mode trains on cached features of the un-augmented images instead.
 //! The backbone's weights are compared bit for bit before and after.
 
