@@ -15,10 +15,15 @@ pub fn knn(a: KnnArgs) -> Result<()> {
                 _ => &mut p.model.base.backbone,
             };
             net.set_keep_activations(false);
-            let (b, d) = features::backbone(net, &p.train, nb, &p.plain, 256, a.feature)?;
-            let (q, _) = features::backbone(net, &p.test, nq, &p.plain, 256, a.feature)?;
-            let what =
-                format!("{} (epoch {}, {} encoder, feature {})", ck.display(), p.state.epoch, a.encoder, a.feature);
+            let (b, d) = features::backbone(net, &p.train, nb, &p.plain, 256, a.feature.value)?;
+            let (q, _) = features::backbone(net, &p.test, nq, &p.plain, 256, a.feature.value)?;
+            let what = format!(
+                "{} (epoch {}, {} encoder, feature {})",
+                ck.display(),
+                p.state.epoch,
+                a.encoder,
+                a.feature.value
+            );
             (p.dataset, p.train, p.test, b, q, d, what)
         }
         None => {
@@ -84,7 +89,7 @@ pub fn lincls(a: LinclsArgs) -> Result<()> {
         cached: a.cached,
         crop_min: a.crop_min,
         lr_sweep: if a.lr.len() > 1 { a.lr.clone() } else { vec![] },
-        feature: a.feature,
+        feature: a.feature.value,
     };
     // Bad settings are reported before the checkpoint and the dataset are read.
     cfg.validate()?;
@@ -145,7 +150,7 @@ pub fn extract(a: ExtractArgs) -> Result<()> {
     };
     let net = &mut p.model.base.backbone;
     net.set_keep_activations(false);
-    let (f, d) = mocov3::eval::features::backbone(net, set, set.len(), &p.plain, 256, a.feature)?;
+    let (f, d) = mocov3::eval::features::backbone(net, set, set.len(), &p.plain, 256, a.feature.value)?;
     let fb: Vec<u8> = f.iter().flat_map(|v| v.to_le_bytes()).collect();
     let lb: Vec<u8> = set.labels.iter().flat_map(|&v| (v as i64).to_le_bytes()).collect();
     use safetensors::tensor::{Dtype, TensorView};
@@ -159,7 +164,7 @@ pub fn extract(a: ExtractArgs) -> Result<()> {
     println!(
         "extract: {} {} features of dim {d} (L2-normalised) and labels -> {}",
         set.len(),
-        a.feature,
+        a.feature.value,
         a.out.display()
     );
     Ok(())

@@ -133,6 +133,16 @@ struct ConvertArgs {
     sets: Vec<String>,
 }
 
+/// `--feature`, shared by the commands that read a checkpoint's features.
+#[derive(Args)]
+struct FeatureArg {
+    /// The ViT feature: `cls` (the cls token after the final norm; MoCo v3's protocol), `cls+avg`
+    /// (cls and the mean patch token, 2·dim) or `lastN`, e.g. `last4` (cls tokens of the last N
+    /// blocks, N·dim; both as DINO probes ViTs).
+    #[arg(long = "feature", value_name = "FEATURE", default_value = "cls")]
+    value: mocov3::eval::features::VitFeature,
+}
+
 #[derive(Args)]
 struct LinclsArgs {
     #[arg(long)]
@@ -157,11 +167,8 @@ struct LinclsArgs {
     /// official 0.08 leaves few pixels of a 28-px image). Not used with --cached.
     #[arg(long, default_value_t = 0.08)]
     crop_min: f64,
-    /// The ViT feature: `cls` (the cls token after the final norm; MoCo v3's protocol), `cls+avg`
-    /// (cls and the mean patch token, 2·dim) or `lastN`, e.g. `last4` (cls tokens of the last N
-    /// blocks, N·dim; both as DINO probes ViTs).
-    #[arg(long, default_value = "cls")]
-    feature: mocov3::eval::features::VitFeature,
+    #[command(flatten)]
+    feature: FeatureArg,
     /// Where to write lincls.jsonl (default: beside the checkpoint).
     #[arg(long)]
     out: Option<PathBuf>,
@@ -185,11 +192,8 @@ struct ExtractArgs {
     /// Output file (tensors `features` [n, dim] and `labels` [n]).
     #[arg(long)]
     out: PathBuf,
-    /// The ViT feature: `cls` (the cls token after the final norm; MoCo v3's protocol), `cls+avg`
-    /// (cls and the mean patch token, 2·dim) or `lastN`, e.g. `last4` (cls tokens of the last N
-    /// blocks, N·dim; both as DINO probes ViTs).
-    #[arg(long, default_value = "cls")]
-    feature: mocov3::eval::features::VitFeature,
+    #[command(flatten)]
+    feature: FeatureArg,
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
@@ -223,11 +227,8 @@ struct KnnArgs {
     /// or the momentum encoder.
     #[arg(long, value_parser = ["base", "momentum"], default_value = "base")]
     encoder: String,
-    /// The ViT feature: `cls` (the cls token after the final norm; MoCo v3's protocol), `cls+avg`
-    /// (cls and the mean patch token, 2·dim) or `lastN`, e.g. `last4` (cls tokens of the last N
-    /// blocks, N·dim; both as DINO probes ViTs).
-    #[arg(long, default_value = "cls")]
-    feature: mocov3::eval::features::VitFeature,
+    #[command(flatten)]
+    feature: FeatureArg,
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }
