@@ -250,6 +250,15 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
+/// What the quickstart reports for one kind of features: kNN top-1, and the linear probe's
+/// chosen base lr with its best and last top-1.
+struct Scores {
+    knn: f64,
+    lr: f64,
+    best: f64,
+    last: f64,
+}
+
 /// The whole small-scale pipeline: pre-train (or resume) the Fashion-MNIST preset, then kNN and
 /// the linear probe on its features and on raw pixels, the report, and a summary.
 pub fn quickstart(a: QuickstartArgs) -> Result<()> {
@@ -319,14 +328,13 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     };
     let best = |r: &[lincls::EpochResult]| r.iter().map(|x| x.top1).fold(f64::NEG_INFINITY, f64::max);
     let last = |r: &[lincls::EpochResult]| r.last().map(|x| x.top1).unwrap_or(f64::NAN);
-    // kNN top-1, and the linear probe's chosen lr, best and last top-1.
-    let score = |x: &[f32], xt: &[f32], d: usize, what: &str| -> Result<(f64, f64, f64, f64)> {
-        let k = knn::classify(x, &p.train.labels, xt, &test.labels, d, classes, &[20], 0.07)[0].top1;
+    let score = |x: &[f32], xt: &[f32], d: usize, what: &str| -> Result<Scores> {
+        let knn = knn::classify(x, &p.train.labels, xt, &test.labels, d, classes, &[20], 0.07)[0].top1;
         let r = lincls::probe_swept(x, &p.train.labels, xt, &test.labels, d, classes, &lcfg, |_| {})?;
         for sp in &r.sweep {
             eprintln!("quickstart: linear probe of {what}, base lr {} -> held-out top1 {:.2}", sp.lr, sp.val_top1);
         }
-        Ok((k, r.lr, best(&r.epochs), last(&r.epochs)))
+        Ok(Scores { knn, lr: r.lr, best: best(&r.epochs), last: last(&r.epochs) })
     };
     let m = score(&ftrain, &ftest, d, "the model")?;
     let x = score(&ptrain, &ptest, pd, "raw pixels")?;
@@ -336,22 +344,22 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         "epochs": p.state.epoch,
         "pretrain_seconds": train_secs,
         "total_seconds": t0.elapsed().as_secs_f64(),
-        "knn_top1": m.0, "knn_top1_pixels": x.0, "knn_top1_cls_avg": c.0,
-        "linear_top1_best": m.2, "linear_top1_last": m.3,
-        "linear_top1_pixels_best": x.2, "linear_top1_pixels_last": x.3,
-        "linear_top1_cls_avg_best": c.2, "linear_top1_cls_avg_last": c.3,
-        "linear_epochs": lcfg.epochs, "linear_lr": m.1, "linear_lr_pixels": x.1, "linear_lr_cls_avg": c.1,
+        "knn_top1": m.knn, "knn_top1_pixels": x.knn, "knn_top1_cls_avg": c.knn,
+        "linear_top1_best": m.best, "linear_top1_last": m.last,
+        "linear_top1_pixels_best": x.best, "linear_top1_pixels_last": x.last,
+        "linear_top1_cls_avg_best": c.best, "linear_top1_cls_avg_last": c.last,
+        "linear_epochs": lcfg.epochs, "linear_lr": m.lr, "linear_lr_pixels": x.lr, "linear_lr_cls_avg": c.lr,
     });
     std::fs::write(cfg.out_dir.join("quickstart.json"), serde_json::to_string_pretty(&summary)?)?;
     println!("Fashion-MNIST test set, top-1 (%)       ViT ({} epochs)   raw pixels", p.state.epoch);
-    println!("  weighted kNN (k 20, T 0.07)           {:>10.2}   {:>10.2}", m.0, x.0);
+    println!("  weighted kNN (k 20, T 0.07)           {:>10.2}   {:>10.2}", m.knn, x.knn);
     println!(
         "  linear probe ({} epochs, best/last)  {:>5.2}/{:<5.2}  {:>5.2}/{:<5.2}   (base lr {} / {})",
-        lcfg.epochs, m.2, m.3, x.2, x.3, m.1, x.1
+        lcfg.epochs, m.best, m.last, x.best, x.last, m.lr, x.lr
     );
     println!(
         "  the ViT's cls + mean patch token (DINO's probe, {d2}-d): kNN {:.2}, linear {:.2}/{:.2} (base lr {})",
-        c.0, c.2, c.3, c.1
+        c.knn, c.best, c.last, c.lr
     );
     println!(
         "pre-training {:.1} min, all {:.1} min; curves: {}; summary: {}",

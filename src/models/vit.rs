@@ -197,7 +197,13 @@ impl Vit {
         let (d, t, n) = (self.cfg.dim, self.cfg.tokens(), self.blocks.len());
         let fd = kind.dim(d);
         let first = match kind {
-            VitFeature::LastCls(k) => n - k.clamp(1, n),
+            VitFeature::LastCls(k) => {
+                assert!(
+                    (1..=n).contains(&k),
+                    "feature last{k} of a ViT with {n} blocks: check it with Backbone::feature_dim first"
+                );
+                n - k
+            }
             _ => n - 1,
         };
         let avg = kind == VitFeature::ClsAvg;
