@@ -27,6 +27,18 @@ pub struct RunOptions {
     pub quiet: bool,
 }
 
+/// A duration for the console: "42 s", "12.5 min", "2 h 05 min".
+fn clock(secs: f64) -> String {
+    if secs < 60.0 {
+        format!("{secs:.0} s")
+    } else if secs < 3600.0 {
+        format!("{:.1} min", secs / 60.0)
+    } else {
+        let m = (secs / 60.0).round() as u64;
+        format!("{} h {:02} min", m / 60, m % 60)
+    }
+}
+
 pub struct RunSummary {
     /// Loss of every step run by this invocation, in order.
     pub losses: Vec<f32>,
@@ -274,7 +286,22 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         if show {
             let k = losses.len().saturating_sub(steps);
             let mean = losses[k..].iter().map(|&v| v as f64).sum::<f64>() / (losses.len() - k) as f64;
-            eprintln!("epoch {} done: mean loss {mean:.4}; checkpoint {}", epoch + 1, ckpt.display());
+            // Time per epoch of this invocation (a resume's first epochs are not timed here).
+            let done = epoch + 1 - start_epoch;
+            let elapsed = run_start.elapsed().as_secs_f64();
+            let todo = end_epoch - epoch - 1;
+            let left = if todo > 0 {
+                format!(", about {} left", clock(elapsed / done as f64 * todo as f64))
+            } else {
+                String::new()
+            };
+            eprintln!(
+                "epoch {}/{} done: mean loss {mean:.4}; {} elapsed{left}; checkpoint {}",
+                epoch + 1,
+                cfg.epochs,
+                clock(elapsed),
+                ckpt.display()
+            );
         }
     }
     let total_secs = run_start.elapsed().as_secs_f64();
@@ -289,4 +316,14 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         );
     }
     Ok(RunSummary { losses, checkpoint: ckpt, next_epoch: end_epoch, last_knn, monitor_secs, total_secs })
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn clock_picks_the_unit() {
+        assert_eq!(super::clock(42.4), "42 s");
+        assert_eq!(super::clock(750.0), "12.5 min");
+        assert_eq!(super::clock(7500.0), "2 h 05 min");
+    }
 }
