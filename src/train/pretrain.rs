@@ -286,7 +286,8 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         if show {
             let k = losses.len().saturating_sub(steps);
             let mean = losses[k..].iter().map(|&v| v as f64).sum::<f64>() / (losses.len() - k) as f64;
-            // Time per epoch of this invocation (a resume's first epochs are not timed here).
+            // The estimate extrapolates this invocation's epochs (not those before a resume) to
+            // where it stops: the last epoch, or earlier with --stop-after-epochs.
             let done = epoch + 1 - start_epoch;
             let elapsed = run_start.elapsed().as_secs_f64();
             let todo = end_epoch - epoch - 1;
