@@ -1,7 +1,7 @@
 #!/usr/bin/env python3
 """Generate the step-parity fixtures under tests/fixtures/ by running the official MoCo v3 code.
 
-    python scripts/make_parity_fixtures.py --official /path/to/moco-v3 [--out tests/fixtures]
+    python scripts/make_parity_fixtures.py --official /path/to/moco-v3 [--out tests/fixtures] [--only NAME...]
 
 The official repository (vits.py, moco/builder.py) is imported from the given path, never
 copied. Needs torch and timm==0.4.9. Runs on the CPU in float32 with a one-process gloo group
@@ -18,7 +18,8 @@ compared step. The file holds: `init.<key>` (the state_dict before the compared 
 state keeps the comparison exact: chaining steps lets AdamW amplify float rounding (any gradient
 at noise level becomes a ±lr step), which makes later steps incomparable.
 The cases: sin-cos PE; sin-cos PE with stop_grad_conv1; learned PE (trunc-normal 0.02, put on
-both encoders before training, as vits.py has no such option).
+both encoders before training, as vits.py has no such option); the conv stem of vit_conv_*
+(`vits.ConvStem`, which asserts patch 16: img 32, so four stride-2 stages down to a 2×2 grid).
 """
 import argparse
 import copy
@@ -79,6 +80,7 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument("--official", required=True, help="path to a checkout of facebookresearch/moco-v3")
     ap.add_argument("--warmup", type=int, default=WARMUP)
+    ap.add_argument("--only", nargs="*", help="generate only these cases (sincos, stopgrad, learned, convstem)")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(__file__), "..", "tests", "fixtures"))
     a = ap.parse_args()
     sys.path.insert(0, a.official)
@@ -93,13 +95,16 @@ def main():
     os.makedirs(a.out, exist_ok=True)
 
     cases = [
-        ("sincos", dict(stop_grad_conv1=False), False),
-        ("stopgrad", dict(stop_grad_conv1=True), False),
-        ("learned", dict(stop_grad_conv1=False), True),
+        ("sincos", dict(stop_grad_conv1=False, patch_size=8), False),
+        ("stopgrad", dict(stop_grad_conv1=True, patch_size=8), False),
+        ("learned", dict(stop_grad_conv1=False, patch_size=8), True),
+        ("convstem", dict(stop_grad_conv1=False, patch_size=16, embed_layer=vits.ConvStem), False),
     ]
     for name, kw, learned in cases:
+        if a.only and name not in a.only:
+            continue
         torch.manual_seed(0)
-        arch = partial(vits.VisionTransformerMoCo, img_size=32, patch_size=8, embed_dim=64, depth=2, num_heads=4,
+        arch = partial(vits.VisionTransformerMoCo, img_size=32, embed_dim=64, depth=2, num_heads=4,
                        mlp_ratio=4, qkv_bias=True, norm_layer=partial(nn.LayerNorm, eps=1e-6), **kw)
         model = moco.builder.MoCo_ViT(arch, dim=32, mlp_dim=128, T=0.2)
         if learned:
@@ -126,7 +131,9 @@ def main():
             tensors[f"adam.exp_avg.{names[id(p)]}"] = st["exp_avg"].clone()
             tensors[f"adam.exp_avg_sq.{names[id(p)]}"] = st["exp_avg_sq"].clone()
             adam_step = int(st["step"])
-        x1, x2 = views_away_from_kinks(model, m)
+        # The conv stem's BN → ReLU stages hold ~60k ReLU inputs per step, normalised to unit scale:
+        # a margin of 1e-4 is almost never clear; 1e-5 is still 10× the rounding differences.
+        x1, x2 = views_away_from_kinks(model, m, margin=1e-5 if "embed_layer" in kw else 1e-4)
         tensors["x1"], tensors["x2"] = x1, x2
         loss = step(x1, x2)
         for k, p in model.named_parameters():
@@ -135,7 +142,7 @@ def main():
         tensors.update({f"final.{k}": v.clone() for k, v in model.state_dict().items()})
         tensors["loss"] = torch.tensor([loss])
         meta = dict(lr=lr, wd=wd, m=m, t=0.2, adam_step=adam_step, batch=N, learned_pe=learned,
-                    stop_grad_conv1=kw["stop_grad_conv1"], torch=torch.__version__)
+                    stop_grad_conv1=kw["stop_grad_conv1"], conv_stem="embed_layer" in kw, torch=torch.__version__)
         path = os.path.join(a.out, f"parity_{name}.safetensors")
         write_safetensors(path, tensors, meta)
         print(f"{path}: loss {loss}")

@@ -70,6 +70,7 @@ pub fn config(name: &str) -> Result<BenchConfig> {
         mlp_ratio: 4,
         pos: PosEmbedKind::Sincos,
         stop_grad_conv1: false,
+        conv_stem: false,
     };
     let model = MocoConfig { backbone: BackboneConfig::Vit(vit), mlp_dim: hidden, out_dim: 256, t: 0.2 };
     Ok(BenchConfig { name: name.into(), model, batch })

@@ -211,8 +211,10 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
         }
         None => {
             let s = official::infer_shape(&a.input)?;
+            // `vit_conv_*` names imply the conv stem: only a checkpoint with one takes them.
             let arch = mocov3::models::vit::ARCHS
                 .iter()
+                .filter(|n| n.starts_with("vit_conv_") == s.conv_stem)
                 .find(|n| mocov3::models::vit::arch_dims(n) == Some((s.dim, s.depth, a.heads)))
                 .copied()
                 .unwrap_or("vit_tiny")
@@ -226,10 +228,13 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
                 format!("patch_size = {}", s.patch),
                 format!("moco_mlp_dim = {}", s.mlp_dim),
                 format!("moco_dim = {}", s.out_dim),
-                format!("stop_grad_conv1 = {}", a.stop_grad_conv1),
+                format!("stop_grad_conv1 = {}", a.stop_grad_conv1 && !s.conv_stem),
+                format!("conv_stem = {}", s.conv_stem),
                 format!("dataset = \"{}\"", a.dataset),
             ];
-            let what = format!("dim {}, depth {}, heads {}, {} px / patch {}", s.dim, s.depth, a.heads, s.img, s.patch);
+            let stem = if s.conv_stem { "conv stem" } else { "patch" };
+            let what =
+                format!("dim {}, depth {}, heads {}, {} px / {stem} {}", s.dim, s.depth, a.heads, s.img, s.patch);
             (arch, sets, s.in_chans, what)
         }
     };

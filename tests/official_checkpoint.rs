@@ -31,6 +31,7 @@ fn tiny(dim: usize) -> MocoConfig {
             mlp_ratio: 4,
             pos: PosEmbedKind::Sincos,
             stop_grad_conv1: true,
+            conv_stem: false,
         }),
         mlp_dim: 32,
         out_dim: 8,
@@ -217,4 +218,38 @@ fn convert_records_the_recipe_a_resume_keeps() {
     let (_, _, state) = mocov3::train::checkpoint::load(&out).unwrap();
     assert_eq!((state.config.epochs, state.config.batch_size, state.config.dim), (7, 32, Some(16)));
     let _ = std::fs::remove_file(&out);
+}
+
+#[test]
+fn a_conv_stem_round_trips_and_is_recognised() {
+    // vit_conv_* layout: patch_embed.proj.{0,1,3,4,6,7,9} (3 stages and the 1×1), BN buffers.
+    let mut cfg = tiny(16);
+    if let BackboneConfig::Vit(v) = &mut cfg.backbone {
+        (v.stop_grad_conv1, v.conv_stem) = (false, true);
+    }
+    let mut a = MoCo::new(&cfg, 9);
+    // Running statistics away from their initial values, so the buffers are really compared.
+    let x: Vec<f32> = (0..4 * 3 * 256).map(|i| ((i * 37 % 101) as f32 / 50.0) - 1.0).collect();
+    a.base.backbone.forward(&x, 4, 2);
+    let path = std::env::temp_dir().join(format!("mocov3-convstem-{}.pth.tar", std::process::id()));
+    mocov3::interop::writer::save(&path, &mocov3::interop::official::to_official(&mut a, 1, "vit_conv_test")).unwrap();
+    let s = mocov3::interop::official::infer_shape(&path).unwrap();
+    assert!(s.conv_stem);
+    // Three stride-2 stages stand for patch 8: 16 px → a 2×2 grid.
+    assert_eq!((s.dim, s.depth, s.patch, s.in_chans, s.img), (16, 1, 8, 3, 16));
+    let mut b = MoCo::new(&cfg, 1);
+    load_into(&path, &mut b, &mut adamw()).unwrap();
+    let tensors = |m: &mut MoCo| {
+        let mut v = Vec::new();
+        m.visit_tensors(&mut |k, _, d| v.push((k, d.iter().map(|x| x.to_bits()).collect::<Vec<_>>())));
+        v
+    };
+    let (ta, tb) = (tensors(&mut a), tensors(&mut b));
+    assert!(ta.iter().any(|(k, _)| k == "base_encoder.patch_embed.proj.7.running_var"));
+    assert!(ta.iter().any(|(k, _)| k == "momentum_encoder.patch_embed.proj.9.bias"));
+    assert_eq!(ta, tb);
+    // A patch-projection model does not take it.
+    let e = format!("{:#}", load_into(&path, &mut MoCo::new(&tiny(16), 0), &mut adamw()).err().unwrap());
+    assert!(e.contains("patch_embed.proj.weight"), "{e}");
+    std::fs::remove_file(&path).ok();
 }

@@ -32,6 +32,29 @@ fn noise_elements(key: &str, dim: usize) -> Option<std::ops::Range<usize>> {
     }
 }
 
+/// The fixture's model: the tiny ViT of the generator (patch 16 with the conv stem, whose official
+/// form asserts it; patch 8 otherwise) with its heads.
+fn fixture_model(meta: &HashMap<String, String>) -> MocoConfig {
+    let conv_stem = meta.get("conv_stem").is_some_and(|v| v == "True");
+    MocoConfig {
+        backbone: BackboneConfig::Vit(VitConfig {
+            img: 32,
+            patch: if conv_stem { 16 } else { 8 },
+            in_chans: 3,
+            dim: 64,
+            depth: 2,
+            heads: 4,
+            mlp_ratio: 4,
+            pos: if meta["learned_pe"] == "True" { PosEmbedKind::Learned } else { PosEmbedKind::Sincos },
+            stop_grad_conv1: meta["stop_grad_conv1"] == "True",
+            conv_stem,
+        }),
+        mlp_dim: 128,
+        out_dim: 32,
+        t: meta["t"].parse().unwrap(),
+    }
+}
+
 fn check(name: &str) {
     let dir = std::env::var("PARITY_DIR").unwrap_or(format!("{}/tests/fixtures", env!("CARGO_MANIFEST_DIR")));
     let path = format!("{dir}/parity_{name}.safetensors");
@@ -41,25 +64,8 @@ fn check(name: &str) {
     let meta: HashMap<String, String> = meta.metadata().clone().unwrap();
     let get = |k: &str| meta[k].parse::<f64>().unwrap();
     let (lr, wd, m, n) = (get("lr"), get("wd"), get("m"), get("batch") as usize);
-    let learned = meta["learned_pe"] == "True";
-    let stop_grad = meta["stop_grad_conv1"] == "True";
     let dim = 64;
-    let cfg = MocoConfig {
-        backbone: BackboneConfig::Vit(VitConfig {
-            img: 32,
-            patch: 8,
-            in_chans: 3,
-            dim,
-            depth: 2,
-            heads: 4,
-            mlp_ratio: 4,
-            pos: if learned { PosEmbedKind::Learned } else { PosEmbedKind::Sincos },
-            stop_grad_conv1: stop_grad,
-        }),
-        mlp_dim: 128,
-        out_dim: 32,
-        t: get("t") as f32,
-    };
+    let cfg = fixture_model(&meta);
     let mut model = MoCo::new(&cfg, 0);
     let mut loaded = 0;
     model.visit_tensors(&mut |key, shape, data| {
@@ -132,6 +138,11 @@ fn parity_learned_pe() {
     check("learned");
 }
 
+#[test]
+fn parity_conv_stem() {
+    check("convstem");
+}
+
 /// `mocov3 step` end to end: the fixture's state written as an official checkpoint (with its
 /// AdamW state), the views as safetensors, one step by the tool, and its official-layout output
 /// read back and compared with the official code's result.
@@ -143,25 +154,8 @@ fn check_step_tool(name: &str) {
     let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
     let meta: HashMap<String, String> = meta.metadata().clone().unwrap();
     let get = |k: &str| meta[k].parse::<f64>().unwrap();
-    let learned = meta["learned_pe"] == "True";
-    let stop_grad = meta["stop_grad_conv1"] == "True";
-    let pos = if learned { PosEmbedKind::Learned } else { PosEmbedKind::Sincos };
-    let cfg = MocoConfig {
-        backbone: BackboneConfig::Vit(VitConfig {
-            img: 32,
-            patch: 8,
-            in_chans: 3,
-            dim: 64,
-            depth: 2,
-            heads: 4,
-            mlp_ratio: 4,
-            pos,
-            stop_grad_conv1: stop_grad,
-        }),
-        mlp_dim: 128,
-        out_dim: 32,
-        t: get("t") as f32,
-    };
+    let cfg = fixture_model(&meta);
+    let vit = cfg.backbone.vit().unwrap().clone();
     let mut model = MoCo::new(&cfg, 0);
     model.visit_tensors(&mut |key, _, data| *data = floats(&st, &format!("init.{key}")));
     let mut opt = AdamW::new(get("wd"));
@@ -179,8 +173,8 @@ fn check_step_tool(name: &str) {
     let out = dir.join("out.pth.tar");
     let args = step::StepArgs {
         heads: 4,
-        pos,
-        stop_grad_conv1: stop_grad,
+        pos: vit.pos,
+        stop_grad_conv1: vit.stop_grad_conv1,
         lr: get("lr"),
         wd: get("wd"),
         m: get("m"),
@@ -215,4 +209,9 @@ fn step_tool_sincos() {
 #[test]
 fn step_tool_learned_pe() {
     check_step_tool("learned");
+}
+
+#[test]
+fn step_tool_conv_stem() {
+    check_step_tool("convstem");
 }

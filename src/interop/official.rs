@@ -155,6 +155,9 @@ pub struct InferredShape {
     pub img: usize,
     pub mlp_dim: usize,
     pub out_dim: usize,
+    /// The convolutional stem of `vit_conv_*` (`patch_embed.proj.0.weight` …) in place of the
+    /// patch projection.
+    pub conv_stem: bool,
 }
 
 pub fn infer_shape(path: &Path) -> Result<InferredShape> {
@@ -173,10 +176,33 @@ pub fn infer_shape(path: &Path) -> Result<InferredShape> {
         }
         bail!("{p}: key module.{key} is missing: not a MoCo v3 ViT checkpoint")
     };
-    let pe = shape("base_encoder.patch_embed.proj.weight")?;
-    if pe.len() != 4 || pe[2] != pe[3] {
-        bail!("{p}: patch_embed.proj.weight has shape {pe:?}, expected [dim, chans, p, p]");
-    }
+    // (dim, chans, patch, conv stem). A conv stem of s stride-2 stages (`proj.0`, `proj.3`, …, then
+    // the 1×1 `proj.{3s}`) stands for patch 2^s, the official form (16 for 224 px); a stem that
+    // stood for another patch (3 stages for 28 px and patch 7) needs img_size and patch_size set.
+    let (dim, in_chans, patch, conv_stem) = match shape("base_encoder.patch_embed.proj.0.weight") {
+        Ok(c0) => {
+            let conv3 = |i: usize| {
+                shape(&format!("base_encoder.patch_embed.proj.{}.weight", 3 * i))
+                    .is_ok_and(|w| w.len() == 4 && w[2] == 3)
+            };
+            let mut stages = 0;
+            while conv3(stages) {
+                stages += 1;
+            }
+            let last = shape(&format!("base_encoder.patch_embed.proj.{}.weight", 3 * stages))?;
+            if stages == 0 || c0.len() != 4 || last.len() != 4 || last[2] != 1 {
+                bail!("{p}: patch_embed.proj.* is not a conv stem (3×3 convolutions, then a 1×1 one)");
+            }
+            (last[0], c0[1], 1 << stages, true)
+        }
+        Err(_) => {
+            let pe = shape("base_encoder.patch_embed.proj.weight")?;
+            if pe.len() != 4 || pe[2] != pe[3] {
+                bail!("{p}: patch_embed.proj.weight has shape {pe:?}, expected [dim, chans, p, p]");
+            }
+            (pe[0], pe[1], pe[2], false)
+        }
+    };
     let pos = shape("base_encoder.pos_embed")?;
     let grid = ((pos[1] - 1) as f64).sqrt().round() as usize;
     if pos.len() != 3 || grid * grid + 1 != pos[1] {
@@ -188,15 +214,7 @@ pub fn infer_shape(path: &Path) -> Result<InferredShape> {
     }
     let h0 = shape("base_encoder.head.0.weight")?;
     let h6 = shape("base_encoder.head.6.weight")?;
-    Ok(InferredShape {
-        dim: pe[0],
-        depth,
-        patch: pe[2],
-        in_chans: pe[1],
-        img: grid * pe[2],
-        mlp_dim: h0[0],
-        out_dim: h6[0],
-    })
+    Ok(InferredShape { dim, depth, patch, in_chans, img: grid * patch, mlp_dim: h0[0], out_dim: h6[0], conv_stem })
 }
 
 /// The official checkpoint layout of a model: `{'epoch', 'arch', 'state_dict'}` with the DDP

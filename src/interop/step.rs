@@ -58,7 +58,9 @@ pub fn run(input: &Path, views: &Path, out: &Path, a: &StepArgs) -> Result<f32> 
         heads: a.heads,
         mlp_ratio: 4,
         pos: a.pos,
-        stop_grad_conv1: a.stop_grad_conv1,
+        // As the official code: the fixed patch projection does not apply to the conv stem.
+        stop_grad_conv1: a.stop_grad_conv1 && !s.conv_stem,
+        conv_stem: s.conv_stem,
     };
     vit.validate().map_err(|e| anyhow::anyhow!("{}: {e} (check --heads)", input.display()))?;
     let backbone = crate::models::backbone::BackboneConfig::Vit(vit);

@@ -15,6 +15,7 @@ pub fn tiny_config(pos: PosEmbedKind, stop_grad_conv1: bool) -> MocoConfig {
             mlp_ratio: 4,
             pos,
             stop_grad_conv1,
+            conv_stem: false,
         }),
         mlp_dim: 24,
         out_dim: 8,

@@ -125,7 +125,7 @@ impl Backbone {
     /// equal groups of rows separately (the views of MoCo).
     pub fn forward(&mut self, x: &[f32], images: usize, groups: usize) -> &[f32] {
         match self {
-            Backbone::Vit(v) => v.forward(x, images),
+            Backbone::Vit(v) => v.forward_groups(x, images, groups),
             Backbone::ResNet(r) => {
                 let len = x.len() / images / r.in_chans();
                 let side = (len as f64).sqrt() as usize;
@@ -178,10 +178,12 @@ impl Backbone {
         }
     }
 
-    /// Training (batch statistics) or evaluation mode of the BatchNorms (the ViT has none).
+    /// Training (batch statistics) or evaluation mode of the BatchNorms (a ViT has them only in
+    /// its conv stem).
     pub fn set_training(&mut self, training: bool) {
-        if let Backbone::ResNet(r) = self {
-            r.set_training(training);
+        match self {
+            Backbone::Vit(v) => v.patch_embed.set_training(training),
+            Backbone::ResNet(r) => r.set_training(training),
         }
     }
 
@@ -244,6 +246,7 @@ mod tests {
             mlp_ratio: 2,
             pos: PosEmbedKind::Sincos,
             stop_grad_conv1: false,
+            conv_stem: false,
         });
         let v = Backbone::new(&vit, &mut Rng::new(0));
         assert_eq!(v.feature_dim(VitFeature::Cls), Ok(8));

@@ -3,6 +3,7 @@
 
 pub mod backbone;
 pub mod block;
+pub mod convstem;
 pub mod heads;
 pub mod resnet;
 pub mod vit;

@@ -3,101 +3,34 @@
 //! feature is the global average pool (the `fc` input). BatchNorms take a number of row groups,
 //! so the two views of MoCo are normalised separately as in the official two passes.
 
-use crate::engine::par;
 use crate::engine::rng::Rng;
 use crate::engine::{ensure, vec};
 use crate::nn::conv::{Conv2d, ConvScratch};
+use crate::nn::convbn::{relu_inplace, relu_mask, ConvBn};
 use crate::nn::pool::{global_avg_backward, global_avg_forward, MaxPool2d};
 use crate::nn::{BatchNorm1d, Buffer, Module, Param};
 
-/// conv → BN (→ ReLU): one stage of a block or the stem. The ReLU runs in place on the BN's
-/// output (as torchvision's `inplace=True`): the BN's backward needs only its input.
-struct Stage {
-    conv: Conv2d,
-    bn: BatchNorm1d,
+/// A ResNet stage (conv → BN → optional ReLU) with torchvision's init of the convolution:
+/// `kaiming_normal_(mode='fan_out', nonlinearity='relu')`.
+#[allow(clippy::too_many_arguments)]
+fn stage(
+    name: &str,
+    bn_name: &str,
+    cin: usize,
+    cout: usize,
+    k: usize,
+    stride: usize,
     relu: bool,
-}
-
-impl Stage {
-    #[allow(clippy::too_many_arguments)]
-    fn new(
-        name: &str,
-        bn_name: &str,
-        cin: usize,
-        cout: usize,
-        k: usize,
-        stride: usize,
-        relu: bool,
-        rng: &mut Rng,
-    ) -> Stage {
-        let mut conv = Conv2d::new(name, cin, cout, k, stride, k / 2, false);
-        // kaiming_normal_(mode='fan_out', nonlinearity='relu')
-        conv.proj.w.init_normal(rng, (2.0 / (cout * k * k) as f32).sqrt());
-        Stage { conv, bn: BatchNorm1d::new(bn_name, cout, true), relu }
-    }
-
-    fn out(&self) -> &[f32] {
-        &self.bn.y
-    }
-
-    /// Returns the output size.
-    fn forward(
-        &mut self,
-        x: &[f32],
-        n: usize,
-        h: usize,
-        w: usize,
-        groups: usize,
-        sc: &mut ConvScratch,
-    ) -> (usize, usize) {
-        self.conv.forward(x, n, h, w, sc);
-        let (oh, ow) = self.conv.out_size(h, w);
-        let rows = n * oh * ow;
-        let c = self.conv.cout;
-        self.bn.forward(&self.conv.proj.y[..rows * c], rows, groups);
-        if self.relu {
-            relu_inplace(&mut self.bn.y[..rows * c]);
-        }
-        (oh, ow)
-    }
-
-    /// `d` holds the gradient of the stage's output (consumed); `x` is the stage's input; writes
-    /// the input gradient.
-    fn backward(&mut self, x: &[f32], d: &mut [f32], tmp: &mut Vec<f32>, dx: Option<&mut [f32]>, sc: &mut ConvScratch) {
-        let n = d.len();
-        if self.relu {
-            relu_mask(d, &self.bn.y[..n]);
-        }
-        ensure(tmp, n);
-        let rows = n / self.conv.cout;
-        self.bn.backward(&self.conv.proj.y[..n], d, rows, &mut tmp[..n]);
-        self.conv.backward(x, &tmp[..n], dx, sc);
-    }
-
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
-        self.conv.visit(f);
-        self.bn.visit(f);
-    }
-}
-
-fn relu_inplace(y: &mut [f32]) {
-    par::map_inplace(y, |v| *v = v.max(0.0));
-}
-
-/// Zero the gradient where the (ReLU'd) output is not positive.
-fn relu_mask(d: &mut [f32], y: &[f32]) {
-    par::map2(d, y, |o, y| {
-        for (o, &v) in o.iter_mut().zip(y) {
-            if v <= 0.0 {
-                *o = 0.0;
-            }
-        }
-    });
+    rng: &mut Rng,
+) -> ConvBn {
+    let mut s = ConvBn::new(name, bn_name, cin, cout, k, stride, relu);
+    s.conv.proj.w.init_normal(rng, (2.0 / (cout * k * k) as f32).sqrt());
+    s
 }
 
 struct Block {
-    stages: Vec<Stage>,
-    down: Option<Stage>,
+    stages: Vec<ConvBn>,
+    down: Option<ConvBn>,
     /// relu(main + identity): the block's output (the ReLU in place).
     sum: Vec<f32>,
     dims: (usize, usize, usize, usize, usize),
@@ -110,23 +43,23 @@ impl Block {
             let cout = width * 4;
             (
                 vec![
-                    Stage::new(&n("conv1"), &n("bn1"), cin, width, 1, 1, true, rng),
-                    Stage::new(&n("conv2"), &n("bn2"), width, width, 3, stride, true, rng),
-                    Stage::new(&n("conv3"), &n("bn3"), width, cout, 1, 1, false, rng),
+                    stage(&n("conv1"), &n("bn1"), cin, width, 1, 1, true, rng),
+                    stage(&n("conv2"), &n("bn2"), width, width, 3, stride, true, rng),
+                    stage(&n("conv3"), &n("bn3"), width, cout, 1, 1, false, rng),
                 ],
                 cout,
             )
         } else {
             (
                 vec![
-                    Stage::new(&n("conv1"), &n("bn1"), cin, width, 3, stride, true, rng),
-                    Stage::new(&n("conv2"), &n("bn2"), width, width, 3, 1, false, rng),
+                    stage(&n("conv1"), &n("bn1"), cin, width, 3, stride, true, rng),
+                    stage(&n("conv2"), &n("bn2"), width, width, 3, 1, false, rng),
                 ],
                 width,
             )
         };
         let down = (stride != 1 || cin != cout)
-            .then(|| Stage::new(&n("downsample.0"), &n("downsample.1"), cin, cout, 1, stride, false, rng));
+            .then(|| stage(&n("downsample.0"), &n("downsample.1"), cin, cout, 1, stride, false, rng));
         Block { stages, down, sum: Vec::new(), dims: (0, 0, 0, 0, 0) }
     }
 
@@ -236,7 +169,7 @@ impl Block {
 }
 
 pub struct ResNet {
-    stem: Stage,
+    stem: ConvBn,
     pool: Option<MaxPool2d>,
     blocks: Vec<Block>,
     /// Pooled features `[images, channels]`.
@@ -264,9 +197,9 @@ impl ResNet {
         rng: &mut Rng,
     ) -> ResNet {
         let stem = if cifar {
-            Stage::new("conv1", "bn1", in_chans, width, 3, 1, true, rng)
+            stage("conv1", "bn1", in_chans, width, 3, 1, true, rng)
         } else {
-            Stage::new("conv1", "bn1", in_chans, width, 7, 2, true, rng)
+            stage("conv1", "bn1", in_chans, width, 7, 2, true, rng)
         };
         let mut blocks = Vec::new();
         let mut cin = width;

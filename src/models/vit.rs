@@ -5,6 +5,7 @@
 //! the final LayerNorm.
 
 use super::block::{Block, Scratch};
+use super::convstem::{stem_grid, stem_stages, ConvStem, Embed};
 use crate::engine::rng::Rng;
 use crate::engine::{ensure, par};
 use crate::nn::posembed::{sincos_2d, PosEmbedKind};
@@ -22,6 +23,10 @@ pub struct VitConfig {
     pub mlp_ratio: usize,
     pub pos: PosEmbedKind,
     pub stop_grad_conv1: bool,
+    /// The convolutional stem of `vit_conv_*` instead of the patch projection (see
+    /// [`super::convstem`]).
+    #[serde(default)]
+    pub conv_stem: bool,
 }
 
 /// (dim, depth, heads) of the named sizes. `vit_small` has 12 heads in MoCo v3 (DeiT-S has 6).
@@ -30,13 +35,17 @@ pub fn arch_dims(name: &str) -> Option<(usize, usize, usize)> {
         "vit_tiny" => (192, 12, 3),
         "vit_small" => (384, 12, 12),
         "vit_base" => (768, 12, 12),
+        // With the conv stem (one block fewer, for about the same compute).
+        "vit_conv_small" => (384, 11, 12),
+        "vit_conv_base" => (768, 11, 12),
         "vit_large" => (1024, 24, 16),
         "vit_huge" => (1280, 32, 16),
         _ => return None,
     })
 }
 
-pub const ARCHS: &[&str] = &["vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge"];
+pub const ARCHS: &[&str] =
+    &["vit_tiny", "vit_small", "vit_base", "vit_large", "vit_huge", "vit_conv_small", "vit_conv_base"];
 
 impl VitConfig {
     pub fn tokens(&self) -> usize {
@@ -52,6 +61,27 @@ impl VitConfig {
         }
         if self.pos == PosEmbedKind::Sincos && !self.dim.is_multiple_of(4) {
             return Err(format!("the 2D sin-cos position embedding needs dim divisible by 4 (dim {})", self.dim));
+        }
+        if self.conv_stem {
+            let (s, g) = (stem_stages(self.patch), self.img / self.patch);
+            let got = stem_grid(self.img, s);
+            if self.patch < 2 || got != g {
+                return Err(format!(
+                    "the conv stem's {s} stride-2 stages take {} px to a {got}×{got} grid, not the {g}×{g} of patch {}: \
+                     choose a patch size that is a power of two, or one the image size halves down to",
+                    self.img, self.patch
+                ));
+            }
+            if !self.dim.is_multiple_of(1 << (s - 1)) {
+                return Err(format!("the conv stem needs dim divisible by {} (dim {})", 1 << (s - 1), self.dim));
+            }
+            if self.stop_grad_conv1 {
+                return Err(
+                    "stop_grad_conv1 freezes the patch projection, which the conv stem replaces (the official \
+                            code ignores it there): set stop_grad_conv1=false"
+                        .into(),
+                );
+            }
         }
         if self.depth == 0 || self.in_chans == 0 {
             return Err("depth and input channels must be at least 1".into());
@@ -113,7 +143,7 @@ pub struct Vit {
     pub cls_token: Param,
     /// `[1, tokens, dim]`; frozen for sin-cos, trainable when learned, absent for none.
     pub pos_embed: Option<Param>,
-    pub patch_embed: PatchEmbed,
+    pub patch_embed: Embed,
     pub blocks: Vec<Block>,
     pub norm: LayerNorm,
     /// Keep every block's activations for a backward pass. When false (the momentum encoder),
@@ -128,7 +158,6 @@ impl Vit {
     pub fn new(cfg: &VitConfig, rng: &mut Rng) -> Vit {
         cfg.validate().expect("invalid ViT configuration");
         let (d, t) = (cfg.dim, cfg.tokens());
-        let mut patch_embed = PatchEmbed::new("patch_embed.proj", cfg.img, cfg.patch, cfg.in_chans, d);
         let mut cls_token = Param::zeros("cls_token", &[1, 1, d], ParamKind::Token);
         let pos_embed = match cfg.pos {
             PosEmbedKind::Sincos => {
@@ -156,13 +185,19 @@ impl Vit {
                 l.w.init_uniform(rng, bound);
             }
         }
-        let bound = (6.0 / (3 * cfg.patch * cfg.patch + d) as f64).sqrt();
-        patch_embed.proj.w.init_uniform(rng, bound);
+        let patch_embed = if cfg.conv_stem {
+            Embed::Conv(ConvStem::new("patch_embed.proj", cfg.img, cfg.patch, cfg.in_chans, d, rng))
+        } else {
+            let mut pe = PatchEmbed::new("patch_embed.proj", cfg.img, cfg.patch, cfg.in_chans, d);
+            let bound = (6.0 / (3 * cfg.patch * cfg.patch + d) as f64).sqrt();
+            pe.proj.w.init_uniform(rng, bound);
+            if cfg.stop_grad_conv1 {
+                pe.proj.w.trainable = false;
+                pe.proj.b.as_mut().unwrap().trainable = false;
+            }
+            Embed::Patch(pe)
+        };
         cls_token.init_normal(rng, 1e-6);
-        if cfg.stop_grad_conv1 {
-            patch_embed.proj.w.trainable = false;
-            patch_embed.proj.b.as_mut().unwrap().trainable = false;
-        }
         Vit {
             cfg: cfg.clone(),
             cls_token,
@@ -179,8 +214,14 @@ impl Vit {
 
     /// Images `[batch, chans, img, img]` → features `[batch, dim]` (the returned slice).
     pub fn forward(&mut self, x: &[f32], batch: usize) -> &[f32] {
+        self.forward_groups(x, batch, 1)
+    }
+
+    /// [`Vit::forward`] with the conv stem's BatchNorms normalising `groups` equal groups of
+    /// images separately (the views of MoCo, as the official separate passes).
+    pub fn forward_groups(&mut self, x: &[f32], batch: usize, groups: usize) -> &[f32] {
         let (d, n) = (self.cfg.dim, self.blocks.len());
-        self.embed(x, batch);
+        self.embed(x, batch, groups);
         // Only the cls token's output is used: the last block computes that row alone.
         self.run_blocks(batch, true, |i, out, norm| {
             if i == n - 1 {
@@ -209,7 +250,7 @@ impl Vit {
         let avg = kind == VitFeature::ClsAvg;
         let mut f = vec![0.0f32; batch * fd];
         let mut cls = vec![0.0f32; batch * d];
-        self.embed(x, batch);
+        self.embed(x, batch, 1);
         self.run_blocks(batch, !avg, |i, out, norm| {
             if i < first {
                 return;
@@ -244,11 +285,11 @@ impl Vit {
 
     /// The token sequence of a batch: cls token and patch projections, plus the position
     /// embedding.
-    fn embed(&mut self, x: &[f32], batch: usize) {
+    fn embed(&mut self, x: &[f32], batch: usize, groups: usize) {
         let (d, t) = (self.cfg.dim, self.cfg.tokens());
-        self.patch_embed.forward(x, batch);
+        self.patch_embed.forward(x, batch, groups);
         ensure(&mut self.tokens, batch * t * d);
-        let (pe, cls) = (&self.patch_embed.proj.y, &self.cls_token.w);
+        let (pe, cls) = (self.patch_embed.out(), &self.cls_token.w);
         let pos = self.pos_embed.as_ref().map(|p| &p.w[..]);
         par::for_rows(&mut self.tokens[..batch * t * d], d, |r, row| {
             let (b, ti) = (r / t, r % t);
@@ -330,7 +371,7 @@ impl Vit {
                 });
             }
         }
-        if self.patch_embed.proj.w.trainable {
+        if self.patch_embed.trainable() {
             let np = t - 1;
             ensure(&mut self.scratch.hidden, batch * np * d);
             let dp = &mut self.scratch.hidden[..batch * np * d];
@@ -355,7 +396,9 @@ impl Module for Vit {
         self.norm.visit(f);
     }
 
-    fn visit_buffers(&mut self, _f: &mut dyn FnMut(Buffer)) {}
+    fn visit_buffers(&mut self, f: &mut dyn FnMut(Buffer)) {
+        self.patch_embed.visit_buffers(f);
+    }
 }
 
 #[cfg(test)]
@@ -365,7 +408,12 @@ mod tests {
 
     #[test]
     fn finite_differences_of_features() {
-        for (pos, sg) in [(PosEmbedKind::Learned, false), (PosEmbedKind::Sincos, true), (PosEmbedKind::None, false)] {
+        for (pos, sg, conv) in [
+            (PosEmbedKind::Learned, false, false),
+            (PosEmbedKind::Sincos, true, false),
+            (PosEmbedKind::None, false, false),
+            (PosEmbedKind::Sincos, false, true),
+        ] {
             let cfg = VitConfig {
                 img: 8,
                 patch: 4,
@@ -376,6 +424,7 @@ mod tests {
                 mlp_ratio: 2,
                 pos,
                 stop_grad_conv1: sg,
+                conv_stem: conv,
             };
             let mut rng = Rng::new(2);
             let mut vit = Vit::new(&cfg, &mut rng);
@@ -387,7 +436,8 @@ mod tests {
                 b * 8,
                 |v, x| v.forward(x, b).to_vec(),
                 |v, _, dy, _| v.backward(dy, b),
-                Probe { eps: 1e-3, check_input: false, max_per_param: 24, ..Probe::default() },
+                // The conv stem's ReLUs have kinks.
+                Probe { eps: 1e-3, check_input: false, max_per_param: 24, kinks: conv, ..Probe::default() },
             );
         }
     }
@@ -412,6 +462,7 @@ mod tests {
             mlp_ratio: 2,
             pos: PosEmbedKind::Sincos,
             stop_grad_conv1: false,
+            conv_stem: false,
         };
         let (d, t, b) = (8, 5, 3);
         let mut rng = Rng::new(4);
@@ -481,6 +532,7 @@ mod tests {
                 mlp_ratio: 2,
                 pos: PosEmbedKind::Sincos,
                 stop_grad_conv1: false,
+                conv_stem: false,
             };
             let mut a = Vit::new(&cfg, &mut Rng::new(1));
             let mut b = Vit::new(&cfg, &mut Rng::new(1));

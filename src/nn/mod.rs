@@ -10,6 +10,7 @@
 pub mod attention;
 pub mod batchnorm;
 pub mod conv;
+pub mod convbn;
 pub mod gelu;
 pub mod layernorm;
 pub mod linear;

@@ -29,6 +29,10 @@ pub struct PretrainConfig {
     pub patch_size: usize,
     pub pos_embed: PosEmbedKind,
     pub stop_grad_conv1: bool,
+    /// ViT only: the convolutional stem (3×3 stride-2 conv → BN → ReLU stages, then a 1×1 conv)
+    /// in place of the patch projection, as the official `vit_conv_small` / `vit_conv_base`
+    /// (which set it by their name, with one block fewer: depth 11).
+    pub conv_stem: bool,
     /// ResNet only: the CIFAR stem (3×3 stride-1 first convolution, no max-pool).
     pub cifar_stem: bool,
     pub moco_mlp_dim: usize,
@@ -96,6 +100,8 @@ pub const PRESETS: &[(&str, &str)] = &[
     ("fashion-mnist", "ViT 128-d x 4 blocks, 28 px, patch 7, on Fashion-MNIST (an hour of 2 CPU cores)"),
     ("vit_small", "official ViT-S/16 recipe at batch 1024 (300 epochs, ImageNet)"),
     ("vit_base", "official ViT-B/16 recipe at batch 4096 (300 epochs, ImageNet)"),
+    ("vit_conv_small", "the ViT-S recipe with the conv stem and 11 blocks (trainable stem: no stop-grad)"),
+    ("vit_conv_base", "the ViT-B recipe with the conv stem and 11 blocks (trainable stem: no stop-grad)"),
     ("tiny-synthetic", "a very small ViT on synthetic images, for smoke tests"),
     ("resnet50", "official ResNet-50 recipe, 100 epochs (LARS lr .6, wd 1e-6, T 1, m .99, batch 4096)"),
     ("resnet50-300ep", "official ResNet-50 recipe, 300 epochs (lr .3)"),
@@ -133,6 +139,7 @@ fn official(arch: &str, batch: usize) -> PretrainConfig {
         patch_size: 16,
         pos_embed: PosEmbedKind::Sincos,
         stop_grad_conv1: true,
+        conv_stem: false,
         cifar_stem: false,
         moco_mlp_dim: 4096,
         moco_dim: 256,
@@ -172,6 +179,10 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
     Ok(match name {
         "vit_small" => official("vit_small", 1024),
         "vit_base" => official("vit_base", 4096),
+        // The official code has no command for these; its `vit_conv_*` models ignore
+        // --stop-grad-conv1 (the authors, issue #18: stop-grad is not needed with the conv stem).
+        "vit_conv_small" => PretrainConfig { stop_grad_conv1: false, ..official("vit_conv_small", 1024) },
+        "vit_conv_base" => PretrainConfig { stop_grad_conv1: false, ..official("vit_conv_base", 4096) },
         "resnet50" => official_resnet(100, 0.6, 1e-6, 0.99),
         "resnet50-300ep" => official_resnet(300, 0.3, 1e-6, 0.99),
         "resnet50-1000ep" => official_resnet(1000, 0.3, 1.5e-6, 0.996),
@@ -306,8 +317,8 @@ impl PretrainConfig {
     pub fn model(&self, chans: usize) -> Result<MocoConfig> {
         let backbone = match self.arch.as_str() {
             "resnet18" | "resnet50" => {
-                if self.stop_grad_conv1 {
-                    bail!("stop_grad_conv1 applies to ViTs only: set stop_grad_conv1=false for {}", self.arch);
+                if self.stop_grad_conv1 || self.conv_stem {
+                    bail!("stop_grad_conv1 and conv_stem apply to ViTs only: set them to false for {}", self.arch);
                 }
                 let r = ResNetConfig {
                     depth: if self.arch == "resnet50" { 50 } else { 18 },
@@ -338,6 +349,7 @@ impl PretrainConfig {
             mlp_ratio: 4,
             pos: self.pos_embed,
             stop_grad_conv1: self.stop_grad_conv1,
+            conv_stem: self.conv_stem || self.arch.starts_with("vit_conv_"),
         };
         vit.validate().map_err(|e| anyhow::anyhow!("invalid model configuration: {e}"))?;
         Ok(vit)
@@ -409,7 +421,21 @@ mod tests {
         // Merging (as every command does) keeps unset optional keys unset.
         let m = merge_sets(&preset("vit_small").unwrap(), &[]).unwrap().model(3).unwrap();
         let v = m.backbone.vit().unwrap();
-        assert_eq!((v.dim, v.depth, v.heads, v.tokens()), (384, 12, 12, 197));
+        assert_eq!((v.dim, v.depth, v.heads, v.tokens(), v.conv_stem), (384, 12, 12, 197, false));
+        let m = preset("vit_conv_small").unwrap().model(3).unwrap();
+        let v = m.backbone.vit().unwrap();
+        assert_eq!((v.dim, v.depth, v.tokens(), v.conv_stem, v.stop_grad_conv1), (384, 11, 197, true, false));
+        // The fixed patch projection has nothing to freeze in a conv stem. 28 px with patch 7
+        // takes three stages (28 → 14 → 7 → 4: the 4×4 grid); 24 px with patch 6 would need a 4×4
+        // grid too, but three stages give 3×3.
+        let fm = preset("fashion-mnist").unwrap();
+        let e = merge_sets(&fm, &["conv_stem=true".into()]).unwrap().model(1).unwrap_err().to_string();
+        assert!(e.contains("stop_grad_conv1=false"), "{e}");
+        let cs = merge_sets(&fm, &["conv_stem=true".into(), "stop_grad_conv1=false".into()]).unwrap();
+        assert_eq!(cs.model(1).unwrap().backbone.vit().unwrap().tokens(), 17);
+        let e = merge_sets(&cs, &["img_size=24".into(), "patch_size=6".into()]).unwrap();
+        let e = e.model(1).unwrap_err().to_string();
+        assert!(e.contains("3×3 grid, not the 4×4"), "{e}");
         let r = preset("resnet50").unwrap();
         assert_eq!(
             (r.optimizer, r.lr, r.weight_decay, r.moco_t, r.crop_min),
@@ -421,5 +447,7 @@ mod tests {
         assert!(e.contains("ViTs only"), "{e}");
         let e = merge_sets(&r, &["img_size=16".into()]).unwrap().model(3).unwrap_err().to_string();
         assert!(e.contains("too small"), "{e}");
+        let e = merge_sets(&r, &["conv_stem=true".into()]).unwrap().model(3).unwrap_err().to_string();
+        assert!(e.contains("ViTs only"), "{e}");
     }
 }

@@ -1,0 +1,100 @@
+//! conv → BatchNorm (→ ReLU) on NHWC activations: a stage of a ResNet block or stem, and of the
+//! ViT's convolutional stem. The ReLU runs in place on the BN's output (as torchvision's
+//! `inplace=True`): the BN's backward needs only its input. The convolution has no bias (the BN
+//! follows) and keeps the zero init of [`Conv2d::new`]: the model initialises it.
+
+use super::conv::{Conv2d, ConvScratch};
+use super::param::{Buffer, Module, Param};
+use super::BatchNorm1d;
+use crate::engine::{ensure, par};
+
+pub struct ConvBn {
+    pub conv: Conv2d,
+    pub bn: BatchNorm1d,
+    pub relu: bool,
+}
+
+impl ConvBn {
+    /// A `k`×`k` convolution of stride `stride` and padding `k / 2`, named `name`, then a BN named
+    /// `bn_name`.
+    pub fn new(name: &str, bn_name: &str, cin: usize, cout: usize, k: usize, stride: usize, relu: bool) -> ConvBn {
+        ConvBn {
+            conv: Conv2d::new(name, cin, cout, k, stride, k / 2, false),
+            bn: BatchNorm1d::new(bn_name, cout, true),
+            relu,
+        }
+    }
+
+    /// The stage's output, `[images, oh, ow, cout]`.
+    pub fn out(&self) -> &[f32] {
+        &self.bn.y
+    }
+
+    /// `x`: `[n, h, w, cin]`; BN statistics per each of `groups` equal groups of images. Returns
+    /// the output size.
+    pub fn forward(
+        &mut self,
+        x: &[f32],
+        n: usize,
+        h: usize,
+        w: usize,
+        groups: usize,
+        sc: &mut ConvScratch,
+    ) -> (usize, usize) {
+        self.conv.forward(x, n, h, w, sc);
+        let (oh, ow) = self.conv.out_size(h, w);
+        let rows = n * oh * ow;
+        let c = self.conv.cout;
+        self.bn.forward(&self.conv.proj.y[..rows * c], rows, groups);
+        if self.relu {
+            relu_inplace(&mut self.bn.y[..rows * c]);
+        }
+        (oh, ow)
+    }
+
+    /// `d` holds the gradient of the stage's output (consumed); `x` is the stage's input; writes
+    /// the input gradient when `dx` is given.
+    pub fn backward(
+        &mut self,
+        x: &[f32],
+        d: &mut [f32],
+        tmp: &mut Vec<f32>,
+        dx: Option<&mut [f32]>,
+        sc: &mut ConvScratch,
+    ) {
+        let n = d.len();
+        if self.relu {
+            relu_mask(d, &self.bn.y[..n]);
+        }
+        ensure(tmp, n);
+        let rows = n / self.conv.cout;
+        self.bn.backward(&self.conv.proj.y[..n], d, rows, &mut tmp[..n]);
+        self.conv.backward(x, &tmp[..n], dx, sc);
+    }
+}
+
+impl Module for ConvBn {
+    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+        self.conv.visit(f);
+        self.bn.visit(f);
+    }
+
+    fn visit_buffers(&mut self, f: &mut dyn FnMut(Buffer)) {
+        self.bn.visit_buffers(f);
+    }
+}
+
+pub fn relu_inplace(y: &mut [f32]) {
+    par::map_inplace(y, |v| *v = v.max(0.0));
+}
+
+/// Zero the gradient where the (ReLU'd) output is not positive.
+pub fn relu_mask(d: &mut [f32], y: &[f32]) {
+    par::map2(d, y, |o, y| {
+        for (o, &v) in o.iter_mut().zip(y) {
+            if v <= 0.0 {
+                *o = 0.0;
+            }
+        }
+    });
+}
