@@ -97,7 +97,10 @@ impl Default for PretrainConfig {
 }
 
 pub const PRESETS: &[(&str, &str)] = &[
-    ("fashion-mnist", "ViT 128-d x 4 blocks, 28 px, patch 7, on Fashion-MNIST (an hour of 2 CPU cores)"),
+    (
+        "fashion-mnist",
+        "ViT 128-d x 4 blocks with the conv stem, 28 px, 4x4 tokens, on Fashion-MNIST (an hour of 2 CPU cores)",
+    ),
     ("vit_small", "official ViT-S/16 recipe at batch 1024 (300 epochs, ImageNet)"),
     ("vit_base", "official ViT-B/16 recipe at batch 4096 (300 epochs, ImageNet)"),
     ("vit_conv_small", "the ViT-S recipe with the conv stem and 11 blocks (trainable stem: no stop-grad)"),
@@ -181,8 +184,12 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         "vit_base" => official("vit_base", 4096),
         // The official code has no command for these; its `vit_conv_*` models ignore
         // --stop-grad-conv1 (the authors, issue #18: stop-grad is not needed with the conv stem).
-        "vit_conv_small" => PretrainConfig { stop_grad_conv1: false, ..official("vit_conv_small", 1024) },
-        "vit_conv_base" => PretrainConfig { stop_grad_conv1: false, ..official("vit_conv_base", 4096) },
+        "vit_conv_small" => {
+            PretrainConfig { stop_grad_conv1: false, conv_stem: true, ..official("vit_conv_small", 1024) }
+        }
+        "vit_conv_base" => {
+            PretrainConfig { stop_grad_conv1: false, conv_stem: true, ..official("vit_conv_base", 4096) }
+        }
         "resnet50" => official_resnet(100, 0.6, 1e-6, 0.99),
         "resnet50-300ep" => official_resnet(300, 0.3, 1e-6, 0.99),
         "resnet50-1000ep" => official_resnet(1000, 0.3, 1.5e-6, 0.996),
@@ -208,7 +215,9 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         // Sized for an hour of 2 CPU cores by equal-time probes (README, "What the budget
         // buys"): a narrower, shallower ViT trained for more epochs beats 192-d x 6 blocks, and
         // at this size base lr 2e-3 beat 5e-4, 1e-3 and 4e-3 (the official 1.5e-4 is for ViT-S/B
-        // at batch 4096 over 300 epochs).
+        // at batch 4096 over 300 epochs). The conv stem of vit_conv_* (3 stages, 28 -> 4x4 tokens
+        // as patch 7) instead of the fixed random patch projection: +1.4 kNN points and +0.4
+        // linear with the cls token at 25 epochs, for 15% more time.
         "fashion-mnist" | "fmnist" => PretrainConfig {
             arch: "vit_tiny".into(),
             dim: Some(128),
@@ -216,6 +225,8 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
             heads: Some(4),
             img_size: 28,
             patch_size: 7,
+            conv_stem: true,
+            stop_grad_conv1: false,
             moco_mlp_dim: 1024,
             batch_size: 256,
             epochs: 25,
@@ -428,11 +439,11 @@ mod tests {
         // The fixed patch projection has nothing to freeze in a conv stem. 28 px with patch 7
         // takes three stages (28 → 14 → 7 → 4: the 4×4 grid); 24 px with patch 6 would need a 4×4
         // grid too, but three stages give 3×3.
-        let fm = preset("fashion-mnist").unwrap();
-        let e = merge_sets(&fm, &["conv_stem=true".into()]).unwrap().model(1).unwrap_err().to_string();
+        let cs = preset("fashion-mnist").unwrap();
+        let v = cs.model(1).unwrap().backbone.vit().unwrap().clone();
+        assert_eq!((v.conv_stem, v.stop_grad_conv1, v.tokens()), (true, false, 17));
+        let e = merge_sets(&cs, &["stop_grad_conv1=true".into()]).unwrap().model(1).unwrap_err().to_string();
         assert!(e.contains("stop_grad_conv1=false"), "{e}");
-        let cs = merge_sets(&fm, &["conv_stem=true".into(), "stop_grad_conv1=false".into()]).unwrap();
-        assert_eq!(cs.model(1).unwrap().backbone.vit().unwrap().tokens(), 17);
         let e = merge_sets(&cs, &["img_size=24".into(), "patch_size=6".into()]).unwrap();
         let e = e.model(1).unwrap_err().to_string();
         assert!(e.contains("3×3 grid, not the 4×4"), "{e}");
