@@ -19,6 +19,13 @@ fn fixture(name: &str) -> PathBuf {
     PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures").join(name)
 }
 
+/// Every tensor of a model (parameters and buffers, both encoders) as bits, by key.
+fn tensor_bits(m: &mut MoCo) -> Vec<(String, Vec<u32>)> {
+    let mut v = Vec::new();
+    m.visit_tensors(&mut |k, _, d| v.push((k, d.iter().map(|x| x.to_bits()).collect::<Vec<_>>())));
+    v
+}
+
 fn tiny(dim: usize) -> MocoConfig {
     MocoConfig {
         backbone: BackboneConfig::Vit(VitConfig {
@@ -109,11 +116,7 @@ fn official_layout_round_trips_bit_exactly() {
     let mut b = MoCo::new(&tiny(16), 1);
     let info = load_into(&path, &mut b, &mut adamw()).unwrap();
     assert_eq!(info.epoch, 3);
-    let mut ta = Vec::new();
-    a.visit_tensors(&mut |k, _, d| ta.push((k, d.iter().map(|v| v.to_bits()).collect::<Vec<_>>())));
-    let mut tb = Vec::new();
-    b.visit_tensors(&mut |k, _, d| tb.push((k, d.iter().map(|v| v.to_bits()).collect::<Vec<_>>())));
-    assert_eq!(ta, tb);
+    assert_eq!(tensor_bits(&mut a), tensor_bits(&mut b));
 }
 
 #[test]
@@ -192,12 +195,7 @@ fn resnet_official_layout_round_trips_and_names_its_shape() {
     let mut b = MoCo::new(&cfg, 1);
     let info = load_into(&path, &mut b, &mut Optimizer::new(OptimizerKind::Lars, 1e-6, false)).unwrap();
     assert_eq!((info.epoch, info.arch.as_deref()), (7, Some("resnet18")));
-    let bits = |m: &mut MoCo| {
-        let mut v = Vec::new();
-        m.visit_tensors(&mut |k, _, d| v.push((k, d.iter().map(|x| x.to_bits()).collect::<Vec<_>>())));
-        v
-    };
-    let (ta, tb) = (bits(&mut a), bits(&mut b));
+    let (ta, tb) = (tensor_bits(&mut a), tensor_bits(&mut b));
     assert!(ta.iter().any(|(k, _)| k == "base_encoder.layer1.0.bn1.running_mean"));
     assert!(ta.iter().any(|(k, _)| k == "base_encoder.fc.0.weight"));
     assert_eq!(ta, tb);
@@ -239,12 +237,7 @@ fn a_conv_stem_round_trips_and_is_recognised() {
     assert_eq!((s.dim, s.depth, s.patch, s.in_chans, s.img), (16, 1, 8, 3, 16));
     let mut b = MoCo::new(&cfg, 1);
     load_into(&path, &mut b, &mut adamw()).unwrap();
-    let tensors = |m: &mut MoCo| {
-        let mut v = Vec::new();
-        m.visit_tensors(&mut |k, _, d| v.push((k, d.iter().map(|x| x.to_bits()).collect::<Vec<_>>())));
-        v
-    };
-    let (ta, tb) = (tensors(&mut a), tensors(&mut b));
+    let (ta, tb) = (tensor_bits(&mut a), tensor_bits(&mut b));
     assert!(ta.iter().any(|(k, _)| k == "base_encoder.patch_embed.proj.7.running_var"));
     assert!(ta.iter().any(|(k, _)| k == "momentum_encoder.patch_embed.proj.9.bias"));
     assert_eq!(ta, tb);
