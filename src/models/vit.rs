@@ -1,8 +1,8 @@
 //! Vision Transformer as the official `vits.py` (timm 0.4.9 `VisionTransformer` with the MoCo v3
 //! changes): pre-norm blocks, GELU MLP of ratio 4, qkv bias, LayerNorm eps 1e-6, one cls token,
 //! 2D sin-cos (or learned, or no) position embedding, the official initialisation, and the
-//! optional fixed random patch projection (`stop_grad_conv1`). The feature is the cls token after
-//! the final LayerNorm.
+//! optional fixed random patch projection (`stop_grad_conv1`) or the conv stem of `vit_conv_*`
+//! (`conv_stem`, see [`super::convstem`]). The feature is the cls token after the final LayerNorm.
 
 use super::block::{Block, Scratch};
 use super::convstem::{stem_grid, stem_stages, ConvStem, Embed};

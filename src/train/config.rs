@@ -217,7 +217,7 @@ pub fn preset(name: &str) -> Result<PretrainConfig> {
         // at this size base lr 2e-3 beat 5e-4, 1e-3 and 4e-3 (the official 1.5e-4 is for ViT-S/B
         // at batch 4096 over 300 epochs). The conv stem of vit_conv_* (3 stages, 28 -> 4x4 tokens
         // as patch 7) instead of the fixed random patch projection: +1.4 kNN points and +0.4
-        // linear with the cls token at 25 epochs, for 15% more time.
+        // linear with the cls token at 25 epochs, for 8-14% more time.
         "fashion-mnist" | "fmnist" => PretrainConfig {
             arch: "vit_tiny".into(),
             dim: Some(128),
