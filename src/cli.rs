@@ -232,14 +232,19 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
                 format!("conv_stem = {}", s.conv_stem),
                 format!("dataset = \"{}\"", a.dataset),
             ];
-            let stem = if s.conv_stem { "conv stem" } else { "patch" };
-            let what =
-                format!("dim {}, depth {}, heads {}, {} px / {stem} {}", s.dim, s.depth, a.heads, s.img, s.patch);
+            // Image and patch sizes are added from the final configuration (`--set` may change
+            // them: a conv stem's weights do not fix the patch it stands for).
+            let what = format!("dim {}, depth {}, heads {}", s.dim, s.depth, a.heads);
             (arch, sets, s.in_chans, what)
         }
     };
     let base = if arch.starts_with("resnet") { "resnet50" } else { "vit_small" };
     let cfg = config::merge_sets(&config::preset(base)?, &[sets, a.sets.clone()].concat())?;
+    let mut what = what;
+    if !arch.starts_with("resnet") {
+        let stem = if cfg.conv_stem { "conv stem for patch" } else { "patch" };
+        what += &format!(", {} px / {stem} {}", cfg.img_size, cfg.patch_size);
+    }
     let mut model = mocov3::moco::MoCo::new(&cfg.model(in_chans)?, 0);
     let mut opt = mocov3::optim::Optimizer::new(cfg.optimizer, cfg.weight_decay, false);
     let info = official::load_into(&a.input, &mut model, &mut opt)?;
