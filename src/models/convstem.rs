@@ -13,7 +13,7 @@
 
 use crate::engine::ensure;
 use crate::engine::rng::Rng;
-use crate::nn::conv::{Conv2d, ConvScratch};
+use crate::nn::conv::{nchw_to_nhwc, Conv2d, ConvScratch};
 use crate::nn::convbn::ConvBn;
 use crate::nn::{Buffer, Module, Param, PatchEmbed};
 
@@ -79,14 +79,7 @@ impl ConvStem {
     pub fn forward(&mut self, x: &[f32], batch: usize, groups: usize) {
         let (c, s) = (self.chans, self.img);
         assert_eq!(x.len(), batch * c * s * s, "conv stem: image shape");
-        ensure(&mut self.x_nhwc, batch * s * s * c);
-        for img in 0..batch {
-            for ch in 0..c {
-                for p in 0..s * s {
-                    self.x_nhwc[(img * s * s + p) * c + ch] = x[(img * c + ch) * s * s + p];
-                }
-            }
-        }
+        nchw_to_nhwc(x, batch, c, s * s, &mut self.x_nhwc);
         self.batch = batch;
         self.sides.clear();
         let mut side = s;

@@ -5,7 +5,7 @@
 
 use crate::engine::rng::Rng;
 use crate::engine::{ensure, vec};
-use crate::nn::conv::{Conv2d, ConvScratch};
+use crate::nn::conv::{nchw_to_nhwc, Conv2d, ConvScratch};
 use crate::nn::convbn::{relu_inplace, relu_mask, ConvBn};
 use crate::nn::pool::{global_avg_backward, global_avg_forward, MaxPool2d};
 use crate::nn::{BatchNorm1d, Buffer, Module, Param};
@@ -290,14 +290,7 @@ impl ResNet {
     /// Images `[n, c, h, w]` (NCHW, as the data pipeline gives them) → features `[n, dim]`.
     pub fn forward(&mut self, x: &[f32], n: usize, h: usize, w: usize, groups: usize) -> &[f32] {
         let c = self.in_chans;
-        ensure(&mut self.x_nhwc, n * h * w * c);
-        for img in 0..n {
-            for ch in 0..c {
-                for p in 0..h * w {
-                    self.x_nhwc[(img * h * w + p) * c + ch] = x[(img * c + ch) * h * w + p];
-                }
-            }
-        }
+        nchw_to_nhwc(x, n, c, h * w, &mut self.x_nhwc);
         self.dims.clear();
         self.dims_in = (h, w);
         let sc = &mut self.conv_scratch;

@@ -16,6 +16,19 @@ pub struct ConvScratch {
     dcols: Vec<f32>,
 }
 
+/// Images `[n, c, h·w]` (NCHW, as the data pipeline gives them) into `out` as NHWC
+/// (`[n, h·w, c]`), the layout every convolution here takes.
+pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, hw: usize, out: &mut Vec<f32>) {
+    ensure(out, n * hw * c);
+    for img in 0..n {
+        for ch in 0..c {
+            for p in 0..hw {
+                out[(img * hw + p) * c + ch] = x[(img * c + ch) * hw + p];
+            }
+        }
+    }
+}
+
 pub struct Conv2d {
     /// The GEMM over the im2col columns; its output `proj.y` is the convolution's,
     /// `[images, oh, ow, cout]`.
