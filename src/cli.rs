@@ -90,6 +90,7 @@ pub fn lincls(a: LinclsArgs) -> Result<()> {
         crop_min: a.crop_min,
         lr_sweep: if a.lr.len() > 1 { a.lr.clone() } else { vec![] },
         feature: a.feature.value,
+        standardize: a.standardize,
     };
     // Bad settings are reported before the checkpoint and the dataset are read.
     cfg.validate()?;
@@ -133,7 +134,11 @@ pub fn lincls(a: LinclsArgs) -> Result<()> {
         "lincls dataset={name} epochs={} lr={} mode={} best_top1={best:.2} last_top1={:.2} last_top5={:.2} backbone=unchanged",
         cfg.epochs,
         probed.lr,
-        if cfg.cached { "cached" } else { "augmented" },
+        match (cfg.cached, cfg.standardize) {
+            (true, true) => "cached+standardized",
+            (true, false) => "cached",
+            _ => "augmented",
+        },
         last.0,
         last.1
     );
@@ -333,8 +338,15 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         seed: 0,
         cached: true,
         crop_min: 0.08,
-        lr_sweep: a.lincls_lr.clone(),
+        lr_sweep: a.lincls_lr.clone().unwrap_or_else(|| {
+            if a.lincls_l2 {
+                vec![1.0, 3.0, 10.0, 30.0, 100.0]
+            } else {
+                vec![0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
+            }
+        }),
         feature: features::VitFeature::Cls,
+        standardize: !a.lincls_l2,
     };
     let best = |r: &[lincls::EpochResult]| r.iter().map(|x| x.top1).fold(f64::NEG_INFINITY, f64::max);
     let last = |r: &[lincls::EpochResult]| r.last().map(|x| x.top1).unwrap_or(f64::NAN);
@@ -358,14 +370,21 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         "linear_top1_best": m.best, "linear_top1_last": m.last,
         "linear_top1_pixels_best": x.best, "linear_top1_pixels_last": x.last,
         "linear_top1_cls_avg_best": c.best, "linear_top1_cls_avg_last": c.last,
-        "linear_epochs": lcfg.epochs, "linear_lr": m.lr, "linear_lr_pixels": x.lr, "linear_lr_cls_avg": c.lr,
+        "linear_epochs": lcfg.epochs, "linear_standardized": lcfg.standardize, "linear_lr": m.lr, "linear_lr_pixels": x.lr, "linear_lr_cls_avg": c.lr,
     });
     std::fs::write(cfg.out_dir.join("quickstart.json"), serde_json::to_string_pretty(&summary)?)?;
     println!("Fashion-MNIST test set, top-1 (%)       ViT ({} epochs)   raw pixels", p.state.epoch);
     println!("  weighted kNN (k 20, T 0.07)           {:>10.2}   {:>10.2}", m.knn, x.knn);
     println!(
-        "  linear probe ({} epochs, best/last)  {:>5.2}/{:<5.2}  {:>5.2}/{:<5.2}   (base lr {} / {})",
-        lcfg.epochs, m.best, m.last, x.best, x.last, m.lr, x.lr
+        "  linear probe ({} epochs, best/last)  {:>5.2}/{:<5.2}  {:>5.2}/{:<5.2}   (base lr {} / {}{})",
+        lcfg.epochs,
+        m.best,
+        m.last,
+        x.best,
+        x.last,
+        m.lr,
+        x.lr,
+        if lcfg.standardize { ", standardised features" } else { "" }
     );
     println!(
         "  the ViT's cls + mean patch token (DINO's probe, {d2}-d): kNN {:.2}, linear {:.2}/{:.2} (base lr {})",

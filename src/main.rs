@@ -66,9 +66,14 @@ struct QuickstartArgs {
     #[arg(long, default_value_t = 100)]
     lincls_epochs: usize,
     /// Base lrs the linear probe chooses from on 10% of the training features held out (for
-    /// the model and the raw pixels alike); the test split is only used for the final score.
-    #[arg(long, value_delimiter = ',', default_value = "1,3,10,30,100")]
-    lincls_lr: Vec<f64>,
+    /// the model and the raw pixels alike); the test split is only used for the final score
+    /// [default: 0.01,0.03,0.1,0.3,1,3,10; with --lincls-l2 1,3,10,30,100].
+    #[arg(long, value_delimiter = ',')]
+    lincls_lr: Option<Vec<f64>>,
+    /// Probe the L2-normalised features kNN reads as they are (the quickstart's earlier probe)
+    /// instead of standardising each dimension first (`lincls --cached --standardize`).
+    #[arg(long)]
+    lincls_l2: bool,
     #[arg(long)]
     data_dir: Option<PathBuf>,
     #[arg(long, default_value_t = 0)]
@@ -163,6 +168,11 @@ struct LinclsArgs {
     /// Train on cached features of the un-augmented images (fast; no augmentation).
     #[arg(long)]
     cached: bool,
+    /// With --cached: standardise each feature dimension (mean and variance of the training
+    /// features) before the head, as MAE's probe does with a BatchNorm without affine
+    /// parameters; not MoCo v3's protocol.
+    #[arg(long)]
+    standardize: bool,
     /// Smallest share of the image a training crop keeps (random-resized-crop scale; the
     /// official 0.08 leaves few pixels of a 28-px image). Not used with --cached.
     #[arg(long, default_value_t = 0.08)]

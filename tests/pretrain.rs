@@ -230,12 +230,13 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
     let (mean, std) = train.channel_stats();
     let plain = mocov3::data::augment::Augment::crop_flip(state.config.img_size, 1.0, false, mean, std);
     let features = [
-        (true, VitFeature::Cls),
-        (false, VitFeature::Cls),
-        (false, VitFeature::LastCls(2)),
-        (true, VitFeature::ClsAvg),
+        (true, VitFeature::Cls, false),
+        (false, VitFeature::Cls, false),
+        (false, VitFeature::LastCls(2), false),
+        (true, VitFeature::ClsAvg, false),
+        (true, VitFeature::Cls, true),
     ];
-    for (cached, feature) in features {
+    for (cached, feature, standardize) in features {
         let cfg = LinclsConfig {
             epochs: 3,
             batch: 64,
@@ -246,6 +247,7 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
             crop_min: 1.0,
             lr_sweep: vec![],
             feature,
+            standardize,
         };
         let r = lincls(&mut model.base.backbone, &train, &test, &plain, &cfg, |_| {}).unwrap().epochs;
         assert_eq!(r.len(), 3);
@@ -254,7 +256,7 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
         // augmented run crops at full scale (flips and aspect jitter only): its head must then
         // score the plain test features as well as the cached one does (81% here; 34% when the
         // test features were normalised and the training features not).
-        assert!(r.last().unwrap().top1 > 60.0, "cached={cached} feature={feature}: {:?}", r.last());
+        assert!(r.last().unwrap().top1 > 60.0, "cached={cached} feature={feature} std={standardize}: {:?}", r.last());
         assert!(r[2].lr < r[0].lr, "cosine schedule");
     }
     // With a list of lrs, the one chosen on held-out training features trains the final head.
@@ -268,6 +270,7 @@ fn linear_probe_learns_and_leaves_the_backbone_unchanged() {
         crop_min: 0.5,
         lr_sweep: vec![1e-7, 1.0],
         feature: VitFeature::Cls,
+        standardize: false,
     };
     let r = lincls(&mut model.base.backbone, &train, &test, &plain, &cfg, |_| {}).unwrap();
     assert_eq!(r.sweep.len(), 2);

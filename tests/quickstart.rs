@@ -39,7 +39,7 @@ fn write_split(dir: &Path, prefix: &str, n: usize, seed: u64) {
 fn quickstart(data: &Path, out: &Path, epochs: &str) -> std::process::Output {
     Command::new(env!("CARGO_BIN_EXE_mocov3"))
         .args(["quickstart", "--data-dir", data.to_str().unwrap(), "--out", out.to_str().unwrap()])
-        .args(["--epochs", epochs, "--lincls-epochs", "20", "--lincls-lr", "1,30", "--threads", "1"])
+        .args(["--epochs", epochs, "--lincls-epochs", "20", "--lincls-lr", "0.3,3", "--threads", "1"])
         .output()
         .unwrap()
 }
@@ -68,18 +68,23 @@ fn quickstart_pretrains_scores_and_summarises() {
     {
         assert!((0.0..=100.0).contains(&score(k)), "{k}: {s}");
     }
-    // The bars are plain in the pixels, and to the kNN in the features of the barely trained
-    // model (8 steps; chance is 10%).
-    for k in ["knn_top1", "knn_top1_cls_avg", "knn_top1_pixels", "linear_top1_pixels_best"] {
+    // The bars are plain in the pixels, and in the features of the barely trained model (8
+    // steps; chance is 10%). After so few steps the conv-stem ViT's features differ little from
+    // image to image (each dimension varies by a few percent of its size): plain to the cosine
+    // kNN, and to the linear probe once it standardises each dimension (100% here; about 60%
+    // when it read the L2-normalised features as they are, which 20 epochs barely move along).
+    for k in [
+        "knn_top1",
+        "knn_top1_cls_avg",
+        "knn_top1_pixels",
+        "linear_top1_pixels_best",
+        "linear_top1_best",
+        "linear_top1_cls_avg_best",
+    ] {
         assert!(score(k) > 90.0, "{k}: {s}");
     }
-    // After so few steps the conv-stem ViT's features differ little from image to image (after 2
-    // steps, each dimension varies by a few percent of its size): plain to the cosine kNN, slow
-    // for a 20-epoch linear probe, which still has to learn well above chance (about 60% here).
-    for k in ["linear_top1_best", "linear_top1_cls_avg_best"] {
-        assert!(score(k) > 35.0, "{k}: {s}");
-    }
-    assert!([1.0, 30.0].contains(&score("linear_lr")) && [1.0, 30.0].contains(&score("linear_lr_cls_avg")), "{s}");
+    assert!([0.3, 3.0].contains(&score("linear_lr")) && [0.3, 3.0].contains(&score("linear_lr_cls_avg")), "{s}");
+    assert_eq!(s["linear_standardized"], true);
     // The same directory with another schedule is refused, and the finished run is kept.
     let before = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
     let r = quickstart(&data, &out, "3");
