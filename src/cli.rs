@@ -342,7 +342,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
             if a.lincls_l2 {
                 vec![1.0, 3.0, 10.0, 30.0, 100.0]
             } else {
-                vec![0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
+                vec![0.001, 0.003, 0.01, 0.03, 0.1, 0.3, 1.0, 3.0, 10.0]
             }
         }),
         feature: features::VitFeature::Cls,

@@ -67,7 +67,7 @@ struct QuickstartArgs {
     lincls_epochs: usize,
     /// Base lrs the linear probe chooses from on 10% of the training features held out (for
     /// the model and the raw pixels alike); the test split is only used for the final score
-    /// [default: 0.01,0.03,0.1,0.3,1,3,10; with --lincls-l2 1,3,10,30,100].
+    /// [default: 0.001,0.003,0.01,0.03,0.1,0.3,1,3,10; with --lincls-l2 1,3,10,30,100].
     #[arg(long, value_delimiter = ',')]
     lincls_lr: Option<Vec<f64>>,
     /// Probe the L2-normalised features kNN reads as they are (the quickstart's earlier probe)

@@ -4,7 +4,8 @@
 //! N(0, 0.01) with zero bias, SGD with momentum 0.9 and no weight decay, lr = base × batch / 256 on a
 //! per-epoch cosine, random-resized-crop + flip for training and the plain resized image for
 //! evaluation, top-1 / top-5 every epoch, best and last.
-//! A fast mode trains on cached features of the un-augmented images instead.
+//! A fast mode trains on cached features of the un-augmented images instead, optionally
+//! standardised per dimension first (MAE's probe; `LinclsConfig::standardize`).
 //! The backbone's weights are compared bit for bit before and after.
 
 use super::features::{self, VitFeature};
