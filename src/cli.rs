@@ -302,16 +302,18 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     } else {
         None
     };
-    match resume {
+    // None when the run directory already held the finished run: only scored here.
+    let train_secs = match resume {
         Some(e) if e >= cfg.epochs => {
-            eprintln!("quickstart: {} already holds {e} epochs; evaluating it", ckpt.display())
+            eprintln!("quickstart: {} already holds {e} epochs; evaluating it", ckpt.display());
+            None
         }
         _ => {
             let opts = RunOptions { resume: resume.map(|_| ckpt.clone()), stop_after_epochs: None, quiet: false };
             pretrain::run(cfg.clone(), &opts)?;
+            Some(t0.elapsed().as_secs_f64())
         }
-    }
-    let train_secs = t0.elapsed().as_secs_f64();
+    };
     let mut p = open_probe(&ckpt, &None, &a.data_dir)?;
     let test = &p.test;
     let classes = p.train.classes.max(test.classes);
@@ -390,9 +392,12 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         "  the ViT's cls + mean patch token (DINO's probe, {d2}-d): kNN {:.2}, linear {:.2}/{:.2} (base lr {})",
         c.knn, c.best, c.last, c.lr
     );
+    let pretrained = match train_secs {
+        Some(s) => format!("pre-training {:.1} min", s / 60.0),
+        None => "no pre-training (a finished run, scored again)".into(),
+    };
     println!(
-        "pre-training {:.1} min, all {:.1} min; curves: {}; summary: {}",
-        train_secs / 60.0,
+        "{pretrained}, all {:.1} min; curves: {}; summary: {}",
         t0.elapsed().as_secs_f64() / 60.0,
         report.display(),
         cfg.out_dir.join("quickstart.json").display()

@@ -85,6 +85,15 @@ fn quickstart_pretrains_scores_and_summarises() {
     }
     assert!([0.3, 3.0].contains(&score("linear_lr")) && [0.3, 3.0].contains(&score("linear_lr_cls_avg")), "{s}");
     assert_eq!(s["linear_standardized"], true);
+    assert!(score("pretrain_seconds") > 0.0, "{s}");
+    // The same command on the finished run scores it again without pre-training.
+    let r = quickstart(&data, &out, "4");
+    let stdout = String::from_utf8_lossy(&r.stdout);
+    assert!(r.status.success() && stdout.contains("no pre-training"), "{stdout}");
+    let again: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("quickstart.json")).unwrap()).unwrap();
+    assert!(again["pretrain_seconds"].is_null(), "{again}");
+    assert_eq!(again["knn_top1"], s["knn_top1"]);
     // The same directory with another schedule is refused, and the finished run is kept.
     let before = std::fs::read(out.join("checkpoint.safetensors")).unwrap();
     let r = quickstart(&data, &out, "3");
