@@ -37,12 +37,14 @@ pub fn knn(a: KnnArgs) -> Result<()> {
     };
     let (nb, nq) = (bank.len() / d, query.len() / d);
     let classes = train.classes.max(test.classes);
+    let (bank, query) = if a.standardize { knn::standardized(&bank, &query, d) } else { (bank, query) };
     let r = knn::classify(&bank, &train.labels[..nb], &query, &test.labels[..nq], d, classes, &a.k, a.t);
     eprintln!("features of {nb} train and {nq} test images from {what} in {:.1} s", t0.elapsed().as_secs_f64());
     for x in r {
         println!(
-            "knn dataset={dataset} features={} k={} t={} top1={:.2} top5={:.2}",
+            "knn dataset={dataset} features={}{} k={} t={} top1={:.2} top5={:.2}",
             if a.pixels { "pixels" } else { "checkpoint" },
+            if a.standardize { "+standardized" } else { "" },
             x.k,
             a.t,
             x.top1,
@@ -265,10 +267,11 @@ pub fn convert(a: ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-/// What the quickstart reports for one kind of features: kNN top-1, and the linear probe's
-/// chosen base lr with its best and last top-1.
+/// What the quickstart reports for one kind of features: kNN top-1 (plain, and on standardised
+/// features), and the linear probe's chosen base lr with its best and last top-1.
 struct Scores {
     knn: f64,
+    knn_std: f64,
     lr: f64,
     best: f64,
     last: f64,
@@ -354,11 +357,13 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     let last = |r: &[lincls::EpochResult]| r.last().map(|x| x.top1).unwrap_or(f64::NAN);
     let score = |x: &[f32], xt: &[f32], d: usize, what: &str| -> Result<Scores> {
         let knn = knn::classify(x, &p.train.labels, xt, &test.labels, d, classes, &[20], 0.07)[0].top1;
+        let (xs, xts) = knn::standardized(x, xt, d);
+        let knn_std = knn::classify(&xs, &p.train.labels, &xts, &test.labels, d, classes, &[20], 0.07)[0].top1;
         let r = lincls::probe_swept(x, &p.train.labels, xt, &test.labels, d, classes, &lcfg, |_| {})?;
         for sp in &r.sweep {
             eprintln!("quickstart: linear probe of {what}, base lr {} -> held-out top1 {:.2}", sp.lr, sp.val_top1);
         }
-        Ok(Scores { knn, lr: r.lr, best: best(&r.epochs), last: last(&r.epochs) })
+        Ok(Scores { knn, knn_std, lr: r.lr, best: best(&r.epochs), last: last(&r.epochs) })
     };
     let m = score(&ftrain, &ftest, d, "the model")?;
     let x = score(&ptrain, &ptest, pd, "raw pixels")?;
@@ -369,6 +374,8 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         "pretrain_seconds": train_secs,
         "total_seconds": t0.elapsed().as_secs_f64(),
         "knn_top1": m.knn, "knn_top1_pixels": x.knn, "knn_top1_cls_avg": c.knn,
+        "knn_top1_standardized": m.knn_std, "knn_top1_pixels_standardized": x.knn_std,
+        "knn_top1_cls_avg_standardized": c.knn_std,
         "linear_top1_best": m.best, "linear_top1_last": m.last,
         "linear_top1_pixels_best": x.best, "linear_top1_pixels_last": x.last,
         "linear_top1_cls_avg_best": c.best, "linear_top1_cls_avg_last": c.last,
@@ -377,6 +384,7 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     std::fs::write(cfg.out_dir.join("quickstart.json"), serde_json::to_string_pretty(&summary)?)?;
     println!("Fashion-MNIST test set, top-1 (%)       ViT ({} epochs)   raw pixels", p.state.epoch);
     println!("  weighted kNN (k 20, T 0.07)           {:>10.2}   {:>10.2}", m.knn, x.knn);
+    println!("    the same, standardised features     {:>10.2}   {:>10.2}", m.knn_std, x.knn_std);
     println!(
         "  linear probe ({} epochs, best/last)  {:>5.2}/{:<5.2}  {:>5.2}/{:<5.2}   (base lr {} / {}{})",
         lcfg.epochs,
@@ -389,8 +397,9 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
         if lcfg.standardize { ", standardised features" } else { "" }
     );
     println!(
-        "  the ViT's cls + mean patch token (DINO's probe, {d2}-d): kNN {:.2}, linear {:.2}/{:.2} (base lr {})",
-        c.knn, c.best, c.last, c.lr
+        "  the ViT's cls + mean patch token (DINO's probe, {d2}-d): kNN {:.2} ({:.2} standardised), linear \
+         {:.2}/{:.2} (base lr {})",
+        c.knn, c.knn_std, c.best, c.last, c.lr
     );
     let pretrained = match train_secs {
         Some(s) => format!("pre-training {:.1} min", s / 60.0),

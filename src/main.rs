@@ -239,6 +239,10 @@ struct KnnArgs {
     encoder: String,
     #[command(flatten)]
     feature: FeatureArg,
+    /// Standardise each feature dimension with the bank's mean and variance, then L2-normalise
+    /// again, before the vote (not the plain protocol: every dimension counts alike).
+    #[arg(long)]
+    standardize: bool,
     #[arg(long, default_value_t = 0)]
     threads: usize,
 }

@@ -178,17 +178,21 @@ fn knn_monitor_runs_and_logs() {
     let logged = text.lines().filter(|l| l.contains("knn_top1")).count();
     assert_eq!(logged, 4, "steps 3, 6, 9, 12 carry a kNN value:\n{text}");
     assert!(s.monitor_secs > 0.0 && s.monitor_secs < s.total_secs);
-    // `mocov3 knn` scores the checkpoint with either encoder's backbone and any ViT feature.
-    for (encoder, feature) in [("base", "cls"), ("momentum", "cls"), ("base", "cls+avg"), ("momentum", "last2")] {
+    // `mocov3 knn` scores the checkpoint with either encoder's backbone and any ViT feature,
+    // plain or standardised.
+    for (encoder, feature, std) in
+        [("base", "cls", ""), ("momentum", "cls", ""), ("base", "cls+avg", "+standardized"), ("momentum", "last2", "")]
+    {
         let out = std::process::Command::new(env!("CARGO_BIN_EXE_mocov3"))
             .args(["knn", "--checkpoint", s.checkpoint.to_str().unwrap(), "--encoder", encoder])
             .args(["--feature", feature, "--train-limit", "256", "--test-limit", "64", "--threads", "1"])
+            .args(if std.is_empty() { &[][..] } else { &["--standardize"][..] })
             .output()
             .unwrap();
         let (stdout, stderr) = (String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
         assert!(out.status.success(), "{stderr}");
         assert!(stderr.contains(&format!("{encoder} encoder, feature {feature}")), "{stderr}");
-        assert!(stdout.contains("knn dataset=synthetic features=checkpoint k=20"), "{stdout}");
+        assert!(stdout.contains(&format!("knn dataset=synthetic features=checkpoint{std} k=20")), "{stdout}");
     }
     // `mocov3 extract` writes the chosen feature, L2-normalised, with the labels.
     let file = s.checkpoint.with_file_name("features-last2.safetensors");

@@ -56,6 +56,7 @@ fn quickstart_pretrains_scores_and_summarises() {
     let (stdout, stderr) = (String::from_utf8_lossy(&r.stdout), String::from_utf8_lossy(&r.stderr));
     assert!(r.status.success(), "{stderr}");
     assert!(stdout.contains("ViT (4 epochs)") && stdout.contains("weighted kNN (k 20, T 0.07)"), "{stdout}");
+    assert!(stdout.contains("the same, standardised features"), "{stdout}");
     assert!(stdout.contains("cls + mean patch token (DINO's probe, 256-d)"), "{stdout}");
     for f in ["checkpoint.safetensors", "metrics.jsonl", "report.png", "quickstart.json"] {
         assert!(out.join(f).is_file(), "{f} missing");
@@ -77,6 +78,9 @@ fn quickstart_pretrains_scores_and_summarises() {
         "knn_top1",
         "knn_top1_cls_avg",
         "knn_top1_pixels",
+        "knn_top1_standardized",
+        "knn_top1_cls_avg_standardized",
+        "knn_top1_pixels_standardized",
         "linear_top1_pixels_best",
         "linear_top1_best",
         "linear_top1_cls_avg_best",

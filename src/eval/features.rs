@@ -74,3 +74,44 @@ pub fn pixels(set: &ImageSet, n: usize) -> anyhow::Result<(Vec<f32>, usize)> {
     normalize_rows(&mut out, d);
     Ok((out, d))
 }
+
+/// Per-dimension standardisation fitted on training features: each dimension shifted to zero
+/// mean and scaled to unit variance (population variance plus 1e-5, BatchNorm's eps), as a
+/// BatchNorm without affine parameters does (MAE's probe). The same shift and scale are then
+/// applied to any split.
+pub struct Standardizer {
+    mean: Vec<f64>,
+    inv_std: Vec<f64>,
+}
+
+impl Standardizer {
+    /// Statistics of the `[n, d]` rows of `x`.
+    pub fn fit(x: &[f32], d: usize) -> Self {
+        let n = (x.len() / d).max(1) as f64;
+        let (mut mean, mut var) = (vec![0.0f64; d], vec![0.0f64; d]);
+        for row in x.chunks_exact(d) {
+            for (m, &v) in mean.iter_mut().zip(row) {
+                *m += v as f64;
+            }
+        }
+        mean.iter_mut().for_each(|m| *m /= n);
+        for row in x.chunks_exact(d) {
+            for ((s, &m), &v) in var.iter_mut().zip(&mean).zip(row) {
+                *s += (v as f64 - m).powi(2);
+            }
+        }
+        let inv_std = var.iter().map(|s| 1.0 / (s / n + 1e-5).sqrt()).collect();
+        Standardizer { mean, inv_std }
+    }
+
+    /// `x` (`[rows, d]`) standardised with the fitted statistics.
+    pub fn apply(&self, x: &[f32]) -> Vec<f32> {
+        let mut out = x.to_vec();
+        out.par_chunks_exact_mut(self.mean.len()).for_each(|row| {
+            for ((v, &m), &s) in row.iter_mut().zip(&self.mean).zip(&self.inv_std) {
+                *v = ((*v as f64 - m) * s) as f32;
+            }
+        });
+        out
+    }
+}

@@ -8,7 +8,7 @@
 //! standardised per dimension first (MAE's probe; `LinclsConfig::standardize`).
 //! The backbone's weights are compared bit for bit before and after.
 
-use super::features::{self, VitFeature};
+use super::features::{self, Standardizer, VitFeature};
 use crate::data::augment::Augment;
 use crate::data::ImageSet;
 use crate::engine::gemm::{sgemm, Mat};
@@ -240,8 +240,8 @@ pub fn probe_features(
 ) -> anyhow::Result<Vec<EpochResult>> {
     let standardized;
     let (train, test) = if cfg.standardize {
-        let (mean, inv_std) = column_stats(train, d);
-        standardized = (standardize(train, &mean, &inv_std), standardize(test, &mean, &inv_std));
+        let st = Standardizer::fit(train, d);
+        standardized = (st.apply(train), st.apply(test));
         (&standardized.0[..], &standardized.1[..])
     } else {
         (train, test)
@@ -253,36 +253,6 @@ pub fn probe_features(
         Ok(())
     };
     train_head(train_labels, test, test_labels, d, classes, cfg, fill, report)
-}
-
-/// Per-dimension mean and 1 / standard deviation of `[n, d]` rows (population variance, plus
-/// 1e-5 as BatchNorm's eps).
-fn column_stats(x: &[f32], d: usize) -> (Vec<f64>, Vec<f64>) {
-    let n = (x.len() / d).max(1) as f64;
-    let (mut mean, mut var) = (vec![0.0f64; d], vec![0.0f64; d]);
-    for row in x.chunks_exact(d) {
-        for (m, &v) in mean.iter_mut().zip(row) {
-            *m += v as f64;
-        }
-    }
-    mean.iter_mut().for_each(|m| *m /= n);
-    for row in x.chunks_exact(d) {
-        for ((s, &m), &v) in var.iter_mut().zip(&mean).zip(row) {
-            *s += (v as f64 - m).powi(2);
-        }
-    }
-    (mean, var.iter().map(|s| 1.0 / (s / n + 1e-5).sqrt()).collect())
-}
-
-fn standardize(x: &[f32], mean: &[f64], inv_std: &[f64]) -> Vec<f32> {
-    let d = mean.len();
-    let mut out = x.to_vec();
-    for row in out.chunks_exact_mut(d) {
-        for ((v, &m), &s) in row.iter_mut().zip(mean).zip(inv_std) {
-            *v = ((*v as f64 - m) * s) as f32;
-        }
-    }
-    out
 }
 
 /// One base lr's outcome in [`sweep_lr`]: validation top-1 after the last epoch.
