@@ -356,9 +356,10 @@ pub fn quickstart(a: QuickstartArgs) -> Result<()> {
     let best = |r: &[lincls::EpochResult]| r.iter().map(|x| x.top1).fold(f64::NEG_INFINITY, f64::max);
     let last = |r: &[lincls::EpochResult]| r.last().map(|x| x.top1).unwrap_or(f64::NAN);
     let score = |x: &[f32], xt: &[f32], d: usize, what: &str| -> Result<Scores> {
-        let knn = knn::classify(x, &p.train.labels, xt, &test.labels, d, classes, &[20], 0.07)[0].top1;
+        let vote =
+            |b: &[f32], q: &[f32]| knn::classify(b, &p.train.labels, q, &test.labels, d, classes, &[20], 0.07)[0].top1;
         let (xs, xts) = knn::standardized(x, xt, d);
-        let knn_std = knn::classify(&xs, &p.train.labels, &xts, &test.labels, d, classes, &[20], 0.07)[0].top1;
+        let (knn, knn_std) = (vote(x, xt), vote(&xs, &xts));
         let r = lincls::probe_swept(x, &p.train.labels, xt, &test.labels, d, classes, &lcfg, |_| {})?;
         for sp in &r.sweep {
             eprintln!("quickstart: linear probe of {what}, base lr {} -> held-out top1 {:.2}", sp.lr, sp.val_top1);
