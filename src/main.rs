@@ -554,7 +554,7 @@ fn real_main() -> Result<()> {
                 mocov3::engine::threads()
             );
             let r = mocov3::bench::run(&cfg, warmup, timed, |i, dt, loss| {
-                eprintln!("  step {i:2}: {:8.1} ms  loss {loss:.4}", dt * 1e3)
+                eprintln!("  step {i:2}: {:8.1} ms  loss {loss:.4} (bits {:08x})", dt * 1e3, loss.to_bits())
             });
             println!(
                 "RESULT framework=mocov3 config={} img_per_s={:.3} step_ms_median={:.1} loss_first={:.4} loss_last={:.4}",

@@ -19,11 +19,10 @@
 
 use crate::engine::gemm::{sgemm, Mat};
 use crate::engine::rng::Rng;
-use crate::engine::{ensure, vec};
+use crate::engine::{comm, ensure, ops};
 use crate::models::backbone::{Backbone, BackboneConfig};
 use crate::models::heads::Mlp;
 use crate::nn::{Buffer, Module, Param};
-use rayon::prelude::*;
 use serde::{Deserialize, Serialize};
 
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -79,7 +78,7 @@ impl Encoder {
 }
 
 impl Module for Encoder {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         self.backbone.visit(f);
         self.head.visit(f);
     }
@@ -165,11 +164,7 @@ impl MoCo {
     pub fn momentum_update(&mut self, m: f64) {
         let (a, b) = (m as f32, (1.0 - m) as f32);
         for (pk, pq) in self.momentum.params_mut().into_iter().zip(self.base.params_mut()) {
-            pk.w.par_chunks_mut(16384).zip(pq.w.par_chunks(16384)).for_each(|(k, q)| {
-                for (k, q) in k.iter_mut().zip(q) {
-                    *k = *k * a + *q * b;
-                }
-            });
+            ops::ema_update(&mut pk.w, &pq.w, a, b);
         }
     }
 
@@ -213,68 +208,46 @@ impl MoCo {
     }
 }
 
-/// ctr(q, k) = 2τ · CE(norm(q)·norm(k)ᵀ/τ, labels = diagonal), with its gradient w.r.t. q.
+/// ctr(q, k) = 2τ · CE(norm(q)·norm(k)ᵀ/τ, labels), with its gradient w.r.t. q. The keys are
+/// gathered from every process of a data-parallel job (no gradient flows to them): the logits are
+/// the local queries against the global keys, and query i's label is its own key, `i + n·rank`,
+/// as the official `concat_all_gather`.
 #[derive(Default)]
 struct Contrastive {
     qn: Vec<f32>,
     kn: Vec<f32>,
+    k_all: Vec<f32>,
     norms: Vec<f32>,
     logits: Vec<f32>,
+    labels: Vec<u32>,
     dqn: Vec<f32>,
-}
-
-/// F.normalize: x / max(‖x‖, 1e-12) per row; returns the norms.
-fn normalize_rows(x: &[f32], d: usize, out: &mut [f32], norms: &mut [f32]) {
-    for (r, (o, nrm)) in out.chunks_mut(d).zip(norms.iter_mut()).enumerate() {
-        let xr = &x[r * d..(r + 1) * d];
-        let n = vec::dot(xr, xr).sqrt().max(1e-12);
-        *nrm = n;
-        for (o, v) in o.iter_mut().zip(xr) {
-            *o = v / n;
-        }
-    }
 }
 
 impl Contrastive {
     fn forward_backward(&mut self, q: &[f32], k: &[f32], n: usize, d: usize, t: f32, dq: &mut [f32]) -> f32 {
-        for v in [&mut self.qn, &mut self.kn, &mut self.dqn] {
-            ensure(v, n * d);
-        }
-        ensure(&mut self.norms, 2 * n);
-        ensure(&mut self.logits, n * n);
-        let (qn, kn) = (&mut self.qn[..n * d], &mut self.kn[..n * d]);
-        let (nq, nk) = self.norms[..2 * n].split_at_mut(n);
-        normalize_rows(q, d, qn, nq);
-        normalize_rows(k, d, kn, nk);
-        let logits = &mut self.logits[..n * n];
-        sgemm(n, n, d, Mat::rows(qn, d), Mat::trans(kn, d), logits, n, 1.0 / t, false, true);
-        // CE with labels i, mean over rows; the logits become d(2τ·CE)/d(logits).
-        let mut total = 0.0f64;
-        let scale = 2.0 * t / n as f32;
-        for (i, row) in logits.chunks_mut(n).enumerate() {
-            let mx = row.iter().fold(f32::NEG_INFINITY, |a, &b| a.max(b));
-            let mut s = 0.0f32;
-            for v in row.iter() {
-                s += (v - mx).exp();
-            }
-            let lse = mx + s.ln();
-            total += (lse - row[i]) as f64;
-            for v in row.iter_mut() {
-                *v = (*v - lse).exp() * scale;
-            }
-            row[i] -= scale;
-        }
+        let world = comm::world();
+        let nk = n * world.world();
+        ensure(&mut self.k_all, nk * d);
+        world.all_gather(&mut self.k_all[..nk * d], k);
+        ensure(&mut self.qn, n * d);
+        ensure(&mut self.dqn, n * d);
+        ensure(&mut self.kn, nk * d);
+        ensure(&mut self.norms, n + nk);
+        ensure(&mut self.logits, n * nk);
+        let (qn, kn) = (&mut self.qn[..n * d], &mut self.kn[..nk * d]);
+        let (nq, nkn) = self.norms[..n + nk].split_at_mut(n);
+        ops::l2norm_forward(qn, nq, q, n, d);
+        ops::l2norm_forward(kn, nkn, &self.k_all[..nk * d], nk, d);
+        let logits = &mut self.logits[..n * nk];
+        sgemm(n, nk, d, Mat::rows(qn, d), Mat::trans(kn, d), logits, nk, 1.0 / t, false, true);
+        // CE with labels i + n·rank, mean over rows; the logits become d(2τ·CE)/d(logits).
+        self.labels.clear();
+        self.labels.extend((0..n).map(|i| (i + n * world.rank()) as u32));
+        let total = ops::crossentropy_softmax_inplace(logits, &self.labels, n, nk, 2.0 * t / n as f32);
         // d qn = dlogits · kn / τ; then through the normalisation.
         let dqn = &mut self.dqn[..n * d];
-        sgemm(n, d, n, Mat::rows(logits, n), Mat::rows(kn, d), dqn, d, 1.0 / t, false, true);
-        for r in 0..n {
-            let (qr, gr) = (&qn[r * d..(r + 1) * d], &dqn[r * d..(r + 1) * d]);
-            let s = vec::dot(qr, gr);
-            let inv = 1.0 / nq[r];
-            for ((o, &g), &qv) in dq[r * d..(r + 1) * d].iter_mut().zip(gr).zip(qr) {
-                *o = (g - qv * s) * inv;
-            }
-        }
+        sgemm(n, d, nk, Mat::rows(logits, nk), Mat::rows(kn, d), dqn, d, 1.0 / t, false, true);
+        ops::l2norm_backward(dq, dqn, qn, nq, n, d);
         (2.0 * t as f64 * total / n as f64) as f32
     }
 }

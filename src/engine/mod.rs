@@ -1,11 +1,13 @@
-//! The compute engine: f32 buffers, GEMM, seeded randomness and the parallel helpers every layer
-//! uses. This is the only place that knows how compute runs on the CPU (rayon + the `gemm`
-//! crate); a CUDA backend replaces the functions of `gemm.rs` and `par.rs` behind the same
-//! signatures.
+//! The compute engine: the ops layer (every kernel, as named forward/backward pairs), GEMM, the
+//! parallel helpers under them, seeded randomness, and the communicator for collectives. This is
+//! the only place that knows how compute runs (rayon + the `gemm` crate on the CPU); the layers
+//! above call [`ops`] and [`comm`] and nothing below them (see ARCHITECTURE.md).
 
+pub mod comm;
 pub mod crc;
 pub mod fastmath;
 pub mod gemm;
+pub mod ops;
 pub mod par;
 pub mod rng;
 pub mod vec;

@@ -73,6 +73,25 @@ where
     x.par_chunks_mut(CH).for_each(|c| c.iter_mut().for_each(&f));
 }
 
+/// Run `f(index, chunk)` over the first `n` `len`-wide chunks of `x` in parallel, stopping at
+/// the first error (which one is reported when several fail is unspecified).
+pub fn try_for_chunks<E, F>(x: &mut [f32], len: usize, n: usize, f: F) -> Result<(), E>
+where
+    E: Send,
+    F: Fn(usize, &mut [f32]) -> Result<(), E> + Sync,
+{
+    x[..n * len].par_chunks_mut(len).enumerate().try_for_each(|(i, v)| f(i, v))
+}
+
+/// `f(row_index, row)` for every `cols`-wide row of `x`, in parallel; the results in row order.
+pub fn map_rows<T, F>(x: &[f32], cols: usize, f: F) -> Vec<T>
+where
+    T: Send,
+    F: Fn(usize, &[f32]) -> T + Sync,
+{
+    x.par_chunks(cols).enumerate().map(|(i, r)| f(i, r)).collect()
+}
+
 /// Per-column reduction over `rows` rows: `dst[c] (+)= sum_r term(r, c)` for c in 0..cols,
 /// computed in row order for every column (deterministic), parallel over column blocks.
 /// `term` receives a row index and a column range and adds its contribution into `acc`.

@@ -5,9 +5,9 @@
 use super::knn::normalize_rows;
 use crate::data::augment::Augment;
 use crate::data::ImageSet;
+use crate::engine::par;
 use crate::models::backbone::Backbone;
 pub use crate::models::vit::VitFeature;
-use rayon::prelude::*;
 
 /// Which images of `set` to use: the first `limit` (all when None).
 pub fn count(set: &ImageSet, limit: Option<usize>) -> usize {
@@ -48,7 +48,7 @@ pub fn backbone_raw(
     let mut out = vec![0.0f32; n * d];
     for b0 in (0..n).step_by(batch) {
         let rows = batch.min(n - b0);
-        let filled = x[..rows * len].par_chunks_mut(len).enumerate().try_for_each(|(i, v)| -> anyhow::Result<()> {
+        let filled = par::try_for_chunks(&mut x, len, rows, |i, v| -> anyhow::Result<()> {
             let p = set.get(b0 + i)?;
             aug.plain(&p.px, p.h, p.w, set.c, v);
             Ok(())
@@ -107,7 +107,7 @@ impl Standardizer {
     /// `x` (`[rows, d]`) standardised with the fitted statistics.
     pub fn apply(&self, x: &[f32]) -> Vec<f32> {
         let mut out = x.to_vec();
-        out.par_chunks_exact_mut(self.mean.len()).for_each(|row| {
+        par::for_rows(&mut out, self.mean.len(), |_, row| {
             for ((v, &m), &s) in row.iter_mut().zip(&self.mean).zip(&self.inv_std) {
                 *v = ((*v as f64 - m) * s) as f32;
             }

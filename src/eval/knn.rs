@@ -3,7 +3,7 @@
 
 use super::features::Standardizer;
 use crate::engine::gemm::{sgemm, Mat};
-use rayon::prelude::*;
+use crate::engine::{ops, par};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
 pub struct KnnResult {
@@ -12,12 +12,9 @@ pub struct KnnResult {
     pub top5: f64,
 }
 
-/// L2-normalise each row of `x` (`[rows, d]`) in place.
+/// L2-normalise each row of `x` (`[rows, d]`) in place (the one copy in [`ops::l2norm_inplace`]).
 pub fn normalize_rows(x: &mut [f32], d: usize) {
-    x.par_chunks_mut(d).for_each(|r| {
-        let n = crate::engine::vec::dot(r, r).sqrt().max(1e-12);
-        r.iter_mut().for_each(|v| *v /= n);
-    });
+    ops::l2norm_inplace(x, d);
 }
 
 /// `bank` and `query` (`[n, d]` rows) standardised per dimension with the bank's statistics
@@ -58,36 +55,32 @@ pub fn classify(
         let rows = CHUNK.min(nq - c0);
         let s = &mut sims[..rows * nb];
         sgemm(rows, nb, d, Mat::rows(&query[c0 * d..(c0 + rows) * d], d), Mat::trans(bank, d), s, nb, 1.0, false, true);
-        let chunk_hits: Vec<Vec<(bool, bool)>> = s
-            .par_chunks(nb)
-            .enumerate()
-            .map(|(r, row)| {
-                // Indices of the kmax largest similarities, best first (ties: lower index).
-                let mut idx: Vec<usize> = (0..nb).collect();
-                let cmp = |a: &usize, b: &usize| {
-                    row[*b].partial_cmp(&row[*a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(b))
-                };
-                if kmax < nb {
-                    idx.select_nth_unstable_by(kmax - 1, cmp);
-                    idx.truncate(kmax);
-                }
-                idx.sort_by(cmp);
-                let truth = query_labels[c0 + r] as usize;
-                ks.iter()
-                    .map(|&k| {
-                        let mut votes = vec![0.0f64; classes];
-                        for &j in idx.iter().take(k.min(idx.len())) {
-                            votes[bank_labels[j] as usize] += ((row[j] / t) as f64).exp();
-                        }
-                        let mut order: Vec<usize> = (0..classes).collect();
-                        // total_cmp: features of a damaged checkpoint (NaN) give a wrong
-                        // answer, not a panic.
-                        order.sort_by(|&a, &b| votes[b].total_cmp(&votes[a]).then(a.cmp(&b)));
-                        (order[0] == truth, order.iter().take(5).any(|&c| c == truth))
-                    })
-                    .collect()
-            })
-            .collect();
+        let chunk_hits: Vec<Vec<(bool, bool)>> = par::map_rows(s, nb, |r, row| {
+            // Indices of the kmax largest similarities, best first (ties: lower index).
+            let mut idx: Vec<usize> = (0..nb).collect();
+            let cmp = |a: &usize, b: &usize| {
+                row[*b].partial_cmp(&row[*a]).unwrap_or(std::cmp::Ordering::Equal).then(a.cmp(b))
+            };
+            if kmax < nb {
+                idx.select_nth_unstable_by(kmax - 1, cmp);
+                idx.truncate(kmax);
+            }
+            idx.sort_by(cmp);
+            let truth = query_labels[c0 + r] as usize;
+            ks.iter()
+                .map(|&k| {
+                    let mut votes = vec![0.0f64; classes];
+                    for &j in idx.iter().take(k.min(idx.len())) {
+                        votes[bank_labels[j] as usize] += ((row[j] / t) as f64).exp();
+                    }
+                    let mut order: Vec<usize> = (0..classes).collect();
+                    // total_cmp: features of a damaged checkpoint (NaN) give a wrong
+                    // answer, not a panic.
+                    order.sort_by(|&a, &b| votes[b].total_cmp(&votes[a]).then(a.cmp(&b)));
+                    (order[0] == truth, order.iter().take(5).any(|&c| c == truth))
+                })
+                .collect()
+        });
         for h in chunk_hits {
             for (i, (t1, t5)) in h.into_iter().enumerate() {
                 hits[i].0 += t1 as usize;

@@ -13,9 +13,9 @@ use crate::data::augment::Augment;
 use crate::data::ImageSet;
 use crate::engine::gemm::{sgemm, Mat};
 use crate::engine::rng::Rng;
+use crate::engine::{ops, par};
 use crate::models::backbone::Backbone;
 use crate::nn::Module;
-use rayon::prelude::*;
 
 #[derive(Clone, Debug)]
 pub struct LinclsConfig {
@@ -128,19 +128,11 @@ impl LinearHead {
         let (rows, c, d) = (labels.len(), self.classes, self.d);
         scratch.resize(rows * c, 0.0);
         self.logits(x, rows, scratch);
-        let mut loss = 0.0f64;
-        for (r, row) in scratch.chunks_mut(c).enumerate() {
-            let m = crate::engine::vec::max(row);
-            let s: f32 = row.iter().map(|v| (v - m).exp()).sum();
-            let lse = m + s.ln();
-            loss += (lse - row[labels[r] as usize]) as f64;
-            for v in row.iter_mut() {
-                *v = (*v - lse).exp() / rows as f32;
-            }
-            row[labels[r] as usize] -= 1.0 / rows as f32;
-        }
+        // Gradient of the mean: scaled by 1/rows (a multiply; the code before the ops layer
+        // divided, which differs in the last bit when rows is not a power of two).
+        let loss = ops::crossentropy_softmax_inplace(scratch, labels, rows, c, 1.0 / rows as f32);
         sgemm(c, d, rows, Mat::trans(scratch, c), Mat::rows(x, d), &mut self.gw, d, 1.0, false, true);
-        crate::engine::par::col_sum(&mut self.gb, scratch, rows, c, false);
+        par::col_sum(&mut self.gb, scratch, rows, c, false);
         for (p, (g, m)) in self
             .w
             .iter_mut()
@@ -159,15 +151,13 @@ impl LinearHead {
         let (n, c) = (labels.len(), self.classes);
         let mut logits = vec![0.0f32; n * c];
         self.logits(x, n, &mut logits);
-        let (a1, a5) = logits
-            .par_chunks(c)
-            .zip(labels.par_iter())
-            .map(|(row, &l)| {
-                let mut order: Vec<usize> = (0..c).collect();
-                order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
-                ((order[0] == l as usize) as usize, order.iter().take(5).any(|&k| k == l as usize) as usize)
-            })
-            .reduce(|| (0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
+        let hits = par::map_rows(&logits, c, |r, row| {
+            let l = labels[r] as usize;
+            let mut order: Vec<usize> = (0..c).collect();
+            order.sort_by(|&a, &b| row[b].total_cmp(&row[a]).then(a.cmp(&b)));
+            ((order[0] == l) as usize, order.iter().take(5).any(|&k| k == l) as usize)
+        });
+        let (a1, a5) = hits.iter().fold((0, 0), |a, b| (a.0 + b.0, a.1 + b.1));
         (100.0 * a1 as f64 / n.max(1) as f64, 100.0 * a5 as f64 / n.max(1) as f64)
     }
 }
@@ -352,7 +342,8 @@ pub fn run(
         let len = train.c * plain.out * plain.out;
         let mut x = vec![0.0f32; cfg.batch * len];
         let fill = |epoch: usize, ids: &[usize], feats: &mut [f32]| {
-            x.par_chunks_mut(len).zip(ids.par_iter()).try_for_each(|(v, &i)| -> anyhow::Result<()> {
+            par::try_for_chunks(&mut x, len, ids.len().min(cfg.batch), |j, v| -> anyhow::Result<()> {
+                let i = ids[j];
                 let mut r = Rng::derive(cfg.seed, &[1 + epoch as u64, i as u64]);
                 let p = train.get(i)?;
                 aug.view(&mut r, 0, &p.px, p.h, p.w, train.c, v);

@@ -158,7 +158,7 @@ impl Backbone {
     /// The features of the last forward, `[images, dim]`.
     pub fn output(&self, images: usize) -> &[f32] {
         match self {
-            Backbone::Vit(v) => &v.norm.y[..images * v.cfg.dim],
+            Backbone::Vit(v) => &v.norm.output()[..images * v.cfg.dim],
             Backbone::ResNet(r) => &r.feat[..images * r.dim],
         }
     }
@@ -215,7 +215,7 @@ impl Backbone {
 }
 
 impl Module for Backbone {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         match self {
             Backbone::Vit(v) => v.visit(f),
             Backbone::ResNet(r) => r.visit(f),

@@ -6,7 +6,7 @@
 //! The ViT uses it for its last block, whose other outputs are never read, so it computes the
 //! same feature with about a twelfth less work in a 12-block model.
 
-use crate::engine::{ensure, par, vec};
+use crate::engine::{ensure, ops};
 use crate::nn::{Attention, Gelu, LayerNorm, Linear, Module, Param};
 
 pub struct Block {
@@ -35,6 +35,12 @@ pub struct Scratch {
 }
 
 impl Block {
+    /// The output of the last forward (its first rows are this call's; read it through this,
+    /// not the field, so the buffer's storage can change).
+    pub fn output(&self) -> &[f32] {
+        &self.out
+    }
+
     pub fn new(i: usize, dim: usize, heads: usize, mlp_ratio: usize) -> Block {
         let n = |s: &str| format!("blocks.{i}.{s}");
         // norm1 and norm2 feed qkv and fc1 only: their outputs carry a ones column so those two
@@ -73,21 +79,21 @@ impl Block {
         let h = self.fc1.out;
         let r = Block::rows(batch, t, cls_only);
         self.norm1.forward(x, m);
-        self.qkv.forward_aug(&self.norm1.y[..m * (d + 1)], m);
+        self.qkv.forward_aug(&self.norm1.output()[..m * (d + 1)], m);
         if cls_only {
-            self.attn.forward_cls(&self.qkv.y[..m * 3 * d], batch, t);
+            self.attn.forward_cls(&self.qkv.output()[..m * 3 * d], batch, t);
         } else {
-            self.attn.forward(&self.qkv.y[..m * 3 * d], batch, t);
+            self.attn.forward(&self.qkv.output()[..m * 3 * d], batch, t);
         }
         // res1 = x + proj(o), reading x's cls rows only when cls_only.
         ensure(&mut self.res1, r * d);
         let stride = if cls_only { t * d } else { d };
-        self.proj.forward_residual(&self.attn.o[..r * d], r, x, stride, &mut self.res1);
+        self.proj.forward_residual(&self.attn.output()[..r * d], r, x, stride, &mut self.res1);
         self.norm2.forward(&self.res1[..r * d], r);
-        self.fc1.forward_aug(&self.norm2.y[..r * (d + 1)], r);
-        self.act.forward(&self.fc1.y[..r * h]);
+        self.fc1.forward_aug(&self.norm2.output()[..r * (d + 1)], r);
+        self.act.forward(&self.fc1.output()[..r * h]);
         ensure(&mut self.out, r * d);
-        self.fc2.forward_residual(&self.act.y[..r * h], r, &self.res1, d, &mut self.out);
+        self.fc2.forward_residual(&self.act.output()[..r * h], r, &self.res1, d, &mut self.out);
     }
 
     /// Gradient of the block's input (all tokens) into `dx`, given that of its output.
@@ -113,28 +119,26 @@ impl Block {
         let (d1, d2) = (&mut s.d1[..m * d], &mut s.d2[..r * d]);
         let hid = &mut s.hidden[..r * h];
         // MLP branch: out = res1 + fc2(gelu(fc1(norm2(res1))))
-        self.fc2.backward(&self.act.y[..r * h], &dout[..r * d], r, Some(hid));
-        Gelu::backward_inplace(&self.fc1.y[..r * h], hid);
-        self.fc1.backward_aug(&self.norm2.y[..r * (d + 1)], hid, r, Some(&mut d1[..r * d]));
+        self.fc2.backward(&self.act.output()[..r * h], &dout[..r * d], r, Some(hid));
+        Gelu::backward_inplace(&self.fc1.output()[..r * h], hid);
+        self.fc1.backward_aug(&self.norm2.output()[..r * (d + 1)], hid, r, Some(&mut d1[..r * d]));
         self.norm2.backward(&self.res1[..r * d], &d1[..r * d], r, d2);
-        vec::add_assign(d2, &dout[..r * d]); // d2 = d res1
+        ops::add_assign(d2, &dout[..r * d]); // d2 = d res1
                                              // Attention branch: res1 = x + proj(attn(qkv(norm1(x))))
-        self.proj.backward(&self.attn.o[..r * d], d2, r, Some(&mut d1[..r * d]));
+        self.proj.backward(&self.attn.output()[..r * d], d2, r, Some(&mut d1[..r * d]));
         let dq = &mut s.qkv[..m * 3 * d];
-        let qkv = &self.qkv.y[..m * 3 * d];
+        let qkv = &self.qkv.output()[..m * 3 * d];
         if cls_only {
             self.attn.backward_cls(qkv, &d1[..r * d], dq, &mut s.attn, batch, t);
         } else {
             self.attn.backward(qkv, &d1[..r * d], dq, &mut s.attn, batch, t);
         }
-        self.qkv.backward_aug(&self.norm1.y[..m * (d + 1)], dq, m, Some(d1));
+        self.qkv.backward_aug(&self.norm1.output()[..m * (d + 1)], dq, m, Some(d1));
         self.norm1.backward(x, d1, m, dx);
         if cls_only {
-            par::for_rows(&mut dx[..m * d], t * d, |b, img| {
-                vec::add_assign_serial(&mut img[..d], &d2[b * d..(b + 1) * d])
-            });
+            ops::add_rows_strided(dx, d2, batch, t * d, d);
         } else {
-            vec::add_assign(dx, d2);
+            ops::add_assign(dx, d2);
         }
     }
 
@@ -154,7 +158,7 @@ impl Block {
 }
 
 impl Module for Block {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         self.norm1.visit(f);
         self.qkv.visit(f);
         self.proj.visit(f);

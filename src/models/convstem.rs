@@ -11,9 +11,9 @@
 //! PyTorch's default convolution init (kaiming-uniform, a = √5: bound 1/√fan_in, bias likewise):
 //! the official xavier re-init touches only `PatchEmbed`.
 
-use crate::engine::ensure;
 use crate::engine::rng::Rng;
-use crate::nn::conv::{nchw_to_nhwc, Conv2d, ConvScratch};
+use crate::engine::{ensure, ops};
+use crate::nn::conv::{Conv2d, ConvScratch};
 use crate::nn::convbn::ConvBn;
 use crate::nn::{Buffer, Module, Param, PatchEmbed};
 
@@ -79,7 +79,7 @@ impl ConvStem {
     pub fn forward(&mut self, x: &[f32], batch: usize, groups: usize) {
         let (c, s) = (self.chans, self.img);
         assert_eq!(x.len(), batch * c * s * s, "conv stem: image shape");
-        nchw_to_nhwc(x, batch, c, s * s, &mut self.x_nhwc);
+        ops::nchw_to_nhwc(&mut self.x_nhwc, x, batch, c, s * s);
         self.batch = batch;
         self.sides.clear();
         let mut side = s;
@@ -121,7 +121,7 @@ impl ConvStem {
 }
 
 impl Module for ConvStem {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         for s in self.stages.iter_mut() {
             s.visit(f);
         }
@@ -187,7 +187,7 @@ impl Embed {
 }
 
 impl Module for Embed {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         match self {
             Embed::Patch(p) => p.visit(f),
             Embed::Conv(c) => c.visit(f),

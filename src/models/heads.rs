@@ -75,9 +75,9 @@ impl Mlp {
             l.linear.forward(input, rows);
             let n = rows * l.linear.out;
             if let Some(bn) = &mut l.bn {
-                bn.forward(&l.linear.y[..n], rows, groups);
+                bn.forward(&l.linear.output()[..n], rows, groups);
                 if let Some(r) = &mut l.relu {
-                    r.forward(&bn.y[..n]);
+                    r.forward(&bn.output()[..n]);
                 }
             }
         }
@@ -100,7 +100,7 @@ impl Mlp {
                 r.backward_inplace(&mut g[..n]);
             }
             if let Some(bn) = &mut l.bn {
-                bn.backward(&l.linear.y[..n], &g[..n], rows, &mut s[..n]);
+                bn.backward(&l.linear.output()[..n], &g[..n], rows, &mut s[..n]);
                 std::mem::swap(&mut g, &mut s);
             }
             let ni = rows * l.linear.inp;
@@ -128,7 +128,7 @@ impl Mlp {
 }
 
 impl Module for Mlp {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         for l in self.layers.iter_mut() {
             l.linear.visit(f);
             if let Some(bn) = &mut l.bn {

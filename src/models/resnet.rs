@@ -4,10 +4,10 @@
 //! so the two views of MoCo are normalised separately as in the official two passes.
 
 use crate::engine::rng::Rng;
-use crate::engine::{ensure, vec};
-use crate::nn::conv::{nchw_to_nhwc, Conv2d, ConvScratch};
-use crate::nn::convbn::{relu_inplace, relu_mask, ConvBn};
-use crate::nn::pool::{global_avg_backward, global_avg_forward, MaxPool2d};
+use crate::engine::{ensure, ops};
+use crate::nn::conv::{Conv2d, ConvScratch};
+use crate::nn::convbn::ConvBn;
+use crate::nn::pool::MaxPool2d;
 use crate::nn::{BatchNorm1d, Buffer, Module, Param};
 
 /// A ResNet stage (conv → BN → optional ReLU) with torchvision's init of the convolution:
@@ -87,15 +87,15 @@ impl Block {
         }
         let len = n * ch * cw * self.cout();
         ensure(&mut self.sum, len);
-        let main = &self.stages.last().unwrap().bn.y[..len];
+        let main = &self.stages.last().unwrap().bn.output()[..len];
         match &mut self.down {
             Some(d) => {
                 d.forward(x, n, h, w, groups, sc);
-                vec::add(&mut self.sum[..len], main, &d.bn.y[..len]);
+                ops::add(&mut self.sum[..len], main, &d.bn.output()[..len]);
             }
-            None => vec::add(&mut self.sum[..len], main, &x[..len]),
+            None => ops::add(&mut self.sum[..len], main, &x[..len]),
         }
-        relu_inplace(&mut self.sum[..len]);
+        ops::relu_inplace(&mut self.sum[..len]);
         self.dims = (n, h, w, ch, cw);
         (ch, cw)
     }
@@ -108,7 +108,7 @@ impl Block {
         let [g, u, t] = s;
         ensure(g, len);
         g[..len].copy_from_slice(&dout[..len]);
-        relu_mask(&mut g[..len], &self.sum[..len]);
+        ops::relu_backward_inplace(&mut g[..len], &self.sum[..len]);
         // Identity path: the block output's gradient through the final ReLU.
         match &mut self.down {
             Some(d) => {
@@ -128,7 +128,7 @@ impl Block {
             rest[0].backward(&input[..in_len], &mut cur[..out_len], t, Some(&mut nxt[..in_len]), sc);
             std::mem::swap(&mut cur, &mut nxt);
         }
-        vec::add_assign(&mut dx[..xin], &cur[..xin]);
+        ops::add_assign(&mut dx[..xin], &cur[..xin]);
         (*g, *u) = (cur, nxt);
     }
 
@@ -150,7 +150,7 @@ impl Block {
         n * ch * cw * self.stages[i].conv.cout
     }
 
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         for st in self.stages.iter_mut() {
             st.visit(f);
         }
@@ -290,7 +290,7 @@ impl ResNet {
     /// Images `[n, c, h, w]` (NCHW, as the data pipeline gives them) → features `[n, dim]`.
     pub fn forward(&mut self, x: &[f32], n: usize, h: usize, w: usize, groups: usize) -> &[f32] {
         let c = self.in_chans;
-        nchw_to_nhwc(x, n, c, h * w, &mut self.x_nhwc);
+        ops::nchw_to_nhwc(&mut self.x_nhwc, x, n, c, h * w);
         self.dims.clear();
         self.dims_in = (h, w);
         let sc = &mut self.conv_scratch;
@@ -314,7 +314,7 @@ impl ResNet {
         }
         ensure(&mut self.feat, n * self.dim);
         let last = &self.blocks.last().unwrap().sum;
-        global_avg_forward(last, n, ch * cw, self.dim, &mut self.feat);
+        ops::global_avg_forward(&mut self.feat, last, n, ch * cw, self.dim);
         &self.feat[..n * self.dim]
     }
 
@@ -324,7 +324,7 @@ impl ResNet {
         let (n, _, _, oh, ow) = self.blocks[nb - 1].dims;
         let [da, db] = &mut self.dbuf;
         ensure(da, n * oh * ow * self.dim);
-        global_avg_backward(dfeat, n, oh * ow, self.dim, da);
+        ops::global_avg_backward(da, dfeat, n, oh * ow, self.dim);
         for i in (0..nb).rev() {
             let (bn, bh, bw, _, _) = self.blocks[i].dims;
             ensure(db, bn * bh * bw * self.blocks[i].stages[0].conv.cin);
@@ -354,7 +354,7 @@ impl ResNet {
 }
 
 impl Module for ResNet {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         self.stem.visit(f);
         for b in self.blocks.iter_mut() {
             b.visit(f);

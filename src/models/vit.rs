@@ -7,7 +7,7 @@
 use super::block::{Block, Scratch};
 use super::convstem::{stem_grid, stem_stages, ConvStem, Embed};
 use crate::engine::rng::Rng;
-use crate::engine::{ensure, par};
+use crate::engine::{ensure, ops};
 use crate::nn::posembed::{sincos_2d, PosEmbedKind};
 use crate::nn::{Buffer, LayerNorm, Module, Param, ParamKind, PatchEmbed};
 use serde::{Deserialize, Serialize};
@@ -228,7 +228,7 @@ impl Vit {
                 norm.forward(&out[..batch * d], batch);
             }
         });
-        &self.norm.y[..batch * d]
+        &self.norm.output()[..batch * d]
     }
 
     /// An evaluation feature of `kind` for each image, `[batch, kind.dim(dim)]` (see
@@ -259,7 +259,7 @@ impl Vit {
                 // The last block, all tokens: cls and the mean of the patch tokens, after the norm.
                 norm.forward(&out[..batch * t * d], batch * t);
                 for (b, fr) in f.chunks_mut(fd).enumerate() {
-                    let y = &norm.y[b * t * d..(b + 1) * t * d];
+                    let y = &norm.output()[b * t * d..(b + 1) * t * d];
                     fr[..d].copy_from_slice(&y[..d]);
                     for row in y[d..].chunks(d) {
                         for (m, v) in fr[d..].iter_mut().zip(row) {
@@ -291,19 +291,7 @@ impl Vit {
         ensure(&mut self.tokens, batch * t * d);
         let (pe, cls) = (self.patch_embed.out(), &self.cls_token.w);
         let pos = self.pos_embed.as_ref().map(|p| &p.w[..]);
-        par::for_rows(&mut self.tokens[..batch * t * d], d, |r, row| {
-            let (b, ti) = (r / t, r % t);
-            if ti == 0 {
-                row.copy_from_slice(cls);
-            } else {
-                row.copy_from_slice(&pe[(b * (t - 1) + ti - 1) * d..(b * (t - 1) + ti) * d]);
-            }
-            if let Some(p) = pos {
-                for (v, q) in row.iter_mut().zip(&p[ti * d..(ti + 1) * d]) {
-                    *v += q;
-                }
-            }
-        });
+        ops::tokens_forward(&mut self.tokens, pe, cls, pos, batch, t, d);
     }
 
     /// The blocks over the embedded tokens; after block i, `each(i, its output, final norm)`.
@@ -317,7 +305,7 @@ impl Vit {
                 // Block i-2 is done with: hand its buffers to block i.
                 rest[0].swap_activations(&mut prev[i - 2]);
             }
-            let input = if i == 0 { &self.tokens[..batch * t * d] } else { &prev[i - 1].out[..batch * t * d] };
+            let input = if i == 0 { &self.tokens[..batch * t * d] } else { &prev[i - 1].output()[..batch * t * d] };
             rest[0].forward(input, batch, t, last_cls_only && i == n - 1);
             each(i, &rest[0].out, &mut self.norm);
         }
@@ -344,47 +332,34 @@ impl Vit {
         let (mut cur, mut next) = (&mut ga[..m * d], &mut gb[..m * d]);
         // Final norm on the cls rows, then the blocks, the last one for its cls rows only.
         let n = self.blocks.len();
-        self.norm.backward(&self.blocks[n - 1].out[..batch * d], dfeat, batch, &mut cur[..batch * d]);
+        self.norm.backward(&self.blocks[n - 1].output()[..batch * d], dfeat, batch, &mut cur[..batch * d]);
         for i in (0..n).rev() {
             let (prev, rest) = self.blocks.split_at_mut(i);
-            let input = if i == 0 { &self.tokens[..m * d] } else { &prev[i - 1].out[..m * d] };
+            let input = if i == 0 { &self.tokens[..m * d] } else { &prev[i - 1].output()[..m * d] };
             rest[0].backward(input, cur, next, &mut self.scratch, batch, t, i == n - 1);
             std::mem::swap(&mut cur, &mut next);
         }
         // `cur` is the gradient of the token sequence.
         let dt = &*cur;
-        if self.cls_token.trainable {
-            let g = &mut self.cls_token.g;
-            g.fill(0.0);
-            for b in 0..batch {
-                for (x, v) in g.iter_mut().zip(&dt[b * t * d..b * t * d + d]) {
-                    *x += v;
-                }
-            }
-        }
-        if let Some(p) = &mut self.pos_embed {
-            if p.trainable {
-                par::col_reduce(&mut p.g, batch, false, |b, cr, acc| {
-                    for (k, c) in cr.enumerate() {
-                        acc[k] += dt[b * t * d + c];
-                    }
-                });
-            }
-        }
-        if self.patch_embed.trainable() {
-            let np = t - 1;
+        let dcls = self.cls_token.trainable.then_some(&mut self.cls_token.g[..]);
+        let dpos = self.pos_embed.as_mut().filter(|p| p.trainable).map(|p| &mut p.g[..]);
+        let np = t - 1;
+        let dpatches = if self.patch_embed.trainable() {
             ensure(&mut self.scratch.hidden, batch * np * d);
-            let dp = &mut self.scratch.hidden[..batch * np * d];
-            for b in 0..batch {
-                dp[b * np * d..(b + 1) * np * d].copy_from_slice(&dt[(b * t + 1) * d..(b + 1) * t * d]);
-            }
+            Some(&mut self.scratch.hidden[..batch * np * d])
+        } else {
+            None
+        };
+        ops::tokens_backward(dcls, dpos, dpatches, dt, batch, t, d);
+        if self.patch_embed.trainable() {
+            let dp = &self.scratch.hidden[..batch * np * d];
             self.patch_embed.backward(dp, batch);
         }
     }
 }
 
 impl Module for Vit {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         f(&mut self.cls_token);
         if let Some(p) = &mut self.pos_embed {
             f(p);

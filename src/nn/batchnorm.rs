@@ -8,11 +8,13 @@
 //! `groups` splits the rows into equal consecutive groups normalised separately: MoCo v3 runs
 //! each view through the model on its own, so each view has its own batch statistics. Running
 //! statistics are updated group after group, exactly as two separate forward passes would.
+//!
+//! The batch statistics and the two gradient sums go through the engine's communicator
+//! ([`comm::world`]): summed over every process of a data-parallel job (SyncBN), the identity in
+//! one process.
 
 use super::param::{Buffer, Module, Param, ParamKind};
-use crate::engine::ensure;
-use crate::engine::par::{self, SendPtr};
-use rayon::prelude::*;
+use crate::engine::{comm, ensure, ops};
 
 pub struct BatchNorm1d {
     pub gamma: Option<Param>,
@@ -38,6 +40,11 @@ pub struct BatchNorm1d {
 }
 
 impl BatchNorm1d {
+    /// The output of the last forward (read it through this, not the field).
+    pub fn output(&self) -> &[f32] {
+        &self.y
+    }
+
     pub fn new(name: &str, c: usize, affine: bool) -> BatchNorm1d {
         BatchNorm1d {
             gamma: affine.then(|| Param::filled(&format!("{name}.weight"), &[c], ParamKind::Norm, 1.0)),
@@ -89,42 +96,43 @@ impl BatchNorm1d {
             for j in 0..c {
                 (self.alpha[j], self.shift[j]) = self.eval_affine(j);
             }
-            affine_rows(&mut self.y[..rows * c], x, c, rows, &self.alpha[..c], &self.shift[..c]);
+            ops::batchnorm_affine(&mut self.y, x, &self.alpha[..c], &self.shift[..c], rows, c);
             return;
         }
         for v in [&mut self.mean, &mut self.rstd, &mut self.var_unbiased] {
             ensure(v, groups * c);
         }
-        let mut tmp = vec![0.0f32; 0];
-        ensure(&mut tmp, c);
+        let world = comm::world();
+        // Rows of this group over every process.
+        let n_all = n * world.world();
         for gi in 0..groups {
             let r = gi * n..(gi + 1) * n;
             let mean = &mut self.mean[gi * c..(gi + 1) * c];
-            row_sums(&mut self.partials, r.clone(), c, mean, &mut tmp, |row, c0, a, _| {
-                for (a, v) in a.iter_mut().zip(&x[row * c + c0..]) {
-                    *a += v;
-                }
-            });
-            mean.iter_mut().for_each(|m| *m /= n as f32);
+            ops::batchnorm_sum(&mut self.partials, mean, x, r.clone(), c);
+            world.all_reduce_sum(mean);
+            mean.iter_mut().for_each(|m| *m /= n_all as f32);
             let mean = &self.mean[gi * c..(gi + 1) * c];
             let q = &mut self.var_unbiased[gi * c..(gi + 1) * c];
-            row_sums(&mut self.partials, r, c, q, &mut tmp, |row, c0, a, _| {
-                for ((a, v), m) in a.iter_mut().zip(&x[row * c + c0..]).zip(&mean[c0..]) {
-                    let d = v - m;
-                    *a += d * d;
-                }
-            });
+            ops::batchnorm_sq_dev(&mut self.partials, q, x, mean, r, c);
+            world.all_reduce_sum(q);
             for j in 0..c {
                 let q = self.var_unbiased[gi * c + j];
-                let rstd = 1.0 / (q / n as f32 + self.eps).sqrt();
+                let rstd = 1.0 / (q / n_all as f32 + self.eps).sqrt();
                 self.rstd[gi * c + j] = rstd;
-                self.var_unbiased[gi * c + j] = if n > 1 { q / (n - 1) as f32 } else { q };
+                self.var_unbiased[gi * c + j] = if n_all > 1 { q / (n_all - 1) as f32 } else { q };
                 let (g, b) = self.affine(j);
                 self.alpha[gi * c + j] = g * rstd;
                 self.shift[gi * c + j] = b - self.mean[gi * c + j] * g * rstd;
             }
             let (a, sh) = (&self.alpha[gi * c..(gi + 1) * c], &self.shift[gi * c..(gi + 1) * c]);
-            affine_rows(&mut self.y[gi * n * c..(gi + 1) * n * c], &x[gi * n * c..(gi + 1) * n * c], c, n, a, sh);
+            ops::batchnorm_affine(
+                &mut self.y[gi * n * c..(gi + 1) * n * c],
+                &x[gi * n * c..(gi + 1) * n * c],
+                a,
+                sh,
+                n,
+                c,
+            );
         }
         let mom = self.momentum;
         for gi in 0..groups {
@@ -144,34 +152,25 @@ impl BatchNorm1d {
         if !self.training {
             // dx = dy·α; dγ = Σ dy·x̂, dβ = Σ dy with x̂ = (x − μ_run)/σ_run.
             let zero = vec![0.0f32; c];
-            affine_rows(&mut dx[..rows * c], &dy[..rows * c], c, rows, &self.alpha[..c], &zero);
+            ops::batchnorm_affine(dx, &dy[..rows * c], &self.alpha[..c], &zero, rows, c);
             if self.gamma.is_some() {
                 let (rm, eps) = (&self.running_mean, self.eps);
                 let inv: Vec<f32> = self.running_var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-                row_sums(&mut self.partials, 0..rows, c, &mut tg, &mut tb, |r, c0, a, b| {
-                    let (d, xr) = (&dy[r * c + c0..][..a.len()], &x[r * c + c0..]);
-                    for k in 0..a.len() {
-                        a[k] += d[k] * (xr[k] - rm[c0 + k]) * inv[c0 + k];
-                        b[k] += d[k];
-                    }
-                });
+                ops::batchnorm_grad_sums(&mut self.partials, &mut tb, &mut tg, dy, x, rm, &inv, 0..rows, c);
             }
             self.set_param_grads(&tg, &tb);
             return;
         }
         let groups = self.groups;
         let n = rows / groups;
-        let inv_n = 1.0 / n as f32;
+        let world = comm::world();
+        let inv_n = 1.0 / (n * world.world()) as f32;
         let (mut coef_a, mut coef_b, mut coef_c) = (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]);
         for gi in 0..groups {
             let (m, s) = (&self.mean[gi * c..(gi + 1) * c], &self.rstd[gi * c..(gi + 1) * c]);
-            row_sums(&mut self.partials, gi * n..(gi + 1) * n, c, &mut sdy, &mut sdyx, |r, c0, a, b| {
-                let (d, xr) = (&dy[r * c + c0..][..a.len()], &x[r * c + c0..]);
-                for k in 0..a.len() {
-                    a[k] += d[k];
-                    b[k] += d[k] * (xr[k] - m[c0 + k]) * s[c0 + k];
-                }
-            });
+            ops::batchnorm_grad_sums(&mut self.partials, &mut sdy, &mut sdyx, dy, x, m, s, gi * n..(gi + 1) * n, c);
+            world.all_reduce_sum(&mut sdy);
+            world.all_reduce_sum(&mut sdyx);
             // dx = γσ⁻¹(dy − Σdy/n − x̂·Σ(dy·x̂)/n) = dy·A + x·B + C per channel.
             for j in 0..c {
                 let (g, _) = self.affine(j);
@@ -184,13 +183,7 @@ impl BatchNorm1d {
             }
             let o = gi * n * c..(gi + 1) * n * c;
             let (xg, dyg) = (&x[o.clone()], &dy[o.clone()]);
-            let (ca, cb, cc) = (&coef_a, &coef_b, &coef_c);
-            par::for_rows(&mut dx[o], c, |r, out| {
-                let (d, xr) = (&dyg[r * c..(r + 1) * c], &xg[r * c..(r + 1) * c]);
-                for k in 0..c {
-                    out[k] = d[k] * ca[k] + xr[k] * cb[k] + cc[k];
-                }
-            });
+            ops::batchnorm_backward_dx(&mut dx[o], dyg, xg, &coef_a, &coef_b, &coef_c, n, c);
         }
         self.set_param_grads(&tg, &tb);
     }
@@ -204,59 +197,8 @@ impl BatchNorm1d {
     }
 }
 
-/// `y[r] = x[r]·α + β` per channel, rows in parallel.
-fn affine_rows(y: &mut [f32], x: &[f32], c: usize, rows: usize, alpha: &[f32], shift: &[f32]) {
-    par::for_rows(&mut y[..rows * c], c, |r, out| {
-        for ((o, v), (a, b)) in out.iter_mut().zip(&x[r * c..(r + 1) * c]).zip(alpha.iter().zip(shift)) {
-            *o = v * a + b;
-        }
-    });
-}
-
-/// Two per-channel sums over the rows `range`: `term(row, c0, a, b)` adds the row's values for
-/// channels `c0..c0 + a.len()` into `a` and `b`. Rows are cut into fixed chunks and channels into
-/// fixed blocks (parallel tasks); the chunks' partial sums are then added in chunk order, so the
-/// result does not depend on the number of threads.
-fn row_sums(
-    partials: &mut Vec<f32>,
-    range: std::ops::Range<usize>,
-    c: usize,
-    out_a: &mut [f32],
-    out_b: &mut [f32],
-    term: impl Fn(usize, usize, &mut [f32], &mut [f32]) + Sync,
-) {
-    const CB: usize = 256;
-    let per = (16384 / c).clamp(8, 1024);
-    let chunks = range.len().div_ceil(per);
-    let blocks = c.div_ceil(CB);
-    ensure(partials, chunks * 2 * c);
-    let pp = SendPtr(partials.as_mut_ptr());
-    (0..chunks * blocks).into_par_iter().for_each(|t| {
-        let (ch, bi) = (t / blocks, t % blocks);
-        let c0 = bi * CB;
-        let w = CB.min(c - c0);
-        // Disjoint: chunk `ch`, channels c0..c0+w of both halves.
-        let (a, b) = unsafe { (pp.slice(ch * 2 * c + c0, w), pp.slice(ch * 2 * c + c + c0, w)) };
-        a.fill(0.0);
-        b.fill(0.0);
-        for r in range.start + ch * per..(range.start + (ch + 1) * per).min(range.end) {
-            term(r, c0, a, b);
-        }
-    });
-    out_a.fill(0.0);
-    out_b.fill(0.0);
-    for ch in partials[..chunks * 2 * c].chunks(2 * c) {
-        for (o, v) in out_a.iter_mut().zip(&ch[..c]) {
-            *o += v;
-        }
-        for (o, v) in out_b.iter_mut().zip(&ch[c..]) {
-            *o += v;
-        }
-    }
-}
-
 impl Module for BatchNorm1d {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         if let Some(p) = &mut self.gamma {
             f(p);
         }

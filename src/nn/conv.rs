@@ -5,8 +5,8 @@
 
 use super::linear::Linear;
 use super::param::{Module, Param};
-use crate::engine::{ensure, par};
-use rayon::prelude::*;
+use crate::engine::ensure;
+use crate::engine::ops::{self, ConvShape};
 
 /// Scratch of the im2col columns and their gradient, shared by every convolution of a network
 /// (the columns are rebuilt from the input in backward, so no layer keeps its own).
@@ -14,19 +14,6 @@ use rayon::prelude::*;
 pub struct ConvScratch {
     cols: Vec<f32>,
     dcols: Vec<f32>,
-}
-
-/// Images `[n, c, h·w]` (NCHW, as the data pipeline gives them) into `out` as NHWC
-/// (`[n, h·w, c]`), the layout every convolution here takes.
-pub fn nchw_to_nhwc(x: &[f32], n: usize, c: usize, hw: usize, out: &mut Vec<f32>) {
-    ensure(out, n * hw * c);
-    for img in 0..n {
-        for ch in 0..c {
-            for p in 0..hw {
-                out[(img * hw + p) * c + ch] = x[(img * c + ch) * hw + p];
-            }
-        }
-    }
 }
 
 pub struct Conv2d {
@@ -59,41 +46,10 @@ impl Conv2d {
         self.k == 1 && self.stride == 1 && self.pad == 0
     }
 
-    /// The im2col columns of `x` into `cols`: one row per output pixel, ordered (in, kh, kw).
-    fn im2col(&self, x: &[f32], cols: &mut Vec<f32>) {
+    /// The geometry of the last forward.
+    fn shape(&self) -> ConvShape {
         let (images, h, w) = self.dims;
-        let (c, k, s, p) = (self.cin, self.k, self.stride, self.pad);
-        let (oh, ow) = self.out_size(h, w);
-        let (rows, kk, kk2) = (images * oh * ow, c * k * k, k * k);
-        ensure(cols, rows * kk);
-        par::for_rows(&mut cols[..rows * kk], kk, |r, col| {
-            let (n, rem) = (r / (oh * ow), r % (oh * ow));
-            let (oy, ox) = (rem / ow, rem % ow);
-            if k == 1 {
-                let (iy, ix) = (oy * s, ox * s);
-                col.copy_from_slice(&x[((n * h + iy) * w + ix) * c..][..c]);
-                return;
-            }
-            // Kernel position outer, channels inner: each input pixel is read as one contiguous
-            // run of channels; the bounds are checked once per kernel position.
-            for ki in 0..k {
-                let iy = (oy * s + ki) as isize - p as isize;
-                for kj in 0..k {
-                    let ix = (ox * s + kj) as isize - p as isize;
-                    let off = ki * k + kj;
-                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                        let src = &x[((n * h + iy as usize) * w + ix as usize) * c..][..c];
-                        for (ci, &v) in src.iter().enumerate() {
-                            col[ci * kk2 + off] = v;
-                        }
-                    } else {
-                        for ci in 0..c {
-                            col[ci * kk2 + off] = 0.0;
-                        }
-                    }
-                }
-            }
-        });
+        ConvShape { images, h, w, c: self.cin, k: self.k, s: self.stride, p: self.pad }
     }
 
     pub fn forward(&mut self, x: &[f32], images: usize, h: usize, w: usize, sc: &mut ConvScratch) {
@@ -104,7 +60,7 @@ impl Conv2d {
         if self.pointwise() {
             self.proj.forward(x, rows);
         } else {
-            self.im2col(x, &mut sc.cols);
+            ops::im2col(&mut sc.cols, x, self.shape());
             self.proj.forward(&sc.cols[..rows * self.cin * self.k * self.k], rows);
         }
     }
@@ -113,7 +69,7 @@ impl Conv2d {
     /// forward's input.
     pub fn backward(&mut self, x: &[f32], dy: &[f32], dx: Option<&mut [f32]>, sc: &mut ConvScratch) {
         let (images, h, w) = self.dims;
-        let (c, k, s, p) = (self.cin, self.k, self.stride, self.pad);
+        let (c, k) = (self.cin, self.k);
         let (oh, ow) = self.out_size(h, w);
         let rows = images * oh * ow;
         let kk = c * k * k;
@@ -123,7 +79,7 @@ impl Conv2d {
             self.proj.backward(x, dy, rows, dx.map(|d| &mut d[..rows * c]));
             return;
         }
-        self.im2col(x, &mut sc.cols);
+        ops::im2col(&mut sc.cols, x, self.shape());
         let cols = &sc.cols[..rows * kk];
         let Some(dx) = dx else {
             self.proj.backward(cols, dy, rows, None);
@@ -131,39 +87,12 @@ impl Conv2d {
         };
         ensure(&mut sc.dcols, rows * kk);
         self.proj.backward(cols, dy, rows, Some(&mut sc.dcols[..rows * kk]));
-        // col2im: each image's columns only touch that image's pixels, in a fixed order.
-        let dc = &sc.dcols[..rows * kk];
-        let kk2 = k * k;
-        dx[..images * h * w * c].par_chunks_mut(h * w * c).enumerate().for_each(|(n, img)| {
-            img.fill(0.0);
-            for oy in 0..oh {
-                for ox in 0..ow {
-                    let col = &dc[((n * oh + oy) * ow + ox) * kk..][..kk];
-                    for ki in 0..k {
-                        let iy = (oy * s + ki) as isize - p as isize;
-                        if iy < 0 || iy as usize >= h {
-                            continue;
-                        }
-                        for kj in 0..k {
-                            let ix = (ox * s + kj) as isize - p as isize;
-                            if ix < 0 || ix as usize >= w {
-                                continue;
-                            }
-                            let dst = &mut img[(iy as usize * w + ix as usize) * c..][..c];
-                            let off = ki * k + kj;
-                            for (ci, d) in dst.iter_mut().enumerate() {
-                                *d += col[ci * kk2 + off];
-                            }
-                        }
-                    }
-                }
-            }
-        });
+        ops::col2im(dx, &sc.dcols[..rows * kk], self.shape());
     }
 }
 
 impl Module for Conv2d {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         self.proj.visit(f);
     }
 }

@@ -6,7 +6,7 @@
 use super::conv::{Conv2d, ConvScratch};
 use super::param::{Buffer, Module, Param};
 use super::BatchNorm1d;
-use crate::engine::{ensure, par};
+use crate::engine::{ensure, ops};
 
 pub struct ConvBn {
     pub conv: Conv2d,
@@ -47,7 +47,7 @@ impl ConvBn {
         let c = self.conv.cout;
         self.bn.forward(&self.conv.proj.y[..rows * c], rows, groups);
         if self.relu {
-            relu_inplace(&mut self.bn.y[..rows * c]);
+            ops::relu_inplace(&mut self.bn.y[..rows * c]);
         }
         (oh, ow)
     }
@@ -64,7 +64,7 @@ impl ConvBn {
     ) {
         let n = d.len();
         if self.relu {
-            relu_mask(d, &self.bn.y[..n]);
+            ops::relu_backward_inplace(d, &self.bn.y[..n]);
         }
         ensure(tmp, n);
         let rows = n / self.conv.cout;
@@ -74,7 +74,7 @@ impl ConvBn {
 }
 
 impl Module for ConvBn {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         self.conv.visit(f);
         self.bn.visit(f);
     }
@@ -82,19 +82,4 @@ impl Module for ConvBn {
     fn visit_buffers(&mut self, f: &mut dyn FnMut(Buffer)) {
         self.bn.visit_buffers(f);
     }
-}
-
-pub fn relu_inplace(y: &mut [f32]) {
-    par::map_inplace(y, |v| *v = v.max(0.0));
-}
-
-/// Zero the gradient where the (ReLU'd) output is not positive.
-pub fn relu_mask(d: &mut [f32], y: &[f32]) {
-    par::map2(d, y, |o, y| {
-        for (o, &v) in o.iter_mut().zip(y) {
-            if v <= 0.0 {
-                *o = 0.0;
-            }
-        }
-    });
 }

@@ -1,7 +1,7 @@
 //! GELU with the exact erf form, as PyTorch's default `nn.GELU()` (erf evaluated by the
 //! vectorisable `engine::fastmath`).
 
-use crate::engine::{ensure, fastmath, par};
+use crate::engine::{ensure, ops};
 
 pub use crate::engine::fastmath::{gelu, gelu_grad};
 
@@ -11,9 +11,15 @@ pub struct Gelu {
 }
 
 impl Gelu {
+    /// The output of the last forward (its first rows are this call's; read it through this,
+    /// not the field, so the buffer's storage can change).
+    pub fn output(&self) -> &[f32] {
+        &self.y
+    }
+
     pub fn forward(&mut self, x: &[f32]) {
         ensure(&mut self.y, x.len());
-        par::map2(&mut self.y[..x.len()], x, |o, i| fastmath::gelu_slice(i, o));
+        ops::gelu_forward(&mut self.y, x);
     }
 
     pub fn swap_activations(&mut self, other: &mut Gelu) {
@@ -22,12 +28,12 @@ impl Gelu {
 
     /// `d` holds dy on entry and dx on return.
     pub fn backward_inplace(x: &[f32], d: &mut [f32]) {
-        par::map2(&mut d[..x.len()], x, |o, i| fastmath::gelu_grad_mul(i, o));
+        ops::gelu_backward_inplace(d, x);
     }
 }
 
 impl crate::nn::Module for Gelu {
-    fn visit(&mut self, _f: &mut dyn FnMut(&mut crate::nn::Param)) {}
+    fn visit<'a>(&'a mut self, _f: &mut dyn FnMut(&'a mut crate::nn::Param)) {}
 }
 
 #[cfg(test)]

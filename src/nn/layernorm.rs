@@ -1,9 +1,7 @@
 //! LayerNorm over the last dimension (PyTorch semantics, biased variance).
 
 use super::param::{Module, Param, ParamKind};
-use crate::engine::par::{self, SendPtr};
-use crate::engine::{ensure, vec};
-use rayon::prelude::*;
+use crate::engine::{ensure, ops};
 
 pub struct LayerNorm {
     pub g: Param,
@@ -20,6 +18,12 @@ pub struct LayerNorm {
 }
 
 impl LayerNorm {
+    /// The output of the last forward (its first rows are this call's; read it through this,
+    /// not the field, so the buffer's storage can change).
+    pub fn output(&self) -> &[f32] {
+        &self.y
+    }
+
     pub fn new(name: &str, d: usize, eps: f32) -> LayerNorm {
         LayerNorm {
             g: Param::filled(&format!("{name}.weight"), &[d], ParamKind::Norm, 1.0),
@@ -43,21 +47,8 @@ impl LayerNorm {
         let sy = self.stride();
         ensure(&mut self.y, rows * sy);
         ensure(&mut self.stats, rows * 2);
-        let (g, b, eps) = (&self.g.w, &self.b.w, self.eps);
-        par::for_rows2(&mut self.y[..rows * sy], sy, &mut self.stats[..rows * 2], 2, |r, y, st| {
-            let xr = &x[r * d..(r + 1) * d];
-            let mean = vec::sum(xr) / d as f32;
-            let var = vec::sq_dev(xr, mean) / d as f32;
-            let rstd = 1.0 / (var + eps).sqrt();
-            st[0] = mean;
-            st[1] = rstd;
-            for i in 0..d {
-                y[i] = (xr[i] - mean) * rstd * g[i] + b[i];
-            }
-            if sy > d {
-                y[d] = 1.0;
-            }
-        });
+        let (y, st) = (&mut self.y[..rows * sy], &mut self.stats[..rows * 2]);
+        ops::layernorm_forward(y, st, x, &self.g.w, &self.b.w, rows, d, sy, self.eps);
     }
 
     /// Exchange saved buffers with another layer (for forward-only reuse of memory).
@@ -67,47 +58,15 @@ impl LayerNorm {
     }
 
     pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: &mut [f32]) {
-        let d = self.d;
-        let (g, stats) = (&self.g.w, &self.stats);
-        let dxp = SendPtr(dx.as_mut_ptr());
-        (0..rows).into_par_iter().with_min_len(64).for_each(|r| {
-            let xr = &x[r * d..(r + 1) * d];
-            let dyr = &dy[r * d..(r + 1) * d];
-            let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-            // dxhat = dy * g; mean(dxhat) and mean(dxhat * xhat)
-            // Eight running sums each, so the loop vectorises (a single sum is a serial chain).
-            let (mut a1, mut a2) = ([0.0f32; 8], [0.0f32; 8]);
-            for ((dc, xc), gc) in dyr.chunks(8).zip(xr.chunks(8)).zip(g.chunks(8)) {
-                for k in 0..dc.len() {
-                    let dxh = dc[k] * gc[k];
-                    a1[k] += dxh;
-                    a2[k] += dxh * (xc[k] - mean) * rstd;
-                }
-            }
-            let (m1, m2) = (vec::fold8(a1) / d as f32, vec::fold8(a2) / d as f32);
-            let out = unsafe { dxp.slice(r * d, d) };
-            for i in 0..d {
-                let xh = (xr[i] - mean) * rstd;
-                out[i] = rstd * (dyr[i] * g[i] - m1 - xh * m2);
-            }
-        });
-        if self.g.trainable {
-            par::col_reduce(&mut self.g.g, rows, false, |r, cr, acc| {
-                let (mean, rstd) = (stats[2 * r], stats[2 * r + 1]);
-                let base = r * d;
-                for (k, c) in cr.enumerate() {
-                    acc[k] += dy[base + c] * (x[base + c] - mean) * rstd;
-                }
-            });
-        }
-        if self.b.trainable {
-            par::col_sum(&mut self.b.g, dy, rows, d, false);
-        }
+        let (g, b) = (&mut self.g, &mut self.b);
+        let dg = g.trainable.then_some(&mut g.g[..]);
+        let db = b.trainable.then_some(&mut b.g[..]);
+        ops::layernorm_backward(dx, dg, db, dy, x, &g.w, &self.stats, rows, self.d);
     }
 }
 
 impl Module for LayerNorm {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         f(&mut self.g);
         f(&mut self.b);
     }

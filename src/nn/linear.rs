@@ -1,8 +1,7 @@
 //! y = x Wᵀ + b, W of shape [out, in] as PyTorch's `nn.Linear`.
 
 use super::param::{Module, Param, ParamKind};
-use crate::engine::gemm::{sgemm, sgemm_long_k, Mat};
-use crate::engine::{ensure, par};
+use crate::engine::{ensure, ops};
 
 pub struct Linear {
     pub w: Param,
@@ -17,6 +16,12 @@ pub struct Linear {
 }
 
 impl Linear {
+    /// The output of the last forward (its first rows are this call's; read it through this,
+    /// not the field, so the buffer's storage can change).
+    pub fn output(&self) -> &[f32] {
+        &self.y
+    }
+
     pub fn new(name: &str, inp: usize, out: usize, bias: bool) -> Linear {
         Linear {
             w: Param::zeros(&format!("{name}.weight"), &[out, inp], ParamKind::Weight),
@@ -32,53 +37,29 @@ impl Linear {
         let (i, o) = (self.inp, self.out);
         assert_eq!(x.len(), rows * i, "linear {}: input shape", self.w.name);
         ensure(&mut self.y, rows * o);
-        let y = &mut self.y[..rows * o];
-        if let Some(b) = &self.b {
-            par::for_rows(y, o, |_, row| row.copy_from_slice(&b.w));
-        }
-        sgemm(rows, o, i, Mat::rows(x, i), Mat::trans(&self.w.w, i), y, o, 1.0, self.b.is_some(), true);
+        ops::matmul_forward(&mut self.y, x, &self.w.w, self.b.as_ref().map(|b| &b.w[..]), rows, i, o);
     }
 
     /// As [`Linear::forward`], for an input with a last column of ones (`[rows, inp + 1]`, as
-    /// a LayerNorm with `ones_column` writes it): y = [x 1] [W b]ᵀ, the bias taken inside the
-    /// product, so the output is written once instead of filled with the bias and then
-    /// accumulated into (about 15% of this layer's time at the ViT's shapes).
+    /// a LayerNorm with `ones_column` writes it): the bias taken inside the matrix product
+    /// ([`ops::matmul_forward_aug`]).
     pub fn forward_aug(&mut self, xa: &[f32], rows: usize) {
         let (i, o) = (self.inp, self.out);
-        let ia = i + 1;
-        assert_eq!(xa.len(), rows * ia, "linear {}: input shape (with ones column)", self.w.name);
+        assert_eq!(xa.len(), rows * (i + 1), "linear {}: input shape (with ones column)", self.w.name);
         let b = self.b.as_ref().expect("forward_aug needs a bias");
-        ensure(&mut self.wb, o * ia);
-        for (r, row) in self.wb.chunks_mut(ia).enumerate() {
-            row[..i].copy_from_slice(&self.w.w[r * i..(r + 1) * i]);
-            row[i] = b.w[r];
-        }
         ensure(&mut self.y, rows * o);
-        sgemm(rows, o, ia, Mat::rows(xa, ia), Mat::trans(&self.wb, ia), &mut self.y[..rows * o], o, 1.0, false, true);
+        ops::matmul_forward_aug(&mut self.y, &mut self.wb, xa, &self.w.w, &b.w, rows, i, o);
     }
 
     /// Backward of [`Linear::forward_aug`]: the bias gradient comes out of the weight-gradient
     /// product as its last column (Σ_rows dy · 1) instead of a separate column sum.
     pub fn backward_aug(&mut self, xa: &[f32], dy: &[f32], rows: usize, dx: Option<&mut [f32]>) {
         let (i, o) = (self.inp, self.out);
-        let ia = i + 1;
-        let dy = &dy[..rows * o];
-        if let Some(dx) = dx {
-            sgemm(rows, i, o, Mat::rows(dy, o), Mat::rows(&self.w.w, i), &mut dx[..rows * i], i, 1.0, false, true);
-        }
         let b = self.b.as_mut().expect("backward_aug needs a bias");
-        if self.w.trainable || b.trainable {
-            ensure(&mut self.wb, o * ia);
-            sgemm_long_k(o, ia, rows, Mat::trans(dy, o), Mat::rows(xa, ia), &mut self.wb, ia, 1.0);
-            for (r, row) in self.wb.chunks(ia).enumerate() {
-                if self.w.trainable {
-                    self.w.g[r * i..(r + 1) * i].copy_from_slice(&row[..i]);
-                }
-                if b.trainable {
-                    b.g[r] = row[i];
-                }
-            }
-        }
+        let w = &mut self.w;
+        let dw = w.trainable.then_some(&mut w.g[..]);
+        let db = b.trainable.then_some(&mut b.g[..]);
+        ops::matmul_backward_aug(dx, dw, db, &mut self.wb, dy, xa, &w.w, rows, i, o);
     }
 
     /// out = res + x Wᵀ + b, with row r of `res` at `res[r * res_stride..]`: the residual
@@ -86,16 +67,8 @@ impl Linear {
     pub fn forward_residual(&self, x: &[f32], rows: usize, res: &[f32], res_stride: usize, out: &mut [f32]) {
         let (i, o) = (self.inp, self.out);
         assert_eq!(x.len(), rows * i, "linear {}: input shape", self.w.name);
-        let out = &mut out[..rows * o];
         let b = self.b.as_ref().map(|b| &b.w[..]);
-        par::for_rows(out, o, |r, row| {
-            let rr = &res[r * res_stride..r * res_stride + o];
-            match b {
-                Some(b) => row.iter_mut().zip(rr).zip(b).for_each(|((y, &v), &bb)| *y = v + bb),
-                None => row.copy_from_slice(rr),
-            }
-        });
-        sgemm(rows, o, i, Mat::rows(x, i), Mat::trans(&self.w.w, i), out, o, 1.0, true, true);
+        ops::matmul_forward_residual(out, x, &self.w.w, b, res, res_stride, rows, i, o);
     }
 
     /// Exchange output buffers with another layer (for forward-only reuse of memory).
@@ -105,24 +78,15 @@ impl Linear {
 
     /// Gradients of W and b (when trainable) and, if `dx` is given, of the input.
     pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: Option<&mut [f32]>) {
-        let (i, o) = (self.inp, self.out);
-        let dy = &dy[..rows * o];
-        if let Some(dx) = dx {
-            sgemm(rows, i, o, Mat::rows(dy, o), Mat::rows(&self.w.w, i), &mut dx[..rows * i], i, 1.0, false, true);
-        }
-        if self.w.trainable {
-            sgemm_long_k(o, i, rows, Mat::trans(dy, o), Mat::rows(x, i), &mut self.w.g, i, 1.0);
-        }
-        if let Some(b) = &mut self.b {
-            if b.trainable {
-                par::col_sum(&mut b.g, dy, rows, o, false);
-            }
-        }
+        let w = &mut self.w;
+        let dw = w.trainable.then_some(&mut w.g[..]);
+        let db = self.b.as_mut().filter(|b| b.trainable).map(|b| &mut b.g[..]);
+        ops::matmul_backward(dx, dw, db, dy, x, &w.w, rows, self.inp, self.out);
     }
 }
 
 impl Module for Linear {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         f(&mut self.w);
         if let Some(b) = &mut self.b {
             f(b);

@@ -80,16 +80,14 @@ pub struct Buffer<'a> {
 /// Anything with parameters. The visiting order is fixed and is the order of the official
 /// `state_dict` (so optimiser state and the momentum encoder line up by position).
 pub trait Module {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param));
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param));
     fn visit_buffers(&mut self, _f: &mut dyn FnMut(Buffer)) {}
 
     /// Mutable references to every parameter, in visiting order.
     fn params_mut(&mut self) -> Vec<&mut Param> {
-        let mut v: Vec<*mut Param> = Vec::new();
-        self.visit(&mut |p| v.push(p as *mut Param));
-        // Sound: `visit` yields each parameter exactly once, so the references are disjoint, and
-        // they borrow `self` mutably for their whole life.
-        v.into_iter().map(|p| unsafe { &mut *p }).collect()
+        let mut v = Vec::new();
+        self.visit(&mut |p| v.push(p));
+        v
     }
 
     fn num_params(&mut self) -> usize {

@@ -4,7 +4,7 @@
 
 use super::linear::Linear;
 use super::param::{Module, Param};
-use crate::engine::{ensure, par};
+use crate::engine::ops;
 
 pub struct PatchEmbed {
     pub proj: Linear,
@@ -32,21 +32,9 @@ impl PatchEmbed {
 
     /// `x`: images `[batch, chans, img, img]`; output in `proj.y`, `[batch * patches, dim]`.
     pub fn forward(&mut self, x: &[f32], batch: usize) {
-        let (c, s, p, g) = (self.chans, self.img, self.patch, self.grid());
-        assert_eq!(x.len(), batch * c * s * s, "patch embedding: image shape");
-        let k = c * p * p;
-        let rows = batch * g * g;
-        ensure(&mut self.cols, rows * k);
-        par::for_rows(&mut self.cols[..rows * k], k, |r, row| {
-            let (b, pi) = (r / (g * g), r % (g * g));
-            let (gi, gj) = (pi / g, pi % g);
-            for ch in 0..c {
-                for ki in 0..p {
-                    let src = ((b * c + ch) * s + gi * p + ki) * s + gj * p;
-                    row[(ch * p + ki) * p..(ch * p + ki + 1) * p].copy_from_slice(&x[src..src + p]);
-                }
-            }
-        });
+        let (c, p) = (self.chans, self.patch);
+        ops::patchify(&mut self.cols, x, batch, c, self.img, p);
+        let (k, rows) = (c * p * p, batch * self.num_patches());
         self.proj.forward(&self.cols[..rows * k], rows);
     }
 
@@ -60,7 +48,7 @@ impl PatchEmbed {
 }
 
 impl Module for PatchEmbed {
-    fn visit(&mut self, f: &mut dyn FnMut(&mut Param)) {
+    fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         self.proj.visit(f);
     }
 }

@@ -1,8 +1,7 @@
-//! Pooling on NHWC activations: max pooling (PyTorch's `MaxPool2d`, padding never wins) and the
-//! global average pool that ends a ResNet.
+//! Max pooling on NHWC activations (PyTorch's `MaxPool2d`, padding never wins); the global
+//! average pool that ends a ResNet is [`ops::global_avg_forward`].
 
-use crate::engine::ensure;
-use rayon::prelude::*;
+use crate::engine::{ensure, ops};
 
 pub struct MaxPool2d {
     pub k: usize,
@@ -15,6 +14,12 @@ pub struct MaxPool2d {
 }
 
 impl MaxPool2d {
+    /// The output of the last forward (its first rows are this call's; read it through this,
+    /// not the field, so the buffer's storage can change).
+    pub fn output(&self) -> &[f32] {
+        &self.y
+    }
+
     pub fn new(k: usize, stride: usize, pad: usize) -> MaxPool2d {
         MaxPool2d { k, stride, pad, y: Vec::new(), argmax: Vec::new(), dims: (0, 0, 0, 0) }
     }
@@ -31,77 +36,19 @@ impl MaxPool2d {
         if self.argmax.len() < images * per {
             self.argmax.resize(images * per, 0);
         }
-        let (k, s, p) = (self.k, self.stride, self.pad);
-        self.y[..images * per]
-            .par_chunks_mut(per)
-            .zip(self.argmax[..images * per].par_chunks_mut(per))
-            .enumerate()
-            .for_each(|(n, (y, am))| {
-                for oy in 0..oh {
-                    for ox in 0..ow {
-                        for ch in 0..c {
-                            let (mut best, mut at) = (f32::NEG_INFINITY, 0u32);
-                            for ki in 0..k {
-                                for kj in 0..k {
-                                    let (iy, ix) =
-                                        ((oy * s + ki) as isize - p as isize, (ox * s + kj) as isize - p as isize);
-                                    if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                                        let i = ((n * h + iy as usize) * w + ix as usize) * c + ch;
-                                        if x[i] > best {
-                                            best = x[i];
-                                            at = i as u32;
-                                        }
-                                    }
-                                }
-                            }
-                            y[(oy * ow + ox) * c + ch] = best;
-                            am[(oy * ow + ox) * c + ch] = at;
-                        }
-                    }
-                }
-            });
+        ops::maxpool_forward(&mut self.y, &mut self.argmax, x, self.dims, self.k, self.stride, self.pad);
     }
 
     /// dx gets each output's gradient at the position of its maximum.
     pub fn backward(&self, dy: &[f32], dx: &mut [f32]) {
-        let (images, h, w, c) = self.dims;
+        let (_, h, w, c) = self.dims;
         let (oh, ow) = self.out_size(h, w);
-        let per = oh * ow * c;
-        let am = &self.argmax;
-        dx[..images * h * w * c].par_chunks_mut(h * w * c).enumerate().for_each(|(n, img)| {
-            img.fill(0.0);
-            for j in n * per..(n + 1) * per {
-                img[am[j] as usize - n * h * w * c] += dy[j];
-            }
-        });
+        ops::maxpool_backward(dx, dy, &self.argmax, self.dims, oh * ow * c);
     }
 }
 
-/// Mean over the spatial positions: `[images, h, w, c]` → `[images, c]`.
-pub fn global_avg_forward(x: &[f32], images: usize, hw: usize, c: usize, y: &mut [f32]) {
-    y[..images * c].par_chunks_mut(c).enumerate().for_each(|(n, out)| {
-        out.fill(0.0);
-        for pix in x[n * hw * c..(n + 1) * hw * c].chunks(c) {
-            for (o, v) in out.iter_mut().zip(pix) {
-                *o += v;
-            }
-        }
-        out.iter_mut().for_each(|o| *o /= hw as f32);
-    });
-}
-
-pub fn global_avg_backward(dy: &[f32], images: usize, hw: usize, c: usize, dx: &mut [f32]) {
-    dx[..images * hw * c].par_chunks_mut(hw * c).enumerate().for_each(|(n, img)| {
-        for pix in img.chunks_mut(c) {
-            for (d, g) in pix.iter_mut().zip(&dy[n * c..(n + 1) * c]) {
-                *d = g / hw as f32;
-            }
-        }
-    });
-}
-
 impl crate::nn::Module for MaxPool2d {
-    fn visit(&mut self, _f: &mut dyn FnMut(&mut crate::nn::Param)) {}
+    fn visit<'a>(&'a mut self, _f: &mut dyn FnMut(&'a mut crate::nn::Param)) {}
 }
 
 #[cfg(test)]
@@ -140,10 +87,10 @@ mod tests {
         let (n, hw, c) = (2, 4, 3);
         let x: Vec<f32> = (0..n * hw * c).map(|i| i as f32).collect();
         let mut y = vec![0.0; n * c];
-        global_avg_forward(&x, n, hw, c, &mut y);
+        ops::global_avg_forward(&mut y, &x, n, hw, c);
         assert_eq!(y, vec![4.5, 5.5, 6.5, 16.5, 17.5, 18.5]);
         let mut dx = vec![0.0; n * hw * c];
-        global_avg_backward(&[4.0, 8.0, 0.0, 1.0, 1.0, 1.0], n, hw, c, &mut dx);
+        ops::global_avg_backward(&mut dx, &[4.0, 8.0, 0.0, 1.0, 1.0, 1.0], n, hw, c);
         assert_eq!(&dx[..3], &[1.0, 2.0, 0.0]);
         assert_eq!(&dx[21..], &[0.25, 0.25, 0.25]);
     }

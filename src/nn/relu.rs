@@ -1,6 +1,6 @@
 //! ReLU.
 
-use crate::engine::{ensure, par};
+use crate::engine::{ensure, ops};
 
 #[derive(Default)]
 pub struct Relu {
@@ -8,30 +8,25 @@ pub struct Relu {
 }
 
 impl Relu {
+    /// The output of the last forward (its first rows are this call's; read it through this,
+    /// not the field, so the buffer's storage can change).
+    pub fn output(&self) -> &[f32] {
+        &self.y
+    }
+
     pub fn forward(&mut self, x: &[f32]) {
         ensure(&mut self.y, x.len());
-        par::map2(&mut self.y[..x.len()], x, |o, i| {
-            for (o, &v) in o.iter_mut().zip(i) {
-                *o = v.max(0.0);
-            }
-        });
+        ops::relu_forward(&mut self.y, x);
     }
 
     /// dx = dy where the output was positive; `d` holds dy on entry, dx on return.
     pub fn backward_inplace(&self, d: &mut [f32]) {
-        let n = d.len();
-        par::map2(d, &self.y[..n], |o, y| {
-            for (o, &v) in o.iter_mut().zip(y) {
-                if v <= 0.0 {
-                    *o = 0.0;
-                }
-            }
-        });
+        ops::relu_backward_inplace(d, &self.y);
     }
 }
 
 impl crate::nn::Module for Relu {
-    fn visit(&mut self, _f: &mut dyn FnMut(&mut crate::nn::Param)) {}
+    fn visit<'a>(&'a mut self, _f: &mut dyn FnMut(&'a mut crate::nn::Param)) {}
 }
 
 #[cfg(test)]

@@ -3,8 +3,8 @@
 //! official code, weight decay applies to every trainable parameter; `exclude_norm_bias` is an
 //! option (biases, norm weights, cls token and position embedding undecayed).
 
+use crate::engine::ops::{self, AdamWStep};
 use crate::nn::{Param, ParamKind};
-use rayon::prelude::*;
 
 #[derive(Clone, Debug)]
 pub struct AdamW {
@@ -59,20 +59,7 @@ impl AdamW {
                 1.0
             };
             let Param { w, g, .. } = &mut **p;
-            const CH: usize = 8192;
-            w.par_chunks_mut(CH).zip(g.par_chunks(CH)).zip(m.par_chunks_mut(CH)).zip(v.par_chunks_mut(CH)).for_each(
-                |(((w, g), m), v)| {
-                    for i in 0..w.len() {
-                        let gi = g[i];
-                        w[i] *= decay;
-                        // lerp(m, g, 1-β1) with PyTorch's formula for weights below 0.5
-                        m[i] += w1 * (gi - m[i]);
-                        v[i] = v[i] * b2 + w2 * gi * gi;
-                        let denom = v[i].sqrt() / bc2s + eps;
-                        w[i] += -step_size * (m[i] / denom);
-                    }
-                },
-            );
+            ops::adamw_update(w, g, m, v, AdamWStep { step_size, w1, b2, w2, eps, bc2_sqrt: bc2s, decay });
             let _ = b1;
         }
     }

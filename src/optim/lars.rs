@@ -3,6 +3,7 @@
 //! is 0); parameters with one dimension or fewer (biases, norm weights) get neither weight decay
 //! nor the ratio. Then heavy-ball momentum without Nesterov: `μ = momentum·μ + dp; p −= lr·μ`.
 
+use crate::engine::ops;
 use crate::nn::Param;
 
 #[derive(Clone, Debug)]
@@ -30,23 +31,10 @@ impl Lars {
         for (p, mu) in params.iter_mut().zip(self.mu.iter_mut()) {
             let matrix = p.shape.len() > 1;
             let wd = if matrix { self.weight_decay as f32 } else { 0.0 };
-            let q = if matrix {
-                let pn = p.w.iter().map(|&v| (v as f64) * (v as f64)).sum::<f64>().sqrt();
-                let un = p.g.iter().zip(&p.w).map(|(&g, &w)| ((g + wd * w) as f64).powi(2)).sum::<f64>().sqrt();
-                if pn > 0.0 && un > 0.0 {
-                    (self.trust_coefficient * pn / un) as f32
-                } else {
-                    1.0
-                }
-            } else {
-                1.0
-            };
+            let q = if matrix { ops::lars_trust_ratio(&p.w, &p.g, wd, self.trust_coefficient) } else { 1.0 };
             let (m, lr) = (self.momentum as f32, lr as f32);
             let Param { w, g, .. } = &mut **p;
-            for ((w, u), &g) in w.iter_mut().zip(mu.iter_mut()).zip(g.iter()) {
-                *u = m * *u + (g + wd * *w) * q;
-                *w -= lr * *u;
-            }
+            ops::lars_update(w, g, mu, lr, m, wd, q);
         }
     }
 }
