@@ -17,7 +17,6 @@
 //! 3-layer projector `head` and a 2-layer predictor, both ending in a BatchNorm without affine;
 //! for the ResNet a 2-layer projector `fc` (with the last BN) and a 2-layer predictor without it.
 
-use crate::engine::gemm::{sgemm, Mat};
 use crate::engine::rng::Rng;
 use crate::engine::{comm, ensure, ops};
 use crate::models::backbone::{Backbone, BackboneConfig};
@@ -239,14 +238,14 @@ impl Contrastive {
         ops::l2norm_forward(qn, nq, q, n, d);
         ops::l2norm_forward(kn, nkn, &self.k_all[..nk * d], nk, d);
         let logits = &mut self.logits[..n * nk];
-        sgemm(n, nk, d, Mat::rows(qn, d), Mat::trans(kn, d), logits, nk, 1.0 / t, false, true);
+        ops::matmul_nt(logits, qn, kn, n, nk, d, 1.0 / t);
         // CE with labels i + n·rank, mean over rows; the logits become d(2τ·CE)/d(logits).
         self.labels.clear();
         self.labels.extend((0..n).map(|i| (i + n * world.rank()) as u32));
         let total = ops::crossentropy_softmax_inplace(logits, &self.labels, n, nk, 2.0 * t / n as f32);
         // d qn = dlogits · kn / τ; then through the normalisation.
         let dqn = &mut self.dqn[..n * d];
-        sgemm(n, d, nk, Mat::rows(logits, nk), Mat::rows(kn, d), dqn, d, 1.0 / t, false, true);
+        ops::matmul_nn(dqn, logits, kn, n, d, nk, 1.0 / t);
         ops::l2norm_backward(dq, dqn, qn, nq, n, d);
         (2.0 * t as f64 * total / n as f64) as f32
     }

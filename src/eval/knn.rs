@@ -2,7 +2,6 @@
 //! protocol): the k most similar bank entries vote for their class with weight exp(sim / T).
 
 use super::features::Standardizer;
-use crate::engine::gemm::{sgemm, Mat};
 use crate::engine::{ops, par};
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -54,7 +53,7 @@ pub fn classify(
     for c0 in (0..nq).step_by(CHUNK) {
         let rows = CHUNK.min(nq - c0);
         let s = &mut sims[..rows * nb];
-        sgemm(rows, nb, d, Mat::rows(&query[c0 * d..(c0 + rows) * d], d), Mat::trans(bank, d), s, nb, 1.0, false, true);
+        ops::matmul_nt(s, &query[c0 * d..(c0 + rows) * d], bank, rows, nb, d, 1.0);
         let chunk_hits: Vec<Vec<(bool, bool)>> = par::map_rows(s, nb, |r, row| {
             // Indices of the kmax largest similarities, best first (ties: lower index).
             let mut idx: Vec<usize> = (0..nb).collect();

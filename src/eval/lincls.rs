@@ -11,7 +11,6 @@
 use super::features::{self, Standardizer, VitFeature};
 use crate::data::augment::Augment;
 use crate::data::ImageSet;
-use crate::engine::gemm::{sgemm, Mat};
 use crate::engine::rng::Rng;
 use crate::engine::{ops, par};
 use crate::models::backbone::Backbone;
@@ -105,22 +104,7 @@ impl LinearHead {
     }
 
     pub fn logits(&self, x: &[f32], rows: usize, out: &mut [f32]) {
-        let c = self.classes;
-        for r in 0..rows {
-            out[r * c..(r + 1) * c].copy_from_slice(&self.b);
-        }
-        sgemm(
-            rows,
-            c,
-            self.d,
-            Mat::rows(x, self.d),
-            Mat::trans(&self.w, self.d),
-            &mut out[..rows * c],
-            c,
-            1.0,
-            true,
-            true,
-        );
+        ops::matmul_forward(out, &x[..rows * self.d], &self.w, Some(&self.b), rows, self.d, self.classes);
     }
 
     /// One SGD step on mean cross-entropy; returns the loss.
@@ -131,7 +115,7 @@ impl LinearHead {
         // Gradient of the mean: scaled by 1/rows (a multiply; the code before the ops layer
         // divided, which differs in the last bit when rows is not a power of two).
         let loss = ops::crossentropy_softmax_inplace(scratch, labels, rows, c, 1.0 / rows as f32);
-        sgemm(c, d, rows, Mat::trans(scratch, c), Mat::rows(x, d), &mut self.gw, d, 1.0, false, true);
+        ops::matmul_tn(&mut self.gw, scratch, x, c, d, rows, 1.0);
         par::col_sum(&mut self.gb, scratch, rows, c, false);
         for (p, (g, m)) in self
             .w

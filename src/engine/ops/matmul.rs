@@ -141,3 +141,20 @@ pub fn matmul_backward(
         par::col_sum(db, dy, rows, oc, false);
     }
 }
+
+/// out `[m, n]` = alpha · a `[m, k]` · bᵀ (b `[n, k]`), written (similarities of normalised rows:
+/// the contrastive logits, the kNN scores).
+pub fn matmul_nt(out: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, alpha: f32) {
+    sgemm(m, n, k, Mat::rows(&a[..m * k], k), Mat::trans(&b[..n * k], k), &mut out[..m * n], n, alpha, false, true);
+}
+
+/// out `[m, n]` = alpha · a `[m, k]` · b `[k, n]`, written.
+pub fn matmul_nn(out: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, alpha: f32) {
+    sgemm(m, n, k, Mat::rows(&a[..m * k], k), Mat::rows(&b[..k * n], n), &mut out[..m * n], n, alpha, false, true);
+}
+
+/// out `[m, n]` = alpha · aᵀ · b with a `[k, m]` and b `[k, n]`, written (a weight gradient with
+/// a short reduction; [`matmul_backward`] splits long ones).
+pub fn matmul_tn(out: &mut [f32], a: &[f32], b: &[f32], m: usize, n: usize, k: usize, alpha: f32) {
+    sgemm(m, n, k, Mat::trans(&a[..k * m], m), Mat::rows(&b[..k * n], n), &mut out[..m * n], n, alpha, false, true);
+}
