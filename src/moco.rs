@@ -18,6 +18,7 @@
 //! for the ResNet a 2-layer projector `fc` (with the last BN) and a 2-layer predictor without it.
 
 use crate::engine::rng::Rng;
+use crate::engine::tensor::Tensor;
 use crate::engine::{comm, ensure, ops};
 use crate::models::backbone::{Backbone, BackboneConfig};
 use crate::models::heads::Mlp;
@@ -51,7 +52,7 @@ impl MocoConfig {
 pub struct Encoder {
     pub backbone: Backbone,
     pub head: Mlp,
-    dfeat: Vec<f32>,
+    dfeat: Tensor,
 }
 
 impl Encoder {
@@ -59,7 +60,7 @@ impl Encoder {
         let backbone = Backbone::new(&cfg.backbone, rng);
         let name = cfg.backbone.head_name();
         let head = Mlp::new(name, cfg.heads().0, cfg.backbone.dim(), cfg.mlp_dim, cfg.out_dim, true, rng);
-        Encoder { backbone, head, dfeat: Vec::new() }
+        Encoder { backbone, head, dfeat: Tensor::new() }
     }
 
     fn forward(&mut self, x: &[f32], images: usize, groups: usize) -> &[f32] {
@@ -95,10 +96,10 @@ pub struct MoCo {
     pub base: Encoder,
     pub momentum: Encoder,
     pub predictor: Mlp,
-    q: Vec<f32>,
-    k: Vec<f32>,
-    dq: Vec<f32>,
-    dz: Vec<f32>,
+    q: Tensor,
+    k: Tensor,
+    dq: Tensor,
+    dz: Tensor,
     ctr: Contrastive,
 }
 
@@ -119,10 +120,10 @@ impl MoCo {
             base,
             momentum,
             predictor,
-            q: Vec::new(),
-            k: Vec::new(),
-            dq: Vec::new(),
-            dz: Vec::new(),
+            q: Tensor::new(),
+            k: Tensor::new(),
+            dq: Tensor::new(),
+            dz: Tensor::new(),
             ctr: Contrastive::default(),
         }
     }
@@ -174,8 +175,14 @@ impl MoCo {
             [("base_encoder.", &mut self.base), ("momentum_encoder.", &mut self.momentum), ("", &mut self.predictor)];
         for (prefix, m) in parts {
             // The predictor's names already start with `predictor.`.
-            m.visit(&mut |p| f(format!("{prefix}{}", p.name), &p.shape, &mut p.w));
-            m.visit_buffers(&mut |b| f(format!("{prefix}{}", b.name), &b.shape, b.data));
+            // Checkpoints read and write host vectors: each tensor is lent as one (a move).
+            let mut host = |name: String, shape: &[usize], t: &mut Tensor| {
+                let mut v = std::mem::take(t).into_vec();
+                f(name, shape, &mut v);
+                t.assign(v);
+            };
+            m.visit(&mut |p| host(format!("{prefix}{}", p.name), &p.shape, &mut p.w));
+            m.visit_buffers(&mut |b| host(format!("{prefix}{}", b.name), &b.shape, b.data));
         }
     }
 
@@ -213,13 +220,13 @@ impl MoCo {
 /// as the official `concat_all_gather`.
 #[derive(Default)]
 struct Contrastive {
-    qn: Vec<f32>,
-    kn: Vec<f32>,
-    k_all: Vec<f32>,
-    norms: Vec<f32>,
-    logits: Vec<f32>,
+    qn: Tensor,
+    kn: Tensor,
+    k_all: Tensor,
+    norms: Tensor,
+    logits: Tensor,
     labels: Vec<u32>,
-    dqn: Vec<f32>,
+    dqn: Tensor,
 }
 
 impl Contrastive {

@@ -10,15 +10,14 @@ pub mod gemm;
 pub mod ops;
 pub mod par;
 pub mod rng;
+pub mod tensor;
 pub mod vec;
 
 /// Grow `v` to `n` elements (zero-filled) if it is smaller; never shrinks, so after the first
 /// step of a given batch size no layer allocates again.
 #[inline]
-pub fn ensure(v: &mut Vec<f32>, n: usize) {
-    if v.len() < n {
-        v.resize(n, 0.0);
-    }
+pub fn ensure(v: &mut impl tensor::Grow, n: usize) {
+    v.grow_to(n);
 }
 
 /// Keep large freed blocks in the heap instead of returning them to the kernel: the GEMM kernels

@@ -5,6 +5,7 @@
 
 use super::pickle::Value;
 use super::torchfile::TorchFile;
+use crate::engine::tensor::Tensor;
 use crate::moco::MoCo;
 use crate::nn::Module;
 use crate::optim::{AdamW, Optimizer};
@@ -234,7 +235,7 @@ pub fn to_official_with(model: &mut MoCo, epoch: i64, arch: &str, opt: Option<(&
         let t = if key.ends_with("num_batches_tracked") {
             Obj::Long(shape.to_vec(), data.iter().map(|&v| v as i64).collect())
         } else {
-            Obj::Float(shape.to_vec(), data.clone())
+            Obj::Float(shape.to_vec(), data.to_vec())
         };
         sd.push((format!("module.{key}"), t));
     });
@@ -256,8 +257,8 @@ pub fn to_official_with(model: &mut MoCo, epoch: i64, arch: &str, opt: Option<(&
                     i as i64,
                     Obj::Dict(vec![
                         ("step".into(), Obj::Float(vec![], vec![opt.step as f32])),
-                        ("exp_avg".into(), Obj::Float(shapes[k].clone(), opt.exp_avg[k].clone())),
-                        ("exp_avg_sq".into(), Obj::Float(shapes[k].clone(), opt.exp_avg_sq[k].clone())),
+                        ("exp_avg".into(), Obj::Float(shapes[k].clone(), opt.exp_avg[k].to_vec())),
+                        ("exp_avg_sq".into(), Obj::Float(shapes[k].clone(), opt.exp_avg_sq[k].to_vec())),
                     ]),
                 ));
                 k += 1;
@@ -292,7 +293,7 @@ pub fn to_deit(model: &mut MoCo) -> super::writer::Obj {
     model.visit_tensors(&mut |key, shape, data| {
         if let Some(k) = key.strip_prefix("base_encoder.") {
             if !k.starts_with("head.") {
-                sd.push((k.to_string(), Obj::Float(shape.to_vec(), data.clone())));
+                sd.push((k.to_string(), Obj::Float(shape.to_vec(), data.to_vec())));
             }
         }
     });
@@ -329,14 +330,14 @@ pub fn load_backbone(path: &Path, net: &mut crate::models::backbone::Backbone) -
         by_name.insert(k.to_string(), v);
     }
     let mut err = None;
-    let mut take = |name: &str, shape: &[usize], data: &mut Vec<f32>| {
+    let mut take = |name: &str, shape: &[usize], data: &mut Tensor| {
         if err.is_some() {
             return;
         }
         match by_name.get(name) {
             None => err = Some(anyhow::anyhow!("{p}: backbone key {name} is missing")),
             Some(t) => match f.tensor_f32(t) {
-                Ok((s, v)) if s == shape => *data = v,
+                Ok((s, v)) if s == shape => data.assign(v),
                 Ok((s, _)) => err = Some(anyhow::anyhow!("{p}: {name} has shape {s:?}, the model expects {shape:?}")),
                 Err(e) => err = Some(e),
             },

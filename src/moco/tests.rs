@@ -78,7 +78,7 @@ fn check_whole_loss(pos: PosEmbedKind, stop_grad: bool) {
     model.forward_backward(&x, n, 1.0);
     let mut grads: Vec<(String, Vec<f32>)> = Vec::new();
     for p in model.trainable_params() {
-        grads.push((p.name.clone(), p.g.clone()));
+        grads.push((p.name.clone(), p.g.to_vec()));
     }
     // ReLU kinks in the heads make the loss piecewise smooth: a probe whose ±ε straddles a kink
     // is compared with its two one-sided differences too (a wrong gradient matches none).
@@ -114,16 +114,16 @@ fn momentum_update_is_ema_of_parameters_only() {
     for p in model.base.params_mut() {
         p.w.iter_mut().for_each(|v| *v += 1.0);
     }
-    let before: Vec<Vec<f32>> = model.momentum.params_mut().iter().map(|p| p.w.clone()).collect();
-    let base: Vec<Vec<f32>> = model.base.params_mut().iter().map(|p| p.w.clone()).collect();
-    let pred: Vec<Vec<f32>> = model.predictor.params_mut().iter().map(|p| p.w.clone()).collect();
+    let before: Vec<Vec<f32>> = model.momentum.params_mut().iter().map(|p| p.w.to_vec()).collect();
+    let base: Vec<Vec<f32>> = model.base.params_mut().iter().map(|p| p.w.to_vec()).collect();
+    let pred: Vec<Vec<f32>> = model.predictor.params_mut().iter().map(|p| p.w.to_vec()).collect();
     model.momentum_update(0.75);
     for ((p, b), q) in model.momentum.params_mut().iter().zip(&before).zip(&base) {
         for ((&v, &b), &q) in p.w.iter().zip(b).zip(q) {
             assert!((v - (0.75 * b + 0.25 * q)).abs() < 1e-6);
         }
     }
-    let after: Vec<Vec<f32>> = model.predictor.params_mut().iter().map(|p| p.w.clone()).collect();
+    let after: Vec<Vec<f32>> = model.predictor.params_mut().iter().map(|p| p.w.to_vec()).collect();
     assert_eq!(pred, after, "the predictor is not averaged");
 }
 
@@ -206,7 +206,7 @@ fn resnet_whole_loss_finite_differences() {
         .map(|(i, _)| i)
         .collect();
     assert_eq!(idx.len(), names.len());
-    let grads: Vec<Vec<f32>> = idx.iter().map(|&i| model.trainable_params()[i].g.clone()).collect();
+    let grads: Vec<Vec<f32>> = idx.iter().map(|&i| model.trainable_params()[i].g.to_vec()).collect();
     let l0 = model.forward_backward(&x, n, 1.0) as f64;
     let eps = 2e-3f32;
     for (&pi, g) in idx.iter().zip(&grads) {

@@ -6,6 +6,7 @@
 //! The ViT uses it for its last block, whose other outputs are never read, so it computes the
 //! same feature with about a twelfth less work in a 12-block model.
 
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, ops};
 use crate::nn::{Attention, Gelu, LayerNorm, Linear, Module, Param};
 
@@ -19,19 +20,19 @@ pub struct Block {
     pub act: Gelu,
     pub fc2: Linear,
     /// x + attention branch.
-    pub res1: Vec<f32>,
+    pub res1: Tensor,
     /// res1 + MLP branch: the block's output (`[batch, dim]` after a `cls_only` forward).
-    pub out: Vec<f32>,
+    pub out: Tensor,
 }
 
 /// Gradient buffers shared by all blocks (used one block at a time).
 #[derive(Default)]
 pub struct Scratch {
-    pub d1: Vec<f32>,
-    pub d2: Vec<f32>,
-    pub hidden: Vec<f32>,
-    pub qkv: Vec<f32>,
-    pub attn: Vec<f32>,
+    pub d1: Tensor,
+    pub d2: Tensor,
+    pub hidden: Tensor,
+    pub qkv: Tensor,
+    pub attn: Tensor,
 }
 
 impl Block {
@@ -59,8 +60,8 @@ impl Block {
             fc1: Linear::new(&n("mlp.fc1"), dim, mlp_ratio * dim, true),
             act: Gelu::default(),
             fc2: Linear::new(&n("mlp.fc2"), mlp_ratio * dim, dim, true),
-            res1: Vec::new(),
-            out: Vec::new(),
+            res1: Tensor::new(),
+            out: Tensor::new(),
         }
     }
 

@@ -12,6 +12,7 @@
 //! the official xavier re-init touches only `PatchEmbed`.
 
 use crate::engine::rng::Rng;
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, ops};
 use crate::nn::conv::{Conv2d, ConvScratch};
 use crate::nn::convbn::ConvBn;
@@ -34,10 +35,10 @@ pub struct ConvStem {
     pub proj: Conv2d,
     chans: usize,
     img: usize,
-    x_nhwc: Vec<f32>,
+    x_nhwc: Tensor,
     sc: ConvScratch,
-    tmp: Vec<f32>,
-    dbuf: [Vec<f32>; 2],
+    tmp: Tensor,
+    dbuf: [Tensor; 2],
     /// Output side after each stage.
     sides: Vec<usize>,
     batch: usize,
@@ -65,9 +66,9 @@ impl ConvStem {
             proj,
             chans,
             img,
-            x_nhwc: Vec::new(),
+            x_nhwc: Tensor::new(),
             sc: ConvScratch::default(),
-            tmp: Vec::new(),
+            tmp: Tensor::new(),
             dbuf: Default::default(),
             sides: Vec::new(),
             batch: 0,
@@ -252,7 +253,7 @@ mod tests {
             n * 4 * 8,
             |m, x| {
                 m.forward(x, n, 2);
-                m.proj.proj.y.clone()
+                m.proj.proj.y.to_vec()
             },
             |m, _, dy, _| m.backward(dy),
             Probe { eps: 1e-3, tol: 2e-2, check_input: false, max_per_param: 24, kinks: true, ..Probe::default() },

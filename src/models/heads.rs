@@ -7,6 +7,7 @@
 
 use crate::engine::ensure;
 use crate::engine::rng::Rng;
+use crate::engine::tensor::Tensor;
 use crate::nn::{BatchNorm1d, Buffer, Linear, Module, Param, Relu};
 
 pub struct MlpLayer {
@@ -30,8 +31,8 @@ impl MlpLayer {
 pub struct Mlp {
     pub layers: Vec<MlpLayer>,
     pub out_dim: usize,
-    d1: Vec<f32>,
-    d2: Vec<f32>,
+    d1: Tensor,
+    d2: Tensor,
 }
 
 impl Mlp {
@@ -63,7 +64,7 @@ impl Mlp {
             };
             layers.push(MlpLayer { linear, bn, relu });
         }
-        Mlp { layers, out_dim: out, d1: Vec::new(), d2: Vec::new() }
+        Mlp { layers, out_dim: out, d1: Tensor::new(), d2: Tensor::new() }
     }
 
     /// `x`: `[rows, in]`, the rows made of `groups` separately-normalised groups.

@@ -4,6 +4,7 @@
 //! so the two views of MoCo are normalised separately as in the official two passes.
 
 use crate::engine::rng::Rng;
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, ops};
 use crate::nn::conv::{Conv2d, ConvScratch};
 use crate::nn::convbn::ConvBn;
@@ -32,7 +33,7 @@ struct Block {
     stages: Vec<ConvBn>,
     down: Option<ConvBn>,
     /// relu(main + identity): the block's output (the ReLU in place).
-    sum: Vec<f32>,
+    sum: Tensor,
     dims: (usize, usize, usize, usize, usize),
 }
 
@@ -60,7 +61,7 @@ impl Block {
         };
         let down = (stride != 1 || cin != cout)
             .then(|| stage(&n("downsample.0"), &n("downsample.1"), cin, cout, 1, stride, false, rng));
-        Block { stages, down, sum: Vec::new(), dims: (0, 0, 0, 0, 0) }
+        Block { stages, down, sum: Tensor::new(), dims: (0, 0, 0, 0, 0) }
     }
 
     fn cout(&self) -> usize {
@@ -101,7 +102,7 @@ impl Block {
     }
 
     /// `x`: the block's input in the forward.
-    fn backward(&mut self, x: &[f32], dout: &[f32], dx: &mut [f32], s: &mut [Vec<f32>; 3], sc: &mut ConvScratch) {
+    fn backward(&mut self, x: &[f32], dout: &[f32], dx: &mut [f32], s: &mut [Tensor; 3], sc: &mut ConvScratch) {
         let (n, h, w, oh, ow) = self.dims;
         let len = n * oh * ow * self.cout();
         let xin = n * h * w * self.stages[0].conv.cin;
@@ -173,11 +174,11 @@ pub struct ResNet {
     pool: Option<MaxPool2d>,
     blocks: Vec<Block>,
     /// Pooled features `[images, channels]`.
-    pub feat: Vec<f32>,
+    pub feat: Tensor,
     pub dim: usize,
-    x_nhwc: Vec<f32>,
-    scratch: [Vec<f32>; 3],
-    dbuf: [Vec<f32>; 2],
+    x_nhwc: Tensor,
+    scratch: [Tensor; 3],
+    dbuf: [Tensor; 2],
     conv_scratch: ConvScratch,
     dims: Vec<(usize, usize)>,
     /// Input height and width of the last forward.
@@ -220,13 +221,13 @@ impl ResNet {
             stem,
             pool: (!cifar).then(|| MaxPool2d::new(3, 2, 1)),
             blocks,
-            feat: Vec::new(),
+            feat: Tensor::new(),
             dim: cin,
-            x_nhwc: Vec::new(),
+            x_nhwc: Tensor::new(),
             scratch: Default::default(),
             dbuf: Default::default(),
             conv_scratch: ConvScratch::default(),
-            dims: Vec::new(),
+            dims: Default::default(),
             dims_in: (0, 0),
             in_chans,
         }

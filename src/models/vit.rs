@@ -7,6 +7,7 @@
 use super::block::{Block, Scratch};
 use super::convstem::{stem_grid, stem_stages, ConvStem, Embed};
 use crate::engine::rng::Rng;
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, ops};
 use crate::nn::posembed::{sincos_2d, PosEmbedKind};
 use crate::nn::{Buffer, LayerNorm, Module, Param, ParamKind, PatchEmbed};
@@ -149,8 +150,8 @@ pub struct Vit {
     /// Keep every block's activations for a backward pass. When false (the momentum encoder),
     /// blocks pass two sets of buffers along, so memory does not grow with depth.
     pub keep_activations: bool,
-    tokens: Vec<f32>,
-    dtok: [Vec<f32>; 2],
+    tokens: Tensor,
+    dtok: [Tensor; 2],
     scratch: Scratch,
 }
 
@@ -162,7 +163,7 @@ impl Vit {
         let pos_embed = match cfg.pos {
             PosEmbedKind::Sincos => {
                 let mut p = Param::zeros("pos_embed", &[1, t, d], ParamKind::Token);
-                p.w = sincos_2d(cfg.img / cfg.patch, d, 10000.0);
+                p.w = sincos_2d(cfg.img / cfg.patch, d, 10000.0).into();
                 p.trainable = false;
                 Some(p)
             }
@@ -206,8 +207,8 @@ impl Vit {
             blocks,
             norm: LayerNorm::new("norm", d, 1e-6),
             keep_activations: true,
-            tokens: Vec::new(),
-            dtok: [Vec::new(), Vec::new()],
+            tokens: Tensor::new(),
+            dtok: [Tensor::new(), Tensor::new()],
             scratch: Scratch::default(),
         }
     }

@@ -3,6 +3,7 @@
 //! (qkv, proj) live in the transformer block; the kernels are [`ops::attention_forward`] and its
 //! kin.
 
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, ops};
 
 pub struct Attention {
@@ -10,9 +11,9 @@ pub struct Attention {
     pub heads: usize,
     pub scale: f32,
     /// Softmax probabilities, `[batch, heads, tokens, tokens]`.
-    pub p: Vec<f32>,
+    pub p: Tensor,
     /// Output, `[batch * tokens, dim]` (heads side by side).
-    pub o: Vec<f32>,
+    pub o: Tensor,
 }
 
 impl Attention {
@@ -24,7 +25,7 @@ impl Attention {
 
     pub fn new(dim: usize, heads: usize) -> Attention {
         assert!(dim.is_multiple_of(heads), "dim {dim} not divisible by heads {heads}");
-        Attention { dim, heads, scale: ops::attention_scale(dim, heads), p: Vec::new(), o: Vec::new() }
+        Attention { dim, heads, scale: ops::attention_scale(dim, heads), p: Tensor::new(), o: Tensor::new() }
     }
 
     pub fn forward(&mut self, qkv: &[f32], batch: usize, t: usize) {
@@ -51,7 +52,7 @@ impl Attention {
         qkv: &[f32],
         do_: &[f32],
         dqkv: &mut [f32],
-        scratch: &mut Vec<f32>,
+        scratch: &mut Tensor,
         batch: usize,
         t: usize,
     ) {
@@ -66,7 +67,7 @@ impl Attention {
     /// `do_` is the gradient of `o`; writes the gradient of `qkv` into `dqkv`. `scratch` is
     /// workspace (grown to `batch·heads·tokens²` floats), shared by all blocks.
     #[allow(clippy::too_many_arguments)]
-    pub fn backward(&self, qkv: &[f32], do_: &[f32], dqkv: &mut [f32], scratch: &mut Vec<f32>, batch: usize, t: usize) {
+    pub fn backward(&self, qkv: &[f32], do_: &[f32], dqkv: &mut [f32], scratch: &mut Tensor, batch: usize, t: usize) {
         ops::attention_backward(dqkv, scratch, do_, qkv, &self.p, batch, t, self.dim, self.heads);
     }
 }
@@ -92,7 +93,7 @@ mod tests {
                 a.forward(x, b, t);
                 a.o[..b * t * d].to_vec()
             },
-            |a, x, dy, dx| a.backward(x, dy, dx, &mut Vec::new(), b, t),
+            |a, x, dy, dx| a.backward(x, dy, dx, &mut Tensor::new(), b, t),
             Probe { eps: 1e-3, ..Probe::default() },
         );
     }
@@ -119,8 +120,8 @@ mod tests {
         }
         let mut g1 = vec![0.0f32; b * t * 3 * d];
         let mut g2 = vec![1.0f32; b * t * 3 * d];
-        full.backward(&qkv, &dfull, &mut g1, &mut Vec::new(), b, t);
-        cls.backward_cls(&qkv, &dcls, &mut g2, &mut Vec::new(), b, t);
+        full.backward(&qkv, &dfull, &mut g1, &mut Tensor::new(), b, t);
+        cls.backward_cls(&qkv, &dcls, &mut g2, &mut Tensor::new(), b, t);
         for (x, y) in g1.iter().zip(&g2) {
             assert!((x - y).abs() < 1e-5, "{x} vs {y}");
         }

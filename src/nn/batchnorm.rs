@@ -14,28 +14,29 @@
 //! one process.
 
 use super::param::{Buffer, Module, Param, ParamKind};
+use crate::engine::tensor::Tensor;
 use crate::engine::{comm, ensure, ops};
 
 pub struct BatchNorm1d {
     pub gamma: Option<Param>,
     pub beta: Option<Param>,
-    pub running_mean: Vec<f32>,
-    pub running_var: Vec<f32>,
-    pub num_batches_tracked: Vec<f32>,
+    pub running_mean: Tensor,
+    pub running_var: Tensor,
+    pub num_batches_tracked: Tensor,
     pub c: usize,
     pub eps: f32,
     pub momentum: f32,
     pub training: bool,
-    pub y: Vec<f32>,
+    pub y: Tensor,
     name: String,
     /// Per group and channel: mean, 1/std (training) of the last forward.
-    mean: Vec<f32>,
-    rstd: Vec<f32>,
-    var_unbiased: Vec<f32>,
+    mean: Tensor,
+    rstd: Tensor,
+    var_unbiased: Tensor,
     /// Per group and channel: the transform y = x·alpha + shift of the last forward.
-    alpha: Vec<f32>,
-    shift: Vec<f32>,
-    partials: Vec<f32>,
+    alpha: Tensor,
+    shift: Tensor,
+    partials: Tensor,
     groups: usize,
 }
 
@@ -49,21 +50,21 @@ impl BatchNorm1d {
         BatchNorm1d {
             gamma: affine.then(|| Param::filled(&format!("{name}.weight"), &[c], ParamKind::Norm, 1.0)),
             beta: affine.then(|| Param::zeros(&format!("{name}.bias"), &[c], ParamKind::Norm)),
-            running_mean: vec![0.0; c],
-            running_var: vec![1.0; c],
-            num_batches_tracked: vec![0.0],
+            running_mean: Tensor::zeros(c),
+            running_var: Tensor::full(c, 1.0),
+            num_batches_tracked: Tensor::zeros(1),
             c,
             eps: 1e-5,
             momentum: 0.1,
             training: true,
-            y: Vec::new(),
+            y: Tensor::new(),
             name: name.to_string(),
-            mean: Vec::new(),
-            rstd: Vec::new(),
-            var_unbiased: Vec::new(),
-            alpha: Vec::new(),
-            shift: Vec::new(),
-            partials: Vec::new(),
+            mean: Tensor::new(),
+            rstd: Tensor::new(),
+            var_unbiased: Tensor::new(),
+            alpha: Tensor::new(),
+            shift: Tensor::new(),
+            partials: Tensor::new(),
             groups: 1,
         }
     }

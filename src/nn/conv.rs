@@ -7,13 +7,14 @@ use super::linear::Linear;
 use super::param::{Module, Param};
 use crate::engine::ensure;
 use crate::engine::ops::{self, ConvShape};
+use crate::engine::tensor::Tensor;
 
 /// Scratch of the im2col columns and their gradient, shared by every convolution of a network
 /// (the columns are rebuilt from the input in backward, so no layer keeps its own).
 #[derive(Default)]
 pub struct ConvScratch {
-    cols: Vec<f32>,
-    dcols: Vec<f32>,
+    cols: Tensor,
+    dcols: Tensor,
 }
 
 pub struct Conv2d {

@@ -6,6 +6,7 @@
 use super::conv::{Conv2d, ConvScratch};
 use super::param::{Buffer, Module, Param};
 use super::BatchNorm1d;
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, ops};
 
 pub struct ConvBn {
@@ -58,7 +59,7 @@ impl ConvBn {
         &mut self,
         x: &[f32],
         d: &mut [f32],
-        tmp: &mut Vec<f32>,
+        tmp: &mut Tensor,
         dx: Option<&mut [f32]>,
         sc: &mut ConvScratch,
     ) {

@@ -1,13 +1,14 @@
 //! GELU with the exact erf form, as PyTorch's default `nn.GELU()` (erf evaluated by the
 //! vectorisable `engine::fastmath`).
 
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, ops};
 
 pub use crate::engine::fastmath::{gelu, gelu_grad};
 
 #[derive(Default)]
 pub struct Gelu {
-    pub y: Vec<f32>,
+    pub y: Tensor,
 }
 
 impl Gelu {

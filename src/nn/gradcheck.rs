@@ -77,7 +77,7 @@ pub fn check_layer<L: Module>(
     // Analytic parameter gradients, copied out before the probing forwards overwrite nothing
     // (forward never touches gradients, but copy for clarity).
     let mut grads: Vec<(String, Vec<f32>, bool)> = Vec::new();
-    layer.visit(&mut |p| grads.push((p.name.clone(), p.g.clone(), p.trainable)));
+    layer.visit(&mut |p| grads.push((p.name.clone(), p.g.to_vec(), p.trainable)));
 
     let l0 = loss(&fwd(layer, &x), &r);
     let h = probe.eps as f64;

@@ -1,6 +1,7 @@
 //! LayerNorm over the last dimension (PyTorch semantics, biased variance).
 
 use super::param::{Module, Param, ParamKind};
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, ops};
 
 pub struct LayerNorm {
@@ -9,12 +10,12 @@ pub struct LayerNorm {
     pub d: usize,
     pub eps: f32,
     /// Output, `[rows, d]`, or `[rows, d + 1]` with a last column of ones when `ones_column`.
-    pub y: Vec<f32>,
+    pub y: Tensor,
     /// Append a column of ones to every output row, so that the Linear layer reading it can take
     /// its bias inside the matrix product ([`crate::nn::Linear::forward_aug`]).
     pub ones_column: bool,
     /// Per row: mean and 1/std.
-    stats: Vec<f32>,
+    stats: Tensor,
 }
 
 impl LayerNorm {
@@ -30,9 +31,9 @@ impl LayerNorm {
             b: Param::zeros(&format!("{name}.bias"), &[d], ParamKind::Norm),
             d,
             eps,
-            y: Vec::new(),
+            y: Tensor::new(),
             ones_column: false,
-            stats: Vec::new(),
+            stats: Tensor::new(),
         }
     }
 

@@ -1,6 +1,7 @@
 //! y = x Wᵀ + b, W of shape [out, in] as PyTorch's `nn.Linear`.
 
 use super::param::{Module, Param, ParamKind};
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, ops};
 
 pub struct Linear {
@@ -9,10 +10,10 @@ pub struct Linear {
     pub inp: usize,
     pub out: usize,
     /// Output of the last forward, `[rows, out]`.
-    pub y: Vec<f32>,
+    pub y: Tensor,
     /// `[out, inp + 1]`: W with b as its last column for [`Linear::forward_aug`], and the
     /// gradient of the same in [`Linear::backward_aug`].
-    wb: Vec<f32>,
+    wb: Tensor,
 }
 
 impl Linear {
@@ -28,8 +29,8 @@ impl Linear {
             b: bias.then(|| Param::zeros(&format!("{name}.bias"), &[out], ParamKind::Bias)),
             inp,
             out,
-            y: Vec::new(),
-            wb: Vec::new(),
+            y: Tensor::new(),
+            wb: Tensor::new(),
         }
     }
 

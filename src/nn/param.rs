@@ -1,6 +1,7 @@
 //! Parameters (values + gradients) and named buffers, and the visitor every module implements.
 
 use crate::engine::rng::Rng;
+use crate::engine::tensor::Tensor;
 
 /// What a parameter is, for optimiser options such as excluding biases and norms from decay.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -17,8 +18,8 @@ pub struct Param {
     /// (e.g. `blocks.0.attn.qkv.weight`).
     pub name: String,
     pub shape: Vec<usize>,
-    pub w: Vec<f32>,
-    pub g: Vec<f32>,
+    pub w: Tensor,
+    pub g: Tensor,
     pub trainable: bool,
     pub kind: ParamKind,
 }
@@ -26,7 +27,14 @@ pub struct Param {
 impl Param {
     pub fn zeros(name: &str, shape: &[usize], kind: ParamKind) -> Param {
         let n = shape.iter().product();
-        Param { name: name.to_string(), shape: shape.to_vec(), w: vec![0.0; n], g: vec![0.0; n], trainable: true, kind }
+        Param {
+            name: name.to_string(),
+            shape: shape.to_vec(),
+            w: Tensor::zeros(n),
+            g: Tensor::zeros(n),
+            trainable: true,
+            kind,
+        }
     }
 
     pub fn filled(name: &str, shape: &[usize], kind: ParamKind, v: f32) -> Param {
@@ -74,7 +82,7 @@ impl Param {
 pub struct Buffer<'a> {
     pub name: String,
     pub shape: Vec<usize>,
-    pub data: &'a mut Vec<f32>,
+    pub data: &'a mut Tensor,
 }
 
 /// Anything with parameters. The visiting order is fixed and is the order of the official

@@ -5,13 +5,14 @@
 use super::linear::Linear;
 use super::param::{Module, Param};
 use crate::engine::ops;
+use crate::engine::tensor::Tensor;
 
 pub struct PatchEmbed {
     pub proj: Linear,
     pub chans: usize,
     pub img: usize,
     pub patch: usize,
-    cols: Vec<f32>,
+    cols: Tensor,
 }
 
 impl PatchEmbed {
@@ -19,7 +20,7 @@ impl PatchEmbed {
         assert!(img.is_multiple_of(patch), "image size {img} is not a multiple of the patch size {patch}");
         let mut proj = Linear::new(name, chans * patch * patch, dim, true);
         proj.w.shape = vec![dim, chans, patch, patch];
-        PatchEmbed { proj, chans, img, patch, cols: Vec::new() }
+        PatchEmbed { proj, chans, img, patch, cols: Tensor::new() }
     }
 
     pub fn grid(&self) -> usize {

@@ -1,13 +1,14 @@
 //! Max pooling on NHWC activations (PyTorch's `MaxPool2d`, padding never wins); the global
 //! average pool that ends a ResNet is [`ops::global_avg_forward`].
 
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, ops};
 
 pub struct MaxPool2d {
     pub k: usize,
     pub stride: usize,
     pub pad: usize,
-    pub y: Vec<f32>,
+    pub y: Tensor,
     /// Index (into the input) of each output's maximum.
     argmax: Vec<u32>,
     dims: (usize, usize, usize, usize),
@@ -21,7 +22,7 @@ impl MaxPool2d {
     }
 
     pub fn new(k: usize, stride: usize, pad: usize) -> MaxPool2d {
-        MaxPool2d { k, stride, pad, y: Vec::new(), argmax: Vec::new(), dims: (0, 0, 0, 0) }
+        MaxPool2d { k, stride, pad, y: Tensor::new(), argmax: Vec::new(), dims: (0, 0, 0, 0) }
     }
 
     pub fn out_size(&self, h: usize, w: usize) -> (usize, usize) {

@@ -1,10 +1,11 @@
 //! ReLU.
 
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, ops};
 
 #[derive(Default)]
 pub struct Relu {
-    pub y: Vec<f32>,
+    pub y: Tensor,
 }
 
 impl Relu {

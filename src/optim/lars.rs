@@ -49,11 +49,11 @@ mod tests {
         // Matrix [[3, 4]] (‖p‖ = 5), g = [1, 0], wd 0.5: dp = [2.5, 2], ‖dp‖ = √10.25,
         // ratio 0.001·5/√10.25; bias [1] with g [2]: no decay, no ratio.
         let mut w = Param::zeros("w", &[1, 2], ParamKind::Weight);
-        w.w = vec![3.0, 4.0];
-        w.g = vec![1.0, 0.0];
+        w.w = vec![3.0, 4.0].into();
+        w.g = vec![1.0, 0.0].into();
         let mut b = Param::zeros("b", &[1], ParamKind::Bias);
-        b.w = vec![1.0];
-        b.g = vec![2.0];
+        b.w = vec![1.0].into();
+        b.g = vec![2.0].into();
         let mut opt = Lars::new(0.5);
         opt.update(&mut [&mut w, &mut b], 0.1);
         let q = 0.001 * 5.0 / 10.25f64.sqrt();
@@ -64,12 +64,12 @@ mod tests {
         assert!((b.w[0] - (1.0 - 0.1 * 2.0)).abs() < 1e-7);
         // Second step: the momentum buffer carries 0.9 of the first update.
         let mu0 = opt.mu[1][0];
-        b.g = vec![0.0];
+        b.g = vec![0.0].into();
         opt.update(&mut [&mut w, &mut b], 0.1);
         assert!((opt.mu[1][0] - 0.9 * mu0).abs() < 1e-7);
         // Zero weights: the ratio falls back to 1.
         let mut z = Param::zeros("z", &[2, 1], ParamKind::Weight);
-        z.g = vec![1.0, 1.0];
+        z.g = vec![1.0, 1.0].into();
         Lars::new(0.0).update(&mut [&mut z], 1.0);
         assert_eq!(z.w, vec![-1.0, -1.0]);
     }

@@ -3,6 +3,7 @@
 
 use crate::engine::gemm::{sgemm_raw, Mat};
 use crate::engine::par::SendPtr;
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, vec};
 use rayon::prelude::*;
 
@@ -98,7 +99,7 @@ pub fn attention_forward_cls(
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward_cls(
     dqkv: &mut [f32],
-    scratch: &mut Vec<f32>,
+    scratch: &mut Tensor,
     do_: &[f32],
     qkv: &[f32],
     probs: &[f32],
@@ -154,7 +155,7 @@ pub fn attention_backward_cls(
 #[allow(clippy::too_many_arguments)]
 pub fn attention_backward(
     dqkv: &mut [f32],
-    scratch: &mut Vec<f32>,
+    scratch: &mut Tensor,
     do_: &[f32],
     qkv: &[f32],
     probs: &[f32],

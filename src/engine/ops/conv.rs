@@ -3,6 +3,7 @@
 //! stride = patch, on NCHW images). Column order (in, kh, kw) matches PyTorch's weight layout
 //! `[out, in, kh, kw]`, so checkpoints map one to one.
 
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, par};
 use rayon::prelude::*;
 
@@ -27,7 +28,7 @@ impl ConvShape {
 }
 
 /// Images `[n, c, hw]` (NCHW) into `out` as NHWC `[n, hw, c]` (grown as needed).
-pub fn nchw_to_nhwc(out: &mut Vec<f32>, inp: &[f32], n: usize, c: usize, hw: usize) {
+pub fn nchw_to_nhwc(out: &mut Tensor, inp: &[f32], n: usize, c: usize, hw: usize) {
     ensure(out, n * hw * c);
     for img in 0..n {
         for ch in 0..c {
@@ -40,7 +41,7 @@ pub fn nchw_to_nhwc(out: &mut Vec<f32>, inp: &[f32], n: usize, c: usize, hw: usi
 
 /// The im2col columns of `inp` (NHWC, shape `g`) into `cols` `[images·oh·ow, c·k·k]` (grown as
 /// needed): one row per output pixel, ordered (in, kh, kw).
-pub fn im2col(cols: &mut Vec<f32>, inp: &[f32], g: ConvShape) {
+pub fn im2col(cols: &mut Tensor, inp: &[f32], g: ConvShape) {
     let ConvShape { h, w, c, k, s, p, .. } = g;
     let (oh, ow) = g.out_hw();
     let (rows, kk, kk2) = (g.images * oh * ow, c * k * k, k * k);
@@ -114,7 +115,7 @@ pub fn col2im(dinp: &mut [f32], dcols: &[f32], g: ConvShape) {
 
 /// Patches of NCHW images `inp` `[batch, c, img, img]` into `cols` `[batch·g², c·p·p]` (g = img /
 /// p; row order (image, patch row, patch column), column order (c, kh, kw)).
-pub fn patchify(cols: &mut Vec<f32>, inp: &[f32], batch: usize, c: usize, img: usize, p: usize) {
+pub fn patchify(cols: &mut Tensor, inp: &[f32], batch: usize, c: usize, img: usize, p: usize) {
     let (s, g) = (img, img / p);
     assert_eq!(inp.len(), batch * c * s * s, "patch embedding: image shape");
     let k = c * p * p;

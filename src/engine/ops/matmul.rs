@@ -5,6 +5,7 @@
 //! [`crate::engine::gemm::sgemm_long_k`]).
 
 use crate::engine::gemm::{sgemm, sgemm_long_k, Mat};
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, par};
 
 /// out `[rows, oc]` = inp `[rows, c]` · weightᵀ (+ bias `[oc]`).
@@ -33,7 +34,7 @@ pub fn matmul_forward(
 #[allow(clippy::too_many_arguments)]
 pub fn matmul_forward_aug(
     out: &mut [f32],
-    wb: &mut Vec<f32>,
+    wb: &mut Tensor,
     inp_aug: &[f32],
     weight: &[f32],
     bias: &[f32],
@@ -60,7 +61,7 @@ pub fn matmul_backward_aug(
     dinp: Option<&mut [f32]>,
     dweight: Option<&mut [f32]>,
     dbias: Option<&mut [f32]>,
-    wb: &mut Vec<f32>,
+    wb: &mut Tensor,
     dout: &[f32],
     inp_aug: &[f32],
     weight: &[f32],

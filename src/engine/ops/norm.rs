@@ -3,6 +3,7 @@
 //! input gradient).
 
 use crate::engine::par::{self, SendPtr};
+use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, vec};
 use rayon::prelude::*;
 
@@ -103,7 +104,7 @@ pub fn batchnorm_affine(out: &mut [f32], inp: &[f32], alpha: &[f32], shift: &[f3
 }
 
 /// Σ_r inp[r] per channel over the rows `range` of `inp` `[rows, c]`, written to `sum` `[c]`.
-pub fn batchnorm_sum(partials: &mut Vec<f32>, sum: &mut [f32], inp: &[f32], range: std::ops::Range<usize>, c: usize) {
+pub fn batchnorm_sum(partials: &mut Tensor, sum: &mut [f32], inp: &[f32], range: std::ops::Range<usize>, c: usize) {
     let mut unused = vec![0.0f32; c];
     channel_sums(partials, range, c, sum, &mut unused, |row, c0, a, _| {
         for (a, v) in a.iter_mut().zip(&inp[row * c + c0..]) {
@@ -114,7 +115,7 @@ pub fn batchnorm_sum(partials: &mut Vec<f32>, sum: &mut [f32], inp: &[f32], rang
 
 /// Σ_r (inp[r] − mean)² per channel over the rows `range`, written to `sq` `[c]`.
 pub fn batchnorm_sq_dev(
-    partials: &mut Vec<f32>,
+    partials: &mut Tensor,
     sq: &mut [f32],
     inp: &[f32],
     mean: &[f32],
@@ -134,7 +135,7 @@ pub fn batchnorm_sq_dev(
 /// `sdyx = Σ dout·(inp − mean)·rstd`, written.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_grad_sums(
-    partials: &mut Vec<f32>,
+    partials: &mut Tensor,
     sdy: &mut [f32],
     sdyx: &mut [f32],
     dout: &[f32],
@@ -178,7 +179,7 @@ pub fn batchnorm_backward_dx(
 /// fixed blocks (parallel tasks); the chunks' partial sums are then added in chunk order, so the
 /// result does not depend on the number of threads.
 fn channel_sums(
-    partials: &mut Vec<f32>,
+    partials: &mut Tensor,
     range: std::ops::Range<usize>,
     c: usize,
     out_a: &mut [f32],

@@ -9,6 +9,7 @@
 
 use super::*;
 use crate::engine::rng::Rng;
+use crate::engine::tensor::Tensor;
 
 fn randn(rng: &mut Rng, n: usize) -> Vec<f32> {
     (0..n).map(|_| rng.normal()).collect()
@@ -107,7 +108,7 @@ fn matmuls_match_triple_loops_forward_and_backward() {
         for r in 0..rows {
             xa[r * (c + 1)..r * (c + 1) + c].copy_from_slice(&x[r * c..(r + 1) * c]);
         }
-        let mut wb = Vec::new();
+        let mut wb = Tensor::new();
         matmul_forward_aug(&mut y, &mut wb, &xa, &w, &b, rows, c, oc);
         close(&format!("matmul aug {tag}"), &y, &with_bias, 1e-5);
 
@@ -209,7 +210,7 @@ fn batchnorm_pieces_match_per_channel_loops() {
     let per_channel = |f: &dyn Fn(usize, usize) -> f64| -> Vec<f64> {
         (0..c).map(|k| range.clone().map(|r| f(r, k)).sum()).collect()
     };
-    let mut partials = Vec::new();
+    let mut partials = Tensor::new();
     let mut got = vec![9.0; c];
     batchnorm_sum(&mut partials, &mut got, &x, range.clone(), c);
     close("bn sum", &got, &per_channel(&|r, k| x[r * c + k] as f64), 1e-4);
@@ -289,7 +290,7 @@ fn attention_matches_a_scalar_softmax_forward_and_backward() {
     attention_forward(&mut out, &mut probs, &qkv, b, t, d, h);
     close("attention out", &out, &out_w, 1e-5);
     close("attention probs", &probs, &probs_w, 1e-5);
-    let (mut dqkv, mut scratch) = (vec![9.0; b * t * 3 * d], Vec::new());
+    let (mut dqkv, mut scratch) = (vec![9.0; b * t * 3 * d], Tensor::new());
     attention_backward(&mut dqkv, &mut scratch, &dout, &qkv, &probs, b, t, d, h);
     close("attention dqkv", &dqkv, &dqkv_w, 1e-4);
 
@@ -353,7 +354,7 @@ fn conv_layout_ops_match_direct_indexing() {
                 }
             }
         }
-        let mut cols = Vec::new();
+        let mut cols = Tensor::new();
         im2col(&mut cols, &x, g);
         exact(&format!("im2col {g:?}"), &cols[..want.len()], &want);
 
@@ -369,13 +370,13 @@ fn conv_layout_ops_match_direct_indexing() {
     // NCHW → NHWC, and the patch embedding's columns.
     let (n, c, side, pp) = (2, 3, 8, 4);
     let img = randn(&mut rng, n * c * side * side);
-    let mut nhwc = Vec::new();
+    let mut nhwc = Tensor::new();
     nchw_to_nhwc(&mut nhwc, &img, n, c, side * side);
     for (i, &v) in img.iter().enumerate() {
         let (b, ch, px) = (i / (c * side * side), (i / (side * side)) % c, i % (side * side));
         assert_eq!(nhwc[(b * side * side + px) * c + ch].to_bits(), v.to_bits(), "nchw_to_nhwc {i}");
     }
-    let mut cols = Vec::new();
+    let mut cols = Tensor::new();
     patchify(&mut cols, &img, n, c, side, pp);
     let gsz = side / pp;
     for b in 0..n {
@@ -592,7 +593,7 @@ fn reductions_do_not_depend_on_the_thread_count() {
             layernorm_forward(&mut y, &mut stats, &x, &w, &w, rows, c, c, 1e-6);
             let (mut dx, mut dw, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
             layernorm_backward(&mut dx, Some(&mut dw), Some(&mut db), &dy, &x, &w, &stats, rows, c);
-            let (mut part, mut sdy, mut sdyx) = (Vec::new(), vec![0.0; c], vec![0.0; c]);
+            let (mut part, mut sdy, mut sdyx) = (Tensor::new(), vec![0.0; c], vec![0.0; c]);
             batchnorm_grad_sums(&mut part, &mut sdy, &mut sdyx, &dy, &x, &w, &w, 0..rows, c);
             let mut wg = vec![0.0; c * c];
             matmul_backward(None, Some(&mut wg), None, &dy, &x, &w, rows, c, c);
