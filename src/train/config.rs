@@ -37,6 +37,7 @@ pub struct PretrainConfig {
     pub cifar_stem: bool,
     pub moco_mlp_dim: usize,
     pub moco_dim: usize,
+    #[serde(serialize_with = "f32_decimal")]
     pub moco_t: f32,
     pub moco_m: f64,
     pub moco_m_cos: bool,
@@ -56,7 +57,9 @@ pub struct PretrainConfig {
     /// crop-flip.
     pub augment: AugmentKind,
     /// Range of the Gaussian blur's σ in pixels (official 0.1–2.0 for 224 px images).
+    #[serde(serialize_with = "f32_decimal")]
     pub blur_sigma_min: f32,
+    #[serde(serialize_with = "f32_decimal")]
     pub blur_sigma_max: f32,
     /// fashion-mnist | mnist | cifar10 | cifar100 | imagenet | folder:PATH | synthetic
     pub dataset: String,
@@ -87,6 +90,7 @@ pub struct PretrainConfig {
     /// Held-out labelled images (from the test split) the monitor classifies.
     pub knn_eval: usize,
     pub knn_k: usize,
+    #[serde(serialize_with = "f32_decimal")]
     pub knn_t: f32,
 }
 
@@ -298,6 +302,12 @@ pub fn merge_sets(cfg: &PretrainConfig, sets: &[String]) -> Result<PretrainConfi
     merge_toml(cfg, table, "--set")
 }
 
+/// An f32 key written as the decimal it was given (0.2, not 0.20000000298023224: TOML and JSON
+/// hold f64s); reading it back gives the same f32.
+fn f32_decimal<S: serde::Serializer>(v: &f32, s: S) -> std::result::Result<S::Ok, S::Error> {
+    s.serialize_f64(v.to_string().parse::<f64>().unwrap_or(*v as f64))
+}
+
 /// Keys a resumed run may change: where it writes, how it runs, how often it logs. Every other
 /// key shapes the model, the data or the schedules, so a resumed run keeps it.
 pub const RUN_KEYS: &[&str] =
@@ -321,6 +331,35 @@ pub fn resume_conflicts(checkpoint: &PretrainConfig, asked: &PretrainConfig) -> 
         .filter(|k| a.get(*k) != b.get(*k))
         .map(|k| format!("{k}: the checkpoint has {}, asked {}", show(a.get(k)), show(b.get(k))))
         .collect())
+}
+
+/// The configuration a run resumed from `checkpoint` continues with: the one it was trained
+/// with (`trained`), the [`RUN_KEYS`] taken from `asked`. Any other key on which `asked` differs
+/// is an error that names each one. The one place the resume rule lives: `pretrain --resume`,
+/// the quickstart and the training loop all call it.
+pub fn resumed(
+    trained: &PretrainConfig,
+    asked: &PretrainConfig,
+    checkpoint: &std::path::Path,
+) -> Result<PretrainConfig> {
+    let conflicts = resume_conflicts(trained, asked)?;
+    if !conflicts.is_empty() {
+        bail!(
+            "{}: a resumed run keeps the configuration it was started with (its lr and momentum schedules \
+             depend on it); this command asks for another configuration:\n  {}\ndrop those settings, or start a new run in \
+             another --out",
+            checkpoint.display(),
+            conflicts.join("\n  ")
+        );
+    }
+    let mut table = toml::Table::try_from(trained)?;
+    let run_side = toml::Table::try_from(asked)?;
+    for k in RUN_KEYS {
+        if let Some(v) = run_side.get(*k) {
+            table.insert(k.to_string(), v.clone());
+        }
+    }
+    table.try_into().context("the resumed configuration")
 }
 
 impl PretrainConfig {
@@ -413,6 +452,24 @@ mod tests {
         );
         let colder = PretrainConfig { moco_t: 0.1, ..c.clone() };
         assert_eq!(resume_conflicts(&c, &colder).unwrap(), ["moco_t: the checkpoint has 0.2, asked 0.1"]);
+
+        // `resumed`: the run keys come from the command line, the rest from the checkpoint, and
+        // a changed key is an error naming it and the checkpoint.
+        let ck = std::path::Path::new("runs/x/checkpoint.safetensors");
+        let got = resumed(&c, &run_side, ck).unwrap();
+        assert_eq!((got.threads, got.log_every, got.out_dir.clone()), (1, 3, PathBuf::from("x")));
+        assert_eq!((got.epochs, got.lr), (c.epochs, c.lr));
+        let keep_dir = PretrainConfig { data_dir: Some("d".into()), ..c.clone() };
+        assert_eq!(
+            resumed(&keep_dir, &c, ck).unwrap().data_dir,
+            Some(PathBuf::from("d")),
+            "an unset data_dir keeps the run's"
+        );
+        let e = resumed(&c, &colder, ck).unwrap_err().to_string();
+        assert!(
+            e.contains("runs/x/checkpoint.safetensors") && e.contains("moco_t: the checkpoint has 0.2, asked 0.1"),
+            "{e}"
+        );
     }
 
     #[test]

@@ -74,16 +74,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let (cfg, resumed) = match &opts.resume {
         Some(p) => {
             let (model, opt, state) = checkpoint::load(p)?;
-            // The checkpoint's configuration, with the keys that only say how to run taken
-            // from `cfg` (the caller checks, as the CLI does, that nothing else changes).
-            let mut c = state.config.clone();
-            c.out_dir = cfg.out_dir.clone();
-            c.threads = cfg.threads;
-            c.data_dir = cfg.data_dir.clone().or(c.data_dir);
-            c.skip_corrupt = cfg.skip_corrupt;
-            c.loader_workers = cfg.loader_workers;
-            c.loader_depth = cfg.loader_depth;
-            c.log_every = cfg.log_every;
+            let c = super::config::resumed(&state.config, &cfg, p)?;
             (c, Some((model, opt, state)))
         }
         None => (cfg, None),

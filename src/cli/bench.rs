@@ -1,0 +1,123 @@
+//! `mocov3 bench`: the training step, the data pipeline and the GEMM rate.
+
+use anyhow::Result;
+use clap::Subcommand;
+use std::path::PathBuf;
+
+#[derive(Subcommand)]
+pub enum Cmd {
+    /// Time the MoCo v3 training step (forward, backward, AdamW, momentum update).
+    Step {
+        /// C1 (ViT 192-d x 12 on 32 px, patch 4, batch 64) or C2 (ViT-S/16 at 224 px, batch 8).
+        #[arg(long, default_value = "C1")]
+        config: String,
+        /// A ResNet step instead (resnet18 | resnet50: official heads, τ 1.0, LARS; 224 px,
+        /// batch 8 unless --image / --batch say otherwise).
+        #[arg(long)]
+        arch: Option<String>,
+        /// Untimed steps first.
+        #[arg(long, default_value_t = 2)]
+        warmup: usize,
+        /// Timed steps (default: 18 for C1, so 20 steps in all; 5 for C2).
+        #[arg(long)]
+        steps: Option<usize>,
+        /// Replace the configuration's batch size.
+        #[arg(long)]
+        batch: Option<usize>,
+        /// Replace the configuration's image size.
+        #[arg(long)]
+        image: Option<usize>,
+        /// Replace the configuration's patch size.
+        #[arg(long)]
+        patch: Option<usize>,
+        /// Compute threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+    /// Two-view images per second per core of the official augmentation on a folder of JPEGs
+    /// (generated there if missing); compare with scripts/bench_data_torch.py on the same files.
+    Data {
+        /// Folder for the JPEG files (`DIR/bench/*.jpg`).
+        #[arg(long, default_value = "runs/bench-data")]
+        dir: PathBuf,
+        /// How many JPEG files to generate and time.
+        #[arg(long, default_value_t = 200)]
+        images: usize,
+        /// Output size of each view.
+        #[arg(long, default_value_t = 224)]
+        size: usize,
+        /// Timed passes over the files (after one untimed).
+        #[arg(long, default_value_t = 2)]
+        rounds: usize,
+        /// Threads (the rate is reported per thread; 1 compares one core with one core).
+        #[arg(long, default_value_t = 1)]
+        threads: usize,
+    },
+    /// Single-precision GEMM rate (n×n×n) of this machine through the project's GEMM.
+    Gemm {
+        /// Matrix size (n×n times n×n).
+        #[arg(long, default_value_t = 2048)]
+        n: usize,
+        /// Compute threads (0 = one per core).
+        #[arg(long, default_value_t = 0)]
+        threads: usize,
+    },
+}
+
+pub fn run(what: Cmd) -> Result<()> {
+    match what {
+        Cmd::Data { dir, images, size, rounds, threads } => {
+            mocov3::engine::init_threads(threads);
+            let files = mocov3::data::benchdata::generate(&dir, images)?;
+            let r = mocov3::data::benchdata::run(&files, size, rounds.max(1))?;
+            println!(
+            "RESULT framework=mocov3 bench=data images={} size={size} threads={} two_view_img_per_s={:.1} per_core={:.1}",
+            r.images,
+            r.threads,
+            r.images as f64 / r.secs,
+            r.per_core()
+        );
+        }
+        Cmd::Gemm { n, threads } => {
+            mocov3::engine::init_threads(threads);
+            let r = mocov3::bench::gemm_rate(n, 5);
+            println!("RESULT framework=mocov3 gemm n={n} gflops={r:.1} threads={}", mocov3::engine::threads());
+        }
+        Cmd::Step { config, arch, warmup, steps, batch, image, patch, threads } => {
+            mocov3::engine::init_threads(threads);
+            let base = match &arch {
+                Some(a) => mocov3::bench::resnet_config(a)?,
+                None => mocov3::bench::config(&config)?,
+            };
+            let cfg = mocov3::bench::with_overrides(base, batch, image, patch)?;
+            let timed = steps.unwrap_or(if cfg.name == "C1" { 18 } else { 5 });
+            eprintln!(
+                "bench step {}: batch {}, {} warm-up + {} timed steps, {} threads",
+                cfg.name,
+                cfg.batch,
+                warmup,
+                timed,
+                mocov3::engine::threads()
+            );
+            let r = mocov3::bench::run(&cfg, warmup, timed, |i, dt, loss| {
+                eprintln!("  step {i:2}: {:8.1} ms  loss {loss:.4} (bits {:08x})", dt * 1e3, loss.to_bits())
+            });
+            println!(
+            "RESULT framework=mocov3 config={} img_per_s={:.3} step_ms_median={:.1} loss_first={:.4} loss_last={:.4}",
+            cfg.name, r.img_per_s, r.step_ms_median, r.loss_first, r.loss_last
+        );
+            let gflop = r.flops_per_step / 1e9;
+            let patch = cfg.model.backbone.vit().map(|v| format!(" patch {}", v.patch)).unwrap_or_default();
+            eprintln!(
+                "batch {} image {}{patch}: {gflop:.1} GFLOP per step (model count), {:.1} GFLOP/s achieved",
+                cfg.batch,
+                cfg.model.backbone.img(),
+                gflop / (r.step_ms_median / 1e3)
+            );
+            if let Some(m) = mocov3::bench::peak_rss_mib() {
+                eprintln!("peak resident memory: {m:.0} MiB");
+            }
+        }
+    }
+    Ok(())
+}

@@ -1,0 +1,84 @@
+//! The commands of the `mocov3` binary: one file each, holding its flags (a clap `Args`) and a
+//! short handler that calls the library. `main.rs` only dispatches.
+
+pub mod augment_preview;
+pub mod bench;
+pub mod convert;
+pub mod extract;
+pub mod knn;
+pub mod lincls;
+pub mod presets;
+pub mod pretrain;
+pub mod quickstart;
+pub mod report;
+pub mod step;
+
+use anyhow::Result;
+use std::path::PathBuf;
+
+/// `--feature`, shared by the commands that read a checkpoint's features.
+#[derive(clap::Args)]
+pub struct FeatureArg {
+    /// The ViT feature: `cls` (the cls token after the final norm; MoCo v3's protocol), `cls+avg`
+    /// (cls and the mean patch token, 2·dim) or `lastN`, e.g. `last4` (cls tokens of the last N
+    /// blocks, N·dim; both as DINO probes ViTs).
+    #[arg(long = "feature", value_name = "FEATURE", default_value = "cls")]
+    pub value: mocov3::eval::features::VitFeature,
+}
+
+/// A checkpoint's model and training state, with the dataset it was trained on (or the one
+/// named): both splits, and the evaluation resize.
+pub struct Probe {
+    pub model: mocov3::moco::MoCo,
+    pub state: mocov3::train::checkpoint::TrainState,
+    pub dataset: String,
+    pub train: mocov3::data::ImageSet,
+    pub test: mocov3::data::ImageSet,
+    pub plain: mocov3::data::augment::Augment,
+}
+
+pub fn open_probe(checkpoint: &std::path::Path, dataset: &Option<String>, data_dir: &Option<PathBuf>) -> Result<Probe> {
+    let (model, _, state) = mocov3::train::checkpoint::load(checkpoint)?;
+    let name = dataset.clone().unwrap_or_else(|| state.config.dataset.clone());
+    let dir = data_dir.clone().or_else(|| state.config.data_dir.clone());
+    let train = mocov3::data::load(&name, dir.as_deref(), true)?;
+    let test = mocov3::data::load(&name, dir.as_deref(), false)?;
+    if state.in_chans != train.c {
+        anyhow::bail!("the checkpoint expects {}-channel images, dataset '{name}' has {}", state.in_chans, train.c);
+    }
+    let (mean, std) = train.channel_stats();
+    let plain = mocov3::data::augment::Augment::crop_flip(state.config.img_size, 1.0, false, mean, std);
+    Ok(Probe { model, state, dataset: name, train, test, plain })
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Every flag and argument of every command says what it does in `--help`.
+    #[test]
+    fn every_flag_has_help() {
+        fn walk(cmd: &clap::Command, path: &str, missing: &mut Vec<String>) {
+            for arg in cmd.get_arguments() {
+                let id = arg.get_id().as_str();
+                if id == "help" || id == "version" {
+                    continue;
+                }
+                if arg.get_help().is_none() && arg.get_long_help().is_none() {
+                    missing.push(format!("{path} --{id}"));
+                }
+            }
+            for sub in cmd.get_subcommands() {
+                if sub.get_about().is_none() {
+                    missing.push(format!("{path} {} (no description)", sub.get_name()));
+                }
+                walk(sub, &format!("{path} {}", sub.get_name()), missing);
+            }
+        }
+        let mut missing = Vec::new();
+        let cmd = crate::Cli::command();
+        walk(&cmd, "mocov3", &mut missing);
+        assert!(cmd.get_subcommands().count() >= 10, "the walk sees the commands");
+        assert!(missing.is_empty(), "flags without help:\n  {}", missing.join("\n  "));
+    }
+}

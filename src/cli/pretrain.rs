@@ -1,0 +1,124 @@
+//! `mocov3 pretrain`: MoCo v3 pre-training from a preset, a TOML file and flags; resumable.
+
+use anyhow::Result;
+use mocov3::train::config::{self, PretrainConfig};
+use mocov3::train::pretrain::{self, RunOptions};
+use std::path::PathBuf;
+
+#[derive(clap::Args)]
+pub struct Args {
+    /// Start from a named preset (see `mocov3 presets`).
+    #[arg(long, default_value = "fashion-mnist")]
+    preset: String,
+    /// A TOML file whose keys override the preset (same names as `--print-config` shows).
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Override any configuration key: --set key=value (repeatable).
+    #[arg(long = "set", value_name = "KEY=VALUE")]
+    sets: Vec<String>,
+    /// Pre-training epochs (replaces the preset's; the cosine schedules span them).
+    #[arg(long)]
+    epochs: Option<usize>,
+    /// Global batch size (images per step; the lr is scaled by batch / 256).
+    #[arg(long)]
+    batch_size: Option<usize>,
+    /// Base learning rate (scaled by batch / 256).
+    #[arg(long)]
+    lr: Option<f64>,
+    /// Dataset: fashion-mnist, mnist, cifar10, cifar100, imagenet, synthetic or folder:PATH.
+    #[arg(long)]
+    dataset: Option<String>,
+    /// Folder holding the dataset files (searched before the system locations).
+    #[arg(long)]
+    data_dir: Option<PathBuf>,
+    /// Run directory: config.toml, metrics.jsonl, checkpoint.safetensors.
+    #[arg(long)]
+    out: Option<PathBuf>,
+    /// Seed of the initialisation, the data order and the augmentation.
+    #[arg(long)]
+    seed: Option<u64>,
+    /// Compute threads (0 = one per core).
+    #[arg(long)]
+    threads: Option<usize>,
+    /// Cut every epoch to this many steps (smoke runs).
+    #[arg(long)]
+    max_steps_per_epoch: Option<usize>,
+    /// Resume from a checkpoint written by an earlier run. Its configuration is kept: other flags
+    /// may change only --out, --threads, --data-dir, --skip-corrupt and the loader and logging
+    /// keys; anything else that differs is an error. Without --out it continues in its own run
+    /// directory.
+    #[arg(long)]
+    resume: Option<PathBuf>,
+    /// Stop after this many epochs of this invocation (resume later with --resume).
+    #[arg(long)]
+    stop_after_epochs: Option<usize>,
+    /// Image folders: skip (and count) images that do not decode instead of stopping.
+    #[arg(long)]
+    skip_corrupt: bool,
+    /// Print the resolved configuration as TOML and exit.
+    #[arg(long)]
+    print_config: bool,
+    /// Print no per-step progress (the log and checkpoints are still written).
+    #[arg(long, short)]
+    quiet: bool,
+}
+
+pub fn run(a: Args) -> Result<()> {
+    let cfg = match &a.resume {
+        // A resumed run keeps its configuration; the command line may change only how it runs
+        // (config::resumed says which keys, and names any other that differs).
+        Some(ck) => {
+            let trained = mocov3::train::checkpoint::read_state(ck)?.config;
+            let asked = overrides(trained.clone(), &a)?;
+            config::resumed(&trained, &asked, ck)?
+        }
+        None => resolve(&a)?,
+    };
+    if a.print_config {
+        print!("{}", toml::to_string(&cfg)?);
+        return Ok(());
+    }
+    let opts = RunOptions { resume: a.resume.clone(), stop_after_epochs: a.stop_after_epochs, quiet: a.quiet };
+    let s = pretrain::run(cfg, &opts)?;
+    if let (Some(f), Some(l)) = (s.losses.first(), s.losses.last()) {
+        println!("done: {} steps, loss {f:.4} -> {l:.4}, checkpoint {}", s.losses.len(), s.checkpoint.display());
+    }
+    Ok(())
+}
+
+fn resolve(a: &Args) -> Result<PretrainConfig> {
+    overrides(config::preset(&a.preset)?, a)
+}
+
+/// `c` with the configuration file, the flags and the `--set`s of the command line applied.
+fn overrides(mut c: PretrainConfig, a: &Args) -> Result<PretrainConfig> {
+    if let Some(p) = &a.config {
+        c = config::merge_file(&c, p)?;
+    }
+    macro_rules! set {
+        ($f:ident) => {
+            if let Some(v) = &a.$f {
+                c.$f = v.clone();
+            }
+        };
+    }
+    set!(epochs);
+    set!(batch_size);
+    set!(lr);
+    set!(dataset);
+    set!(seed);
+    set!(threads);
+    if let Some(v) = &a.data_dir {
+        c.data_dir = Some(v.clone());
+    }
+    if let Some(v) = &a.out {
+        c.out_dir = v.clone();
+    }
+    if let Some(v) = a.max_steps_per_epoch {
+        c.max_steps_per_epoch = Some(v);
+    }
+    if a.skip_corrupt {
+        c.skip_corrupt = true;
+    }
+    config::merge_sets(&c, &a.sets)
+}
