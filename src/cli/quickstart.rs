@@ -1,8 +1,8 @@
 //! `mocov3 quickstart`: pre-train the Fashion-MNIST preset, score it and raw pixels, report.
 
 use anyhow::Result;
-use mocov3::train::config;
 use mocov3::train::pretrain::{self, RunOptions};
+use mocov3::train::{budget, config};
 use std::path::PathBuf;
 
 use super::open_probe;
@@ -13,8 +13,12 @@ pub struct Args {
     #[arg(long, default_value = "runs/quickstart")]
     out: PathBuf,
     /// Pre-training epochs (default: the preset's).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "budget")]
     epochs: Option<usize>,
+    /// Fit the whole command into this much time (e.g. 60m, 1h30m): the step rate is measured
+    /// here first and fixes the number of epochs, and so the schedules (kept on a resume).
+    #[arg(long)]
+    budget: Option<String>,
     /// Linear-probe epochs on cached features.
     #[arg(long, default_value_t = 100)]
     lincls_epochs: usize,
@@ -58,6 +62,32 @@ pub fn run(a: Args) -> Result<()> {
     }
     cfg.data_dir = a.data_dir.clone();
     let ckpt = pretrain::checkpoint_path(&cfg.out_dir);
+    let budget_secs = a.budget.as_deref().map(budget::parse_duration).transpose()?;
+    if let Some(limit) = budget_secs {
+        if ckpt.is_file() {
+            cfg.epochs = mocov3::train::checkpoint::read_state(&ckpt)?.config.epochs;
+            eprintln!(
+                "quickstart: {} holds a run of {} epochs: --budget keeps its schedule",
+                ckpt.display(),
+                cfg.epochs
+            );
+        } else {
+            let step = budget::seconds_per_step(&cfg)?;
+            let steps = mocov3::data::load(&cfg.dataset, cfg.data_dir.as_deref(), true)?.len() / cfg.batch_size;
+            // Scoring (features of 70k images, kNN, 27 linear probes) took as long as ~340 steps
+            // where this preset was tuned (2.9 min at 0.51 s per step); 3% for the kNN monitor.
+            let reserve = 340.0 * step;
+            cfg.epochs = budget::epochs_within(limit, t0.elapsed().as_secs_f64(), step, steps, 1.03, reserve)?;
+            eprintln!(
+                "quickstart: --budget {}: {step:.3} s per step here, {steps} steps per epoch -> {} epochs ({:.1} min of \
+                 training, {:.1} min kept for scoring)",
+                a.budget.as_deref().unwrap_or_default(),
+                cfg.epochs,
+                cfg.epochs as f64 * steps as f64 * step * 1.03 / 60.0,
+                reserve / 60.0
+            );
+        }
+    }
     let resume = if ckpt.is_file() {
         let state = mocov3::train::checkpoint::read_state(&ckpt)?;
         config::resumed(&state.config, &cfg, &ckpt)?;
@@ -132,6 +162,7 @@ pub fn run(a: Args) -> Result<()> {
     let report = mocov3::report::render(&cfg.out_dir)?;
     let summary = serde_json::json!({
         "epochs": p.state.epoch,
+        "budget_seconds": budget_secs,
         "pretrain_seconds": train_secs,
         "total_seconds": t0.elapsed().as_secs_f64(),
         "knn_top1": m.knn, "knn_top1_pixels": x.knn, "knn_top1_cls_avg": c.knn,

@@ -45,7 +45,7 @@ fn parse(bytes: &[u8], path: &Path) -> Result<(Vec<usize>, Vec<u8>)> {
     Ok((dims, data[..n].to_vec()))
 }
 
-fn find(dirs: &[PathBuf], stem: &str) -> Option<PathBuf> {
+pub fn find(dirs: &[PathBuf], stem: &str) -> Option<PathBuf> {
     for d in dirs {
         for name in [format!("{stem}.gz"), stem.to_string()] {
             let p = d.join(name);

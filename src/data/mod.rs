@@ -162,7 +162,21 @@ pub fn load(name: &str, data_dir: Option<&Path>, train: bool) -> Result<ImageSet
             } else {
                 "pass --data-dir DIR holding train-images-idx3-ubyte and train-labels-idx1-ubyte (gzipped or raw)"
             };
-            or_download(name, &dirs, |d| idx::load_split(name, d, train, hint))
+            let set = or_download(name, &dirs, |d| idx::load_split(name, d, train, hint))?;
+            if let Some(d) = data_dir {
+                // A --data-dir holding one split only: say where the other came from.
+                let stem = if train { "train-images-idx3-ubyte" } else { "t10k-images-idx3-ubyte" };
+                if idx::find(&dirs[..2], stem).is_none() {
+                    let from =
+                        idx::find(&dirs, stem).map_or("the download cache".to_string(), |p| p.display().to_string());
+                    eprintln!(
+                        "warning: {} holds no {stem}(.gz): the {} split of '{name}' comes from {from}",
+                        d.display(),
+                        if train { "training" } else { "test" }
+                    );
+                }
+            }
+            Ok(set)
         }
         "cifar10" | "cifar100" => or_download(name, &search_dirs(name, data_dir), |d| cifar::load(name, d, train)),
         "synthetic" => Ok(synthetic::generate(if train { 2048 } else { 512 }, 28, 1, 10, if train { 1 } else { 2 })),

@@ -46,6 +46,19 @@ pub fn backbone_raw(
     let len = set.c * aug.out * aug.out;
     let mut x = vec![0.0f32; batch * len];
     let mut out = vec![0.0f32; n * d];
+    // A progress bar on a terminal: a large split takes a minute on a laptop.
+    let bar = if std::io::IsTerminal::is_terminal(&std::io::stderr()) {
+        let b = indicatif::ProgressBar::new(n as u64);
+        if let Ok(style) =
+            indicatif::ProgressStyle::with_template("features of {prefix} [{bar:30}] {pos}/{len} ({elapsed}<{eta})")
+        {
+            b.set_style(style.progress_chars("=> "));
+        }
+        b.set_prefix(set.name.clone());
+        b
+    } else {
+        indicatif::ProgressBar::hidden()
+    };
     for b0 in (0..n).step_by(batch) {
         let rows = batch.min(n - b0);
         let filled = par::try_for_chunks(&mut x, len, rows, |i, v| -> anyhow::Result<()> {
@@ -59,7 +72,9 @@ pub fn backbone_raw(
         }
         let f = net.features(&x[..rows * len], rows, kind);
         out[b0 * d..(b0 + rows) * d].copy_from_slice(&f);
+        bar.inc(rows as u64);
     }
+    bar.finish_and_clear();
     net.set_training(true);
     Ok((out, d))
 }

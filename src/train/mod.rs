@@ -1,5 +1,6 @@
 //! Pre-training: configuration and presets, checkpoints, metrics, and the training loop.
 
+pub mod budget;
 pub mod checkpoint;
 pub mod config;
 pub mod metrics;

@@ -160,6 +160,16 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             cfg.arch, cfg.dataset, set.len(), set.c, set.h, set.w, nparams, n, steps, start_epoch, end_epoch, crate::engine::threads(), cfg.out_dir.display()
         );
     }
+    if show && start_epoch >= cfg.epochs {
+        eprintln!(
+            "pretrain: {} already holds all {} epochs of its run: nothing to train. Score it with `mocov3 knn \
+             --checkpoint {}` or `mocov3 lincls`; a longer schedule is a new run (another --out: the lr and \
+             momentum schedules depend on the epoch count)",
+            ckpt.display(),
+            cfg.epochs,
+            ckpt.display()
+        );
+    }
     let mut losses = Vec::new();
     let mut last_knn: Option<f64> = None;
     for epoch in start_epoch..end_epoch {
