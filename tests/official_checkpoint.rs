@@ -246,3 +246,20 @@ fn a_conv_stem_round_trips_and_is_recognised() {
     assert!(e.contains("patch_embed.proj.weight"), "{e}");
     std::fs::remove_file(&path).ok();
 }
+
+#[test]
+fn the_official_layout_records_what_the_weights_do_not_tell() {
+    // A conv stem standing for patch 7 on 28 px images (3 stride-2 stages: the weights alone
+    // read as patch 8 on 32 px) with 2 heads: `to_official` records them, `infer_shape` reads
+    // them back, so `convert` back to safetensors needs no --heads or --set.
+    let mut cfg = tiny(16);
+    if let BackboneConfig::Vit(v) = &mut cfg.backbone {
+        (v.img, v.patch, v.in_chans, v.conv_stem, v.stop_grad_conv1) = (28, 7, 1, true, false);
+    }
+    let mut a = MoCo::new(&cfg, 3);
+    let path = std::env::temp_dir().join(format!("mocov3-record-{}.pth.tar", std::process::id()));
+    mocov3::interop::writer::save(&path, &mocov3::interop::official::to_official(&mut a, 1, "vit_conv_test")).unwrap();
+    let s = mocov3::interop::official::infer_shape(&path).unwrap();
+    let _ = std::fs::remove_file(&path);
+    assert_eq!((s.heads, s.img, s.patch, s.conv_stem, s.dim), (Some(2), 28, 7, true, 16));
+}

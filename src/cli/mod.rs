@@ -13,9 +13,6 @@ pub mod quickstart;
 pub mod report;
 pub mod step;
 
-use anyhow::Result;
-use std::path::PathBuf;
-
 /// `--feature`, shared by the commands that read a checkpoint's features.
 #[derive(clap::Args)]
 pub struct FeatureArg {
@@ -26,30 +23,7 @@ pub struct FeatureArg {
     pub value: mocov3::eval::features::VitFeature,
 }
 
-/// A checkpoint's model and training state, with the dataset it was trained on (or the one
-/// named): both splits, and the evaluation resize.
-pub struct Probe {
-    pub model: mocov3::moco::MoCo,
-    pub state: mocov3::train::checkpoint::TrainState,
-    pub dataset: String,
-    pub train: mocov3::data::ImageSet,
-    pub test: mocov3::data::ImageSet,
-    pub plain: mocov3::data::augment::Augment,
-}
-
-pub fn open_probe(checkpoint: &std::path::Path, dataset: &Option<String>, data_dir: &Option<PathBuf>) -> Result<Probe> {
-    let (model, _, state) = mocov3::train::checkpoint::load(checkpoint)?;
-    let name = dataset.clone().unwrap_or_else(|| state.config.dataset.clone());
-    let dir = data_dir.clone().or_else(|| state.config.data_dir.clone());
-    let train = mocov3::data::load(&name, dir.as_deref(), true)?;
-    let test = mocov3::data::load(&name, dir.as_deref(), false)?;
-    if state.in_chans != train.c {
-        anyhow::bail!("the checkpoint expects {}-channel images, dataset '{name}' has {}", state.in_chans, train.c);
-    }
-    let (mean, std) = train.channel_stats();
-    let plain = mocov3::data::augment::Augment::crop_flip(state.config.img_size, 1.0, false, mean, std);
-    Ok(Probe { model, state, dataset: name, train, test, plain })
-}
+pub use mocov3::train::probe::open_probe;
 
 #[cfg(test)]
 mod tests {

@@ -159,7 +159,14 @@ pub struct InferredShape {
     /// The convolutional stem of `vit_conv_*` (`patch_embed.proj.0.weight` …) in place of the
     /// patch projection.
     pub conv_stem: bool,
+    /// Attention heads, when the file records them (`mocov3_vit`, written by `convert --to
+    /// official`; the weights do not tell).
+    pub heads: Option<usize>,
 }
+
+/// The top-level key of an official-layout file under which `to_official` records a ViT's
+/// heads, image size and patch size.
+pub const RECORD_KEY: &str = "mocov3_vit";
 
 pub fn infer_shape(path: &Path) -> Result<InferredShape> {
     let f = TorchFile::open(path)?;
@@ -215,7 +222,26 @@ pub fn infer_shape(path: &Path) -> Result<InferredShape> {
     }
     let h0 = shape("base_encoder.head.0.weight")?;
     let h6 = shape("base_encoder.head.6.weight")?;
-    Ok(InferredShape { dim, depth, patch, in_chans, img: grid * patch, mlp_dim: h0[0], out_dim: h6[0], conv_stem })
+    let mut shape = InferredShape {
+        dim,
+        depth,
+        patch,
+        in_chans,
+        img: grid * patch,
+        mlp_dim: h0[0],
+        out_dim: h6[0],
+        conv_stem,
+        heads: None,
+    };
+    // What the weights cannot tell (heads; a conv stem's patch), recorded by `to_official`.
+    if let Some(rec) = f.root.get(RECORD_KEY) {
+        let int = |k: &str| rec.get(k).and_then(|v| v.as_int()).filter(|&v| v > 0).map(|v| v as usize);
+        shape.heads = int("heads");
+        if let (Some(img), Some(patch)) = (int("img_size"), int("patch_size")) {
+            (shape.img, shape.patch) = (img, patch);
+        }
+    }
+    Ok(shape)
 }
 
 /// The official checkpoint layout of a model: `{'epoch', 'arch', 'state_dict'}` with the DDP
@@ -244,6 +270,15 @@ pub fn to_official_with(model: &mut MoCo, epoch: i64, arch: &str, opt: Option<(&
         ("arch".into(), Obj::Str(arch.into())),
         ("state_dict".into(), Obj::OrderedDict(sd)),
     ];
+    if let Some(v) = model.cfg.backbone.vit() {
+        // Not in the weights, and a key the official code never reads: `convert --to
+        // safetensors` takes heads, image and patch size from it.
+        let rec = [("heads", v.heads), ("img_size", v.img), ("patch_size", v.patch)];
+        top.push((
+            RECORD_KEY.into(),
+            Obj::Dict(rec.iter().map(|(k, n)| (k.to_string(), Obj::Int(*n as i64))).collect()),
+        ));
+    }
     if let Some((opt, lr)) = opt {
         let mut flags: Vec<bool> = model.base.params_mut().iter().map(|q| q.trainable).collect();
         flags.extend(model.momentum.params_mut().iter().map(|q| q.trainable));

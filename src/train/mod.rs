@@ -5,4 +5,6 @@ pub mod checkpoint;
 pub mod config;
 pub mod metrics;
 pub mod pretrain;
+pub mod probe;
+pub mod quickstart;
 pub mod tensorboard;

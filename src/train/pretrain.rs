@@ -70,40 +70,10 @@ pub fn checkpoint_path(out_dir: &Path) -> PathBuf {
     out_dir.join("checkpoint.safetensors")
 }
 
+/// Pre-train as `cfg` says (or continue the run of `opts.resume`): set-up, then per epoch the
+/// steps (loss, backward, update, monitor, logging) and a checkpoint.
 pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
-    let (cfg, resumed) = match &opts.resume {
-        Some(p) => {
-            let (model, opt, state) = checkpoint::load(p)?;
-            let c = super::config::resumed(&state.config, &cfg, p)?;
-            (c, Some((model, opt, state)))
-        }
-        None => (cfg, None),
-    };
-    crate::engine::init_threads(cfg.threads);
-    let mut set = crate::data::load(&cfg.dataset, cfg.data_dir.as_deref(), true)?;
-    set.skip_corrupt = cfg.skip_corrupt;
-    let set = std::sync::Arc::new(set);
-    if set.len() < cfg.batch_size {
-        bail!("dataset '{}' has {} images, fewer than one batch of {}", cfg.dataset, set.len(), cfg.batch_size);
-    }
-    let (mut model, mut opt, start_epoch, mut step) = match resumed {
-        Some((model, opt, state)) => {
-            if state.in_chans != set.c {
-                bail!(
-                    "checkpoint was trained on {}-channel images, dataset '{}' has {}",
-                    state.in_chans,
-                    cfg.dataset,
-                    set.c
-                );
-            }
-            (model, opt, state.epoch, state.step)
-        }
-        None => {
-            let mcfg = cfg.model(set.c)?;
-            let opt = Optimizer::new(cfg.optimizer, cfg.weight_decay, cfg.exclude_norm_bias_decay);
-            (MoCo::new(&mcfg, cfg.seed), opt, 0, 0)
-        }
-    };
+    let (cfg, set, mut model, mut opt, start_epoch, mut step) = start(cfg, opts)?;
     std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
     std::fs::write(cfg.out_dir.join("config.toml"), toml::to_string(&cfg)?)?;
     let metrics = cfg.out_dir.join("metrics.jsonl");
@@ -173,18 +143,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let mut losses = Vec::new();
     let mut last_knn: Option<f64> = None;
     for epoch in start_epoch..end_epoch {
-        let bar = if show && tty {
-            let b = ProgressBar::new(steps as u64);
-            b.set_style(
-                ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})")
-                    .unwrap()
-                    .progress_chars("=> "),
-            );
-            b.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
-            b
-        } else {
-            ProgressBar::hidden()
-        };
+        let bar = epoch_bar(show && tty, steps, epoch, cfg.epochs);
         let mut rate = 0.0f64;
         for i in 0..steps {
             let t0 = Instant::now();
@@ -213,15 +172,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             }
             if !loss.is_finite() {
                 bar.abandon();
-                let kept = if ckpt.exists() {
-                    format!("the last good checkpoint is kept at {}", ckpt.display())
-                } else {
-                    "no checkpoint was written yet".into()
-                };
-                bail!(
-                    "loss became {loss} at step {step} (epoch {epoch}, iteration {i}): training diverged; {kept}. \
-                     Lower the learning rate (--lr) or lengthen the warm-up, then resume or restart."
-                );
+                return Err(diverged(loss, step, epoch, i, &ckpt));
             }
             let [gp, g0, gl] = model.base.backbone.part_grad_norms();
             opt.update(&mut model.trainable_params(), lr);
@@ -245,7 +196,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             bar.set_message(format!("loss {loss:.4} lr {lr:.2e} m {m:.4} {rate:.1} img/s{knn}"));
             bar.inc(1);
             if i % cfg.log_every.max(1) == 0 || i + 1 == steps || knn_top1.is_some() {
-                log.write(&StepMetrics {
+                let metrics = StepMetrics {
                     step,
                     epoch: e,
                     loss,
@@ -256,20 +207,8 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                     grad_norm_last_block: gl,
                     img_per_s: r,
                     knn_top1,
-                })?;
-                let mut values = vec![
-                    ("train/loss", loss),
-                    ("train/lr", lr as f32),
-                    ("train/momentum", m as f32),
-                    ("grad_norm/patch_embed", gp as f32),
-                    ("grad_norm/first_block", g0 as f32),
-                    ("grad_norm/last_block", gl as f32),
-                    ("train/img_per_s", r as f32),
-                ];
-                if let Some(v) = knn_top1 {
-                    values.push(("knn/top1", v as f32));
-                }
-                tb.scalars(step, &values)?;
+                };
+                log_step(&mut log, &mut tb, &metrics)?;
                 if show && !tty {
                     let knn = knn_top1.map(|v| format!(" knn {v:.2}%")).unwrap_or_default();
                     eprintln!(
@@ -285,25 +224,8 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         let state = TrainState { format: FORMAT, epoch: epoch + 1, step, in_chans: set.c, config: cfg.clone() };
         checkpoint::save(&ckpt, &mut model, &opt, &state)?;
         if show {
-            let k = losses.len().saturating_sub(steps);
-            let mean = losses[k..].iter().map(|&v| v as f64).sum::<f64>() / (losses.len() - k) as f64;
-            // The estimate extrapolates this invocation's epochs (not those before a resume) to
-            // where it stops: the last epoch, or earlier with --stop-after-epochs.
-            let done = epoch + 1 - start_epoch;
-            let elapsed = run_start.elapsed().as_secs_f64();
-            let todo = end_epoch - epoch - 1;
-            let left = if todo > 0 {
-                format!(", about {} left", clock(elapsed / done as f64 * todo as f64))
-            } else {
-                String::new()
-            };
-            eprintln!(
-                "epoch {}/{} done: mean loss {mean:.4}; {} elapsed{left}; checkpoint {}",
-                epoch + 1,
-                cfg.epochs,
-                clock(elapsed),
-                ckpt.display()
-            );
+            let mean = epoch_mean(&losses, steps);
+            epoch_done(epoch, start_epoch, end_epoch, cfg.epochs, mean, run_start.elapsed().as_secs_f64(), &ckpt);
         }
     }
     let total_secs = run_start.elapsed().as_secs_f64();
@@ -318,6 +240,115 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
         );
     }
     Ok(RunSummary { losses, checkpoint: ckpt, next_epoch: end_epoch, last_knn, monitor_secs, total_secs })
+}
+
+/// Set-up: the configuration (a checkpoint's when resuming, see [`super::config::resumed`]), the
+/// training set, and the model, optimiser, next epoch and step, from the checkpoint or fresh.
+#[allow(clippy::type_complexity)]
+fn start(
+    cfg: PretrainConfig,
+    opts: &RunOptions,
+) -> Result<(PretrainConfig, std::sync::Arc<crate::data::ImageSet>, MoCo, Optimizer, usize, u64)> {
+    let (cfg, resumed) = match &opts.resume {
+        Some(p) => {
+            let (model, opt, state) = checkpoint::load(p)?;
+            let c = super::config::resumed(&state.config, &cfg, p)?;
+            (c, Some((model, opt, state)))
+        }
+        None => (cfg, None),
+    };
+    crate::engine::init_threads(cfg.threads);
+    let mut set = crate::data::load(&cfg.dataset, cfg.data_dir.as_deref(), true)?;
+    set.skip_corrupt = cfg.skip_corrupt;
+    let set = std::sync::Arc::new(set);
+    if set.len() < cfg.batch_size {
+        bail!("dataset '{}' has {} images, fewer than one batch of {}", cfg.dataset, set.len(), cfg.batch_size);
+    }
+    let (model, opt, start_epoch, step) = match resumed {
+        Some((model, opt, state)) => {
+            if state.in_chans != set.c {
+                bail!(
+                    "checkpoint was trained on {}-channel images, dataset '{}' has {}",
+                    state.in_chans,
+                    cfg.dataset,
+                    set.c
+                );
+            }
+            (model, opt, state.epoch, state.step)
+        }
+        None => {
+            let mcfg = cfg.model(set.c)?;
+            let opt = Optimizer::new(cfg.optimizer, cfg.weight_decay, cfg.exclude_norm_bias_decay);
+            (MoCo::new(&mcfg, cfg.seed), opt, 0, 0)
+        }
+    };
+    Ok((cfg, set, model, opt, start_epoch, step))
+}
+
+/// The progress bar of one epoch (hidden when not on a terminal or quiet).
+fn epoch_bar(visible: bool, steps: usize, epoch: usize, epochs: usize) -> ProgressBar {
+    if !visible {
+        return ProgressBar::hidden();
+    }
+    let b = ProgressBar::new(steps as u64);
+    if let Ok(style) = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})") {
+        b.set_style(style.progress_chars("=> "));
+    }
+    b.set_prefix(format!("{}/{epochs}", epoch + 1));
+    b
+}
+
+/// The error of a non-finite loss: where it happened, and that the last good checkpoint stays.
+fn diverged(loss: f32, step: u64, epoch: usize, i: usize, ckpt: &Path) -> anyhow::Error {
+    let kept = if ckpt.exists() {
+        format!("the last good checkpoint is kept at {}", ckpt.display())
+    } else {
+        "no checkpoint was written yet".into()
+    };
+    anyhow::anyhow!(
+        "loss became {loss} at step {step} (epoch {epoch}, iteration {i}): training diverged; {kept}. \
+         Lower the learning rate (--lr) or lengthen the warm-up, then resume or restart."
+    )
+}
+
+/// One step's metrics into `metrics.jsonl` and the TensorBoard events.
+fn log_step(log: &mut MetricsLog, tb: &mut EventWriter, s: &StepMetrics) -> Result<()> {
+    log.write(s)?;
+    let mut values = vec![
+        ("train/loss", s.loss),
+        ("train/lr", s.lr as f32),
+        ("train/momentum", s.m as f32),
+        ("grad_norm/patch_embed", s.grad_norm_patch as f32),
+        ("grad_norm/first_block", s.grad_norm_first_block as f32),
+        ("grad_norm/last_block", s.grad_norm_last_block as f32),
+        ("train/img_per_s", s.img_per_s as f32),
+    ];
+    if let Some(v) = s.knn_top1 {
+        values.push(("knn/top1", v as f32));
+    }
+    tb.scalars(s.step, &values)
+}
+
+/// Mean loss of the last `steps` steps.
+fn epoch_mean(losses: &[f32], steps: usize) -> f64 {
+    let k = losses.len().saturating_sub(steps);
+    losses[k..].iter().map(|&v| v as f64).sum::<f64>() / (losses.len() - k).max(1) as f64
+}
+
+/// The console line after an epoch: mean loss, time spent, and the time left. The estimate
+/// extrapolates this invocation's epochs (not those before a resume) to where it stops: the last
+/// epoch, or earlier with --stop-after-epochs.
+fn epoch_done(epoch: usize, start: usize, end: usize, epochs: usize, mean: f64, elapsed: f64, ckpt: &Path) {
+    let done = epoch + 1 - start;
+    let todo = end - epoch - 1;
+    let left =
+        if todo > 0 { format!(", about {} left", clock(elapsed / done as f64 * todo as f64)) } else { String::new() };
+    eprintln!(
+        "epoch {}/{epochs} done: mean loss {mean:.4}; {} elapsed{left}; checkpoint {}",
+        epoch + 1,
+        clock(elapsed),
+        ckpt.display()
+    );
 }
 
 #[cfg(test)]
