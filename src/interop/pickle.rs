@@ -74,6 +74,34 @@ fn storage_of(pid: &Value) -> Result<(String, String)> {
     bail!("unsupported persistent id in pickle: {pid:?}")
 }
 
+/// The only callables and classes a pickle may name (PyTorch's `weights_only` idea): tensor and
+/// parameter rebuilding, storage types, and plain containers. Nothing is ever called (this
+/// reader interprets the few it knows and keeps the rest as data), but a file naming anything
+/// else is not a checkpoint and is refused by rule.
+fn allowed_global(module: &str, name: &str) -> bool {
+    matches!(
+        (module, name),
+        ("collections", "OrderedDict")
+            | ("torch._utils", "_rebuild_tensor_v2" | "_rebuild_tensor" | "_rebuild_parameter")
+            | ("torch", "Size")
+            | ("_codecs", "encode")
+            | ("argparse", "Namespace")
+            | ("numpy.core.multiarray" | "numpy._core.multiarray", "scalar")
+            | ("numpy", "dtype")
+            | ("builtins" | "__builtin__", "set" | "frozenset" | "bytearray" | "slice")
+    ) || (module == "torch" && name.ends_with("Storage"))
+}
+
+fn global(module: String, name: String) -> Result<Value> {
+    if !allowed_global(&module, &name) {
+        bail!(
+            "the pickle names {module}.{name}, which is not a tensor, storage or container type: refused (a \
+             checkpoint never needs it, and a malicious file would use it to run code)"
+        );
+    }
+    Ok(Value::Global(module, name))
+}
+
 fn reduce(f: Value, args: Value) -> Result<Value> {
     match (&f, &args) {
         (Value::Global(m, n), _) if m == "collections" && n == "OrderedDict" => Ok(Value::Dict(Vec::new())),
@@ -291,13 +319,13 @@ pub fn load(data: &[u8]) -> Result<(Value, usize)> {
             b'c' => {
                 let module = r.line()?;
                 let name = r.line()?;
-                stack.push(Value::Global(module, name));
+                stack.push(global(module, name)?);
             }
             0x93 => {
                 let name = pop(&mut stack)?;
                 let module = pop(&mut stack)?;
                 match (module, name) {
-                    (Value::Str(m), Value::Str(n)) => stack.push(Value::Global(m, n)),
+                    (Value::Str(m), Value::Str(n)) => stack.push(global(m, n)?),
                     _ => bail!("STACK_GLOBAL with non-string names"),
                 }
             }
@@ -340,5 +368,19 @@ mod tests {
         assert_eq!(v.get("c"), Some(&Value::Str("xy".into())));
         assert!(load(&data[..data.len() - 3]).is_err());
         assert!(load(b"\x80\x02\xff.").unwrap_err().to_string().contains("unsupported pickle opcode"));
+    }
+
+    #[test]
+    fn a_pickle_naming_a_callable_outside_the_allowlist_is_refused() {
+        // pickle.dumps of os.system('echo pwned') (protocol 2: GLOBAL 'os system', a 1-tuple, REDUCE),
+        // and the same through STACK_GLOBAL with builtins.eval.
+        let global = b"\x80\x02cos\nsystem\nX\x0a\x00\x00\x00echo pwned\x85R.";
+        let e = load(global).unwrap_err().to_string();
+        assert!(e.contains("os.system") && e.contains("refused"), "{e}");
+        let stack = b"\x80\x04X\x08\x00\x00\x00builtinsX\x04\x00\x00\x00eval\x93X\x01\x00\x00\x001\x85R.";
+        let e = load(stack).unwrap_err().to_string();
+        assert!(e.contains("builtins.eval") && e.contains("refused"), "{e}");
+        // A tensor-rebuilding name passes.
+        assert!(load(b"\x80\x02ccollections\nOrderedDict\n)R.").is_ok());
     }
 }

@@ -308,6 +308,9 @@ fn f32_decimal<S: serde::Serializer>(v: &f32, s: S) -> std::result::Result<S::Ok
     s.serialize_f64(v.to_string().parse::<f64>().unwrap_or(*v as f64))
 }
 
+/// The most compute threads a configuration may ask for.
+pub const MAX_THREADS: usize = 1024;
+
 /// Keys a resumed run may change: where it writes, how it runs, how often it logs. Every other
 /// key shapes the model, the data or the schedules, so a resumed run keeps it.
 pub const RUN_KEYS: &[&str] =
@@ -409,8 +412,29 @@ impl PretrainConfig {
         if self.batch_size < 2 {
             bail!("batch_size must be at least 2 (BatchNorm needs two samples per view)");
         }
-        if self.moco_t <= 0.0 {
-            bail!("moco_t must be positive");
+        if !(self.moco_t.is_finite() && self.moco_t > 0.0) {
+            bail!("moco_t must be a positive number, not {}", self.moco_t);
+        }
+        if !(self.lr.is_finite() && self.lr > 0.0) {
+            bail!("lr must be a positive number, not {}", self.lr);
+        }
+        if !(self.weight_decay.is_finite() && self.weight_decay >= 0.0) {
+            bail!("weight_decay must be a number at least 0, not {}", self.weight_decay);
+        }
+        if !(self.warmup_epochs.is_finite() && self.warmup_epochs >= 0.0) {
+            bail!("warmup_epochs must be a number at least 0, not {}", self.warmup_epochs);
+        }
+        if self.moco_mlp_dim == 0 || self.moco_dim == 0 {
+            bail!("moco_mlp_dim and moco_dim must be at least 1");
+        }
+        if self.max_steps_per_epoch == Some(0) {
+            bail!("max_steps_per_epoch must be at least 1 (or unset)");
+        }
+        if self.threads > MAX_THREADS {
+            bail!("threads = {}: at most {MAX_THREADS} (0 means one per core)", self.threads);
+        }
+        if self.knn_every > 0 && !(self.knn_k >= 1 && self.knn_t.is_finite() && self.knn_t > 0.0) {
+            bail!("the kNN monitor (knn_every > 0) needs knn_k at least 1 and a positive knn_t");
         }
         if !(0.0..=1.0).contains(&self.moco_m) {
             bail!("moco_m must be in [0, 1]");
@@ -470,6 +494,29 @@ mod tests {
             e.contains("runs/x/checkpoint.safetensors") && e.contains("moco_t: the checkpoint has 0.2, asked 0.1"),
             "{e}"
         );
+    }
+
+    #[test]
+    fn meaningless_settings_are_refused_with_the_key_name() {
+        let c = merge_sets(&preset("tiny-synthetic").unwrap(), &["knn_every=5".to_string()]).unwrap();
+        assert!(c.model(1).is_ok(), "the base configuration is valid");
+        for (set, key) in [
+            ("lr=nan", "lr"),
+            ("lr=-1e-3", "lr"),
+            ("lr=inf", "lr"),
+            ("moco_t=nan", "moco_t"),
+            ("weight_decay=-0.1", "weight_decay"),
+            ("warmup_epochs=nan", "warmup_epochs"),
+            ("moco_dim=0", "moco_dim"),
+            ("max_steps_per_epoch=0", "max_steps_per_epoch"),
+            ("threads=100000", "threads"),
+            ("knn_t=0.0", "knn_t"),
+            ("batch_size=1", "batch_size"),
+        ] {
+            let bad = merge_sets(&c, &[set.to_string()]).and_then(|b| b.model(1).map(|_| b));
+            let e = bad.err().unwrap_or_else(|| panic!("{set} was accepted")).to_string();
+            assert!(e.contains(key), "{set}: {e}");
+        }
     }
 
     #[test]
