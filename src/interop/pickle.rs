@@ -372,7 +372,7 @@ mod tests {
 
     #[test]
     fn a_pickle_naming_a_callable_outside_the_allowlist_is_refused() {
-        // pickle.dumps of os.system('echo pwned') (protocol 2: GLOBAL 'os system', a 1-tuple, REDUCE),
+        // Hand-written equivalents of a protocol-2 pickle of os.system('echo pwned') (protocol 2: GLOBAL 'os system', a 1-tuple, REDUCE),
         // and the same through STACK_GLOBAL with builtins.eval.
         let global = b"\x80\x02cos\nsystem\nX\x0a\x00\x00\x00echo pwned\x85R.";
         let e = load(global).unwrap_err().to_string();
@@ -380,7 +380,7 @@ mod tests {
         let stack = b"\x80\x04X\x08\x00\x00\x00builtinsX\x04\x00\x00\x00eval\x93X\x01\x00\x00\x001\x85R.";
         let e = load(stack).unwrap_err().to_string();
         assert!(e.contains("builtins.eval") && e.contains("refused"), "{e}");
-        // A tensor-rebuilding name passes.
+        // A container name (collections.OrderedDict) passes.
         assert!(load(b"\x80\x02ccollections\nOrderedDict\n)R.").is_ok());
     }
 }
