@@ -2,9 +2,9 @@
 //! other token features of [`VitFeature`]; ResNet: the pooled channels; L2-normalised), or from
 //! raw pixels (the baseline).
 
-use super::knn::normalize_rows;
 use crate::data::augment::Augment;
 use crate::data::ImageSet;
+use crate::engine::ops;
 use crate::engine::par;
 use crate::models::backbone::Backbone;
 pub use crate::models::vit::VitFeature;
@@ -27,7 +27,7 @@ pub fn backbone(
     kind: VitFeature,
 ) -> anyhow::Result<(Vec<f32>, usize)> {
     let (mut out, d) = backbone_raw(net, set, n, aug, batch, kind)?;
-    normalize_rows(&mut out, d);
+    ops::l2norm_inplace(&mut out, d);
     Ok((out, d))
 }
 
@@ -86,7 +86,7 @@ pub fn pixels(set: &ImageSet, n: usize) -> anyhow::Result<(Vec<f32>, usize)> {
     }
     let d = set.h * set.w * set.c;
     let mut out: Vec<f32> = set.pixels[..n * d].iter().map(|&p| p as f32 / 255.0).collect();
-    normalize_rows(&mut out, d);
+    ops::l2norm_inplace(&mut out, d);
     Ok((out, d))
 }
 

@@ -11,11 +11,6 @@ pub struct KnnResult {
     pub top5: f64,
 }
 
-/// L2-normalise each row of `x` (`[rows, d]`) in place (the one copy in [`ops::l2norm_inplace`]).
-pub fn normalize_rows(x: &mut [f32], d: usize) {
-    ops::l2norm_inplace(x, d);
-}
-
 /// `bank` and `query` (`[n, d]` rows) standardised per dimension with the bank's statistics
 /// ([`Standardizer`]), then L2-normalised again: cosine similarity in which every dimension
 /// counts alike, not mostly the few that vary most. A deviation from the plain protocol (as
@@ -24,8 +19,8 @@ pub fn normalize_rows(x: &mut [f32], d: usize) {
 pub fn standardized(bank: &[f32], query: &[f32], d: usize) -> (Vec<f32>, Vec<f32>) {
     let st = Standardizer::fit(bank, d);
     let (mut b, mut q) = (st.apply(bank), st.apply(query));
-    normalize_rows(&mut b, d);
-    normalize_rows(&mut q, d);
+    ops::l2norm_inplace(&mut b, d);
+    ops::l2norm_inplace(&mut q, d);
     (b, q)
 }
 
@@ -117,7 +112,7 @@ mod tests {
                 }
                 y.push(c as u32);
             }
-            normalize_rows(&mut x, d);
+            ops::l2norm_inplace(&mut x, d);
             (x, y)
         };
         let (bank, bl) = make(300, 0.2);
@@ -150,8 +145,8 @@ mod tests {
         };
         let ((bank, bl), (query, ql)) = (make(400), make(200));
         let (mut b, mut q) = (bank.clone(), query.clone());
-        normalize_rows(&mut b, d);
-        normalize_rows(&mut q, d);
+        ops::l2norm_inplace(&mut b, d);
+        ops::l2norm_inplace(&mut q, d);
         let plain = classify(&b, &bl, &q, &ql, d, classes, &[20], 0.07)[0].top1;
         let (b, q) = standardized(&bank, &query, d);
         let std = classify(&b, &bl, &q, &ql, d, classes, &[20], 0.07)[0].top1;

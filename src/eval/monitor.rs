@@ -5,9 +5,10 @@
 //! training that a per-epoch kNN hides.
 
 use super::features;
-use super::knn::{classify, normalize_rows};
+use super::knn::classify;
 use crate::data::augment::Augment;
 use crate::data::ImageSet;
+use crate::engine::ops;
 use crate::models::backbone::Backbone;
 
 pub struct KnnMonitor {
@@ -47,7 +48,7 @@ impl KnnMonitor {
         for (f, l) in feats.chunks(d).zip(labels) {
             let slot = &mut self.bank[self.next * d..(self.next + 1) * d];
             slot.copy_from_slice(f);
-            normalize_rows(slot, d);
+            ops::l2norm_inplace(slot, d);
             self.labels[self.next] = l;
             self.next = (self.next + 1) % self.capacity;
             self.filled = (self.filled + 1).min(self.capacity);

@@ -323,10 +323,10 @@ pub fn resume_conflicts(checkpoint: &PretrainConfig, asked: &PretrainConfig) -> 
     let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| !RUN_KEYS.contains(&k.as_str())).collect();
     keys.sort();
     keys.dedup();
-    // f32 keys (τ, blur σ) pass through f64: show them as the f32 they are.
+    // f32 keys are serialised as the decimals they were given (`f32_decimal`), so every value
+    // shows as written.
     let show = |v: Option<&toml::Value>| match v {
         None => "(unset)".to_string(),
-        Some(toml::Value::Float(f)) if (*f as f32) as f64 == *f => (*f as f32).to_string(),
         Some(v) => v.to_string(),
     };
     Ok(keys
