@@ -1,6 +1,7 @@
 //! `mocov3 pretrain`: MoCo v3 pre-training from a preset, a TOML file and flags; resumable.
 
 use anyhow::Result;
+use mocov3::train::budget;
 use mocov3::train::config::{self, PretrainConfig};
 use mocov3::train::pretrain::{self, RunOptions};
 use std::path::PathBuf;
@@ -19,6 +20,10 @@ pub struct Args {
     /// Pre-training epochs (replaces the preset's; the cosine schedules span them).
     #[arg(long)]
     epochs: Option<usize>,
+    /// A wall-clock budget (60m, 1h30m, 90s): times a few steps here, then fixes the number of
+    /// epochs (and so the schedules) that fit it, recorded in config.toml so a resume keeps it.
+    #[arg(long, conflicts_with_all = ["epochs", "resume"])]
+    budget: Option<String>,
     /// Global batch size (images per step; the lr is scaled by batch / 256).
     #[arg(long)]
     batch_size: Option<usize>,
@@ -74,6 +79,11 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => resolve(&a)?,
     };
+    let mut cfg = cfg;
+    if let (Some(b), false) = (&a.budget, a.print_config) {
+        let plan = budget::fit_epochs(&mut cfg, budget::parse_duration(b)?, std::time::Instant::now(), 0.0)?;
+        eprintln!("pretrain: --budget {b}: {plan}");
+    }
     if a.print_config {
         print!("{}", toml::to_string(&cfg)?);
         return Ok(());

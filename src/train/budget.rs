@@ -4,6 +4,7 @@
 use super::config::PretrainConfig;
 use super::pretrain::{self, RunOptions};
 use anyhow::{bail, Context, Result};
+use std::time::Instant;
 
 /// A duration such as `60m`, `1h`, `1h30m`, `90s` or `45` (minutes), in seconds.
 pub fn parse_duration(s: &str) -> Result<f64> {
@@ -40,28 +41,67 @@ fn check(secs: f64, s: &str) -> Result<f64> {
     Ok(secs)
 }
 
-/// Seconds one training step of `cfg` takes here, data loading and logging included: two short
-/// runs in a scratch directory (2 and 12 steps, no kNN monitor), their difference over the 10
-/// extra steps, so set-up and the checkpoint write cancel out.
-pub fn seconds_per_step(cfg: &PretrainConfig) -> Result<f64> {
+/// What a step costs here: seconds per step, data loading, logging and the kNN monitor's share
+/// included, and the steps of a full epoch.
+pub struct StepRate {
+    pub secs: f64,
+    pub steps_per_epoch: usize,
+}
+
+/// Measures [`StepRate`] for `cfg` by two short runs in a scratch directory: 2 steps, and 2 +
+/// `knn_every` steps (12 when the monitor is off), whose difference holds exactly one monitor
+/// evaluation when it is on, so the monitor's share per step is measured rather than guessed.
+/// Set-up and the checkpoint write cancel out in the difference.
+pub fn measure_step(cfg: &PretrainConfig) -> Result<StepRate> {
     let dir = cfg.out_dir.join(".calibration");
-    let time = |steps: usize| -> Result<f64> {
+    let extra = if cfg.knn_every > 0 { cfg.knn_every } else { 10 };
+    let time = |steps: usize| -> Result<(f64, usize)> {
         let mut c = cfg.clone();
         c.out_dir = dir.clone();
         c.epochs = 1;
         c.max_steps_per_epoch = Some(steps);
-        c.knn_every = 0;
         let opts = RunOptions { resume: None, stop_after_epochs: None, quiet: true };
-        Ok(pretrain::run(c, &opts)?.total_secs)
+        let r = pretrain::run(c, &opts)?;
+        Ok((r.total_secs, r.full_epoch_steps))
     };
-    let short = time(2)?;
-    let long = time(12)?;
+    let (short, _) = time(2)?;
+    let (long, steps_per_epoch) = time(2 + extra)?;
     let _ = std::fs::remove_dir_all(&dir);
-    Ok(((long - short) / 10.0).max(1e-6))
+    // On steps much shorter than the run's set-up, timing noise can make the difference zero or
+    // negative; the long run's average per step (set-up included) is then a safe upper bound.
+    let diff = (long - short) / extra as f64;
+    let upper = long / (2 + extra) as f64;
+    let secs = if diff > 0.05 * upper { diff } else { upper };
+    Ok(StepRate { secs: secs.max(1e-6), steps_per_epoch })
+}
+
+/// Room for a machine that slows down during the run (a shared one did by more than 10% in an
+/// hour) and for the checkpoint writes: the measured step time is planned 5% longer.
+pub const MARGIN: f64 = 1.05;
+
+/// Fixes `cfg.epochs` (and so its cosine schedules) so that its training ends within `limit`
+/// seconds of `started`, leaving the time of `reserve_steps` steps for what follows it. Returns
+/// the line that tells the user what was planned.
+pub fn fit_epochs(cfg: &mut PretrainConfig, limit: f64, started: Instant, reserve_steps: f64) -> Result<String> {
+    let rate = measure_step(cfg)?;
+    let (step, steps) = (rate.secs, rate.steps_per_epoch);
+    let per_epoch = cfg.max_steps_per_epoch.map_or(steps, |m| m.min(steps));
+    let reserve = reserve_steps * step;
+    cfg.epochs = epochs_within(limit, started.elapsed().as_secs_f64(), step, per_epoch, MARGIN, reserve)?;
+    let kept = if reserve > 0.0 { format!(", {:.1} min kept for scoring", reserve / 60.0) } else { String::new() };
+    Ok(format!(
+        "{step:.3} s per step here{}, {per_epoch} steps per epoch -> {} epochs ({:.1} min of training with a {:.0}% \
+         margin{kept})",
+        if cfg.knn_every > 0 { " (kNN monitor included)" } else { "" },
+        cfg.epochs,
+        cfg.epochs as f64 * per_epoch as f64 * step * MARGIN / 60.0,
+        (MARGIN - 1.0) * 100.0,
+    ))
 }
 
 /// The whole epochs that fit `budget` seconds when `spent` are gone already, an epoch is
-/// `steps_per_epoch` steps of `step_secs` (times `overhead` for the monitor and checkpoints), and
+/// `steps_per_epoch` steps of `step_secs` (times `overhead`, a margin for a machine that slows
+/// and for the checkpoints), and
 /// `reserve` seconds must be left for what follows the training. An error when not even one
 /// epoch fits.
 pub fn epochs_within(

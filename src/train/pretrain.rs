@@ -49,6 +49,8 @@ pub struct RunSummary {
     /// Seconds spent in the kNN monitor, and in the whole run.
     pub monitor_secs: f64,
     pub total_secs: f64,
+    /// Steps in a full epoch of this configuration's training set (before `max_steps_per_epoch`).
+    pub full_epoch_steps: usize,
 }
 
 /// The two-view augmentation a configuration trains with on `set` (normalised with the
@@ -99,7 +101,8 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let mut monitor_secs = 0.0f64;
     let run_start = Instant::now();
     let mut loader = TwoViewLoader::new(&set, aug.clone(), cfg.batch_size, cfg.seed);
-    let steps = cfg.max_steps_per_epoch.map_or(loader.steps(), |m| m.min(loader.steps()));
+    let full_epoch_steps = loader.steps();
+    let steps = cfg.max_steps_per_epoch.map_or(full_epoch_steps, |m| m.min(full_epoch_steps));
     let n = cfg.batch_size;
     let mut x = vec![0.0f32; 2 * n * loader.image_len()];
     let peak = cfg.peak_lr();
@@ -239,7 +242,15 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             100.0 * monitor_secs / total_secs
         );
     }
-    Ok(RunSummary { losses, checkpoint: ckpt, next_epoch: end_epoch, last_knn, monitor_secs, total_secs })
+    Ok(RunSummary {
+        losses,
+        checkpoint: ckpt,
+        next_epoch: end_epoch,
+        last_knn,
+        monitor_secs,
+        total_secs,
+        full_epoch_steps,
+    })
 }
 
 /// Set-up: the configuration (a checkpoint's when resuming, see [`super::config::resumed`]), the
