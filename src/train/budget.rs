@@ -67,12 +67,17 @@ pub fn measure_step(cfg: &PretrainConfig) -> Result<StepRate> {
     let (short, _) = time(2)?;
     let (long, steps_per_epoch) = time(2 + extra)?;
     let _ = std::fs::remove_dir_all(&dir);
-    // On steps much shorter than the run's set-up, timing noise can make the difference zero or
-    // negative; the long run's average per step (set-up included) is then a safe upper bound.
-    let diff = (long - short) / extra as f64;
-    let upper = long / (2 + extra) as f64;
-    let secs = if diff > 0.05 * upper { diff } else { upper };
-    Ok(StepRate { secs: secs.max(1e-6), steps_per_epoch })
+    Ok(StepRate { secs: per_step(short, long, 2, 2 + extra), steps_per_epoch })
+}
+
+/// Seconds per step from runs of `a` and `b` steps that took `short` and `long` seconds: their
+/// difference over the extra steps. On steps much shorter than the runs' set-up, timing noise
+/// can make that zero or negative; the long run's average per step (set-up included) is then
+/// used, an upper bound, so a budget is never planned from a step that costs nothing.
+fn per_step(short: f64, long: f64, a: usize, b: usize) -> f64 {
+    let diff = (long - short) / (b - a) as f64;
+    let upper = long / b as f64;
+    (if diff > 0.05 * upper { diff } else { upper }).max(1e-6)
 }
 
 /// Room for a machine that slows down during the run (a shared one did by more than 10% in an
@@ -142,6 +147,15 @@ mod tests {
         for bad in ["", "0m", "-5", "1x", "1h30", "m"] {
             assert!(parse_duration(bad).is_err(), "{bad}");
         }
+    }
+
+    #[test]
+    fn a_noisy_calibration_falls_back_to_the_upper_bound() {
+        // 1 s of set-up, 0.5 s per step: 2 steps 2 s, 22 steps 12 s.
+        assert!((per_step(2.0, 12.0, 2, 22) - 0.5).abs() < 1e-12);
+        // Steps too short to time: the long run was no slower than the short one.
+        assert_eq!(per_step(1.02, 1.01, 2, 22), 1.01 / 22.0);
+        assert_eq!(per_step(1.0, 1.001, 2, 22), 1.001 / 22.0);
     }
 
     #[test]
