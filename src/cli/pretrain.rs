@@ -69,7 +69,7 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
-    let cfg = match &a.resume {
+    let mut cfg = match &a.resume {
         // A resumed run keeps its configuration; the command line may change only how it runs
         // (config::resumed says which keys, and names any other that differs).
         Some(ck) => {
@@ -79,7 +79,6 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => resolve(&a)?,
     };
-    let mut cfg = cfg;
     if let (Some(b), false) = (&a.budget, a.print_config) {
         let plan = budget::fit_epochs(&mut cfg, budget::parse_duration(b)?, std::time::Instant::now(), 0.0)?;
         eprintln!("pretrain: --budget {b}: {plan}");

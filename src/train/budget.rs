@@ -90,7 +90,7 @@ pub const MARGIN: f64 = 1.05;
 pub fn fit_epochs(cfg: &mut PretrainConfig, limit: f64, started: Instant, reserve_steps: f64) -> Result<String> {
     let rate = measure_step(cfg)?;
     let (step, steps) = (rate.secs, rate.steps_per_epoch);
-    let per_epoch = cfg.max_steps_per_epoch.map_or(steps, |m| m.min(steps));
+    let per_epoch = cfg.steps_per_epoch(steps);
     let reserve = reserve_steps * step;
     cfg.epochs = epochs_within(limit, started.elapsed().as_secs_f64(), step, per_epoch, MARGIN, reserve)?;
     let kept = if reserve > 0.0 { format!(", {:.1} min kept for scoring", reserve / 60.0) } else { String::new() };
@@ -106,9 +106,8 @@ pub fn fit_epochs(cfg: &mut PretrainConfig, limit: f64, started: Instant, reserv
 
 /// The whole epochs that fit `budget` seconds when `spent` are gone already, an epoch is
 /// `steps_per_epoch` steps of `step_secs` (times `overhead`, a margin for a machine that slows
-/// and for the checkpoints), and
-/// `reserve` seconds must be left for what follows the training. An error when not even one
-/// epoch fits.
+/// and for the checkpoints), and `reserve` seconds must be left for what follows the training.
+/// An error when not even one epoch fits.
 pub fn epochs_within(
     budget: f64,
     spent: f64,

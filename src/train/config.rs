@@ -451,6 +451,11 @@ impl PretrainConfig {
         Ok(())
     }
 
+    /// The steps an epoch of `full` steps is run for: all, or `max_steps_per_epoch` of them.
+    pub fn steps_per_epoch(&self, full: usize) -> usize {
+        self.max_steps_per_epoch.map_or(full, |m| m.min(full))
+    }
+
     /// The effective peak learning rate, lr × batch / 256.
     pub fn peak_lr(&self) -> f64 {
         self.lr * self.batch_size as f64 / 256.0

@@ -102,7 +102,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     let run_start = Instant::now();
     let mut loader = TwoViewLoader::new(&set, aug.clone(), cfg.batch_size, cfg.seed);
     let full_epoch_steps = loader.steps();
-    let steps = cfg.max_steps_per_epoch.map_or(full_epoch_steps, |m| m.min(full_epoch_steps));
+    let steps = cfg.steps_per_epoch(full_epoch_steps);
     let n = cfg.batch_size;
     let mut x = vec![0.0f32; 2 * n * loader.image_len()];
     let peak = cfg.peak_lr();

@@ -48,27 +48,31 @@ pub fn run(a: &QuickstartOptions) -> Result<()> {
     cfg.data_dir = a.data_dir.clone();
     let ckpt = pretrain::checkpoint_path(&cfg.out_dir);
     let budget_secs = a.budget.as_deref().map(budget::parse_duration).transpose()?;
-    if let Some(limit) = budget_secs {
-        if ckpt.is_file() {
-            cfg.epochs = crate::train::checkpoint::read_state(&ckpt)?.config.epochs;
-            eprintln!(
-                "quickstart: {} holds a run of {} epochs: --budget keeps its schedule",
-                ckpt.display(),
-                cfg.epochs
-            );
-        } else {
-            // Scoring (features of 70k images, kNN, 27 linear probes) took as long as 340-450
-            // training steps in the measured runs (docs/experiments.md).
-            let plan = budget::fit_epochs(&mut cfg, limit, t0, 400.0)?;
-            eprintln!("quickstart: --budget {}: {plan}", a.budget.as_deref().unwrap_or_default());
+    let prior = if ckpt.is_file() { Some(crate::train::checkpoint::read_state(&ckpt)?) } else { None };
+    if let (Some(limit), Some(b)) = (budget_secs, a.budget.as_deref()) {
+        match &prior {
+            Some(state) => {
+                cfg.epochs = state.config.epochs;
+                eprintln!(
+                    "quickstart: {} holds a run of {} epochs: --budget keeps its schedule",
+                    ckpt.display(),
+                    cfg.epochs
+                );
+            }
+            None => {
+                // Scoring (features of 70k images, kNN, 27 linear probes) took as long as 340-450
+                // training steps in the measured runs (docs/experiments.md).
+                let plan = budget::fit_epochs(&mut cfg, limit, t0, 400.0)?;
+                eprintln!("quickstart: --budget {b}: {plan}");
+            }
         }
     }
-    let resume = if ckpt.is_file() {
-        let state = crate::train::checkpoint::read_state(&ckpt)?;
-        config::resumed(&state.config, &cfg, &ckpt)?;
-        Some(state.epoch)
-    } else {
-        None
+    let resume = match &prior {
+        Some(state) => {
+            config::resumed(&state.config, &cfg, &ckpt)?;
+            Some(state.epoch)
+        }
+        None => None,
     };
     // None when the run directory already held the finished run: only scored here.
     let train_secs = match resume {
