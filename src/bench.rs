@@ -2,7 +2,12 @@
 //! images, C2: ViT-S/16 at 224 px; or a ResNet with `--arch`), on random images, fp32, timed
 //! after warm-up. One fixed batch is used for every step, so the loss must fall. ViTs step with
 //! AdamW, ResNets with LARS, as their official recipes.
+//!
+//! Over several processes (`mpirun -np N mocov3 bench step`), the batch is the global one: each
+//! rank steps on its slice of it and the gradients are averaged as in pre-training
+//! ([`crate::train::distributed`]); [`allreduce_secs`] times the all-reduce alone.
 
+use crate::engine::comm;
 use crate::engine::rng::Rng;
 use crate::moco::{MoCo, MocoConfig};
 use crate::models::backbone::{Backbone, BackboneConfig, ResNetConfig};
@@ -10,6 +15,7 @@ use crate::models::resnet::ResNet;
 use crate::models::vit::VitConfig;
 use crate::nn::posembed::PosEmbedKind;
 use crate::optim::{Optimizer, OptimizerKind};
+use crate::train::distributed;
 use anyhow::{bail, Result};
 use std::time::Instant;
 
@@ -166,6 +172,14 @@ pub fn run(cfg: &BenchConfig, warmup: usize, timed: usize, mut progress: impl Fn
     let b = &cfg.model.backbone;
     let mut rng = Rng::new(0);
     let x: Vec<f32> = (0..2 * n * b.in_chans() * b.img() * b.img()).map(|_| rng.uniform_f64() as f32).collect();
+    // This rank's slice of both views (all of them in one process).
+    let c = comm::world();
+    let nl = n / c.world();
+    let len = b.in_chans() * b.img() * b.img();
+    let x: Vec<f32> = (0..2)
+        .flat_map(|v| x[(v * n + c.rank() * nl) * len..(v * n + (c.rank() + 1) * nl) * len].iter().copied())
+        .collect();
+    let mut bucket = Vec::new();
     let mut model = MoCo::new(&cfg.model, 0);
     let (mut opt, lr) = match b {
         BackboneConfig::Vit(_) => (Optimizer::new(OptimizerKind::Adamw, 0.1, false), 1.5e-4),
@@ -176,7 +190,8 @@ pub fn run(cfg: &BenchConfig, warmup: usize, timed: usize, mut progress: impl Fn
     let (mut first, mut last) = (f32::NAN, f32::NAN);
     for i in 0..warmup + timed {
         let t0 = Instant::now();
-        let loss = model.forward_backward(&x, n, 0.99);
+        let loss = distributed::mean_over_ranks(model.forward_backward(&x, nl, 0.99));
+        distributed::average_grads(&mut model.trainable_params(), &mut bucket);
         opt.update(&mut model.trainable_params(), lr);
         let dt = t0.elapsed().as_secs_f64();
         if i == 0 {
@@ -198,4 +213,23 @@ pub fn run(cfg: &BenchConfig, warmup: usize, timed: usize, mut progress: impl Fn
         loss_last: last,
         flops_per_step,
     }
+}
+
+/// Seconds per `all_reduce_sum` of `floats` f32 values over the process group: the median of
+/// `rounds` timed calls after one untimed, each started together (a barrier first).
+pub fn allreduce_secs(floats: usize, rounds: usize) -> f64 {
+    let c = comm::world();
+    let mut buf = vec![1.0f32; floats];
+    let mut times = Vec::new();
+    for i in 0..rounds + 1 {
+        buf.fill(1.0);
+        c.barrier();
+        let t = Instant::now();
+        c.all_reduce_sum(&mut buf);
+        if i > 0 {
+            times.push(t.elapsed().as_secs_f64());
+        }
+    }
+    times.sort_by(|a, b| a.total_cmp(b));
+    times[times.len() / 2]
 }

@@ -51,7 +51,9 @@ enum Cmd {
 }
 
 fn main() {
-    let result = match Cli::parse().cmd {
+    let cmd = Cli::parse().cmd;
+    let distributed = matches!(cmd, Cmd::Pretrain(_) | Cmd::Bench { .. });
+    cli::run_in_world(distributed, || match cmd {
         Cmd::Pretrain(a) => cli::pretrain::run(a),
         Cmd::AugmentPreview(a) => cli::augment_preview::run(a),
         Cmd::Bench { what } => cli::bench::run(what),
@@ -63,9 +65,5 @@ fn main() {
         Cmd::Step(a) => cli::step::run(a),
         Cmd::Quickstart(a) => cli::quickstart::run(a),
         Cmd::Presets => cli::presets::run(),
-    };
-    if let Err(e) = result {
-        eprintln!("error: {e:#}");
-        std::process::exit(1);
-    }
+    });
 }

@@ -37,6 +37,23 @@ pub struct MocoConfig {
 }
 
 impl MocoConfig {
+    /// A lower bound on the values a checkpoint of this model holds (both encoders' blocks and
+    /// heads, the predictor), computed without building it: what a reader checks against the
+    /// file's length before it allocates the model.
+    pub fn min_floats(&self) -> u128 {
+        let (d, h, o) = (self.backbone.dim() as u128, self.mlp_dim as u128, self.out_dim as u128);
+        // Per encoder the projector (d → h … → o); the predictor (o → h → o) once.
+        let projector = d * h + h * o;
+        let body = match self.backbone.vit() {
+            Some(v) => {
+                let tokens = (v.img / v.patch.max(1)) as u128;
+                v.depth as u128 * 12 * d * d + tokens * tokens * d
+            }
+            None => 0,
+        };
+        2 * (body + projector) + 2 * h * o
+    }
+
     /// Layers of the projector, and whether the predictor ends in a BatchNorm.
     fn heads(&self) -> (usize, bool) {
         match self.backbone {

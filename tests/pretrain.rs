@@ -319,3 +319,26 @@ fn lincls_rejects_a_crop_share_outside_0_1() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("--crop-min 1.5 is not a share of the image"), "{err}");
 }
+
+#[test]
+fn mid_epoch_checkpoints_keep_the_last_k() {
+    let c = small("keep", &["checkpoint_every_steps=2", "keep_checkpoints=2"]);
+    let s = run(c.clone(), &quiet()).unwrap();
+    let mut kept: Vec<String> = std::fs::read_dir(c.out_dir.join("checkpoints"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().to_string())
+        .collect();
+    kept.sort();
+    // Steps 2 (mid-epoch), 3 (epoch end), 4 (mid-epoch), 6 (end): the last two stay.
+    assert_eq!(kept, ["step-000000004.safetensors", "step-000000006.safetensors"]);
+    let mid = checkpoint::read_state(&c.out_dir.join("checkpoints/step-000000004.safetensors")).unwrap();
+    assert_eq!((mid.epoch, mid.iter, mid.step), (1, 1, 4));
+    // Resumed from the mid-epoch one, the run ends where the uninterrupted one did.
+    let again = small("keep-resumed", &["checkpoint_every_steps=2"]);
+    let r =
+        run(again, &RunOptions { resume: Some(c.out_dir.join("checkpoints/step-000000004.safetensors")), ..quiet() })
+            .unwrap();
+    assert_eq!(r.losses.len(), 2);
+    let bits = |l: &[f32]| l.iter().map(|v| v.to_bits()).collect::<Vec<_>>();
+    assert_eq!(bits(&r.losses), bits(&s.losses[4..]));
+}

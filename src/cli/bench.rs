@@ -1,4 +1,4 @@
-//! `mocov3 bench`: the training step, the data pipeline and the GEMM rate.
+//! `mocov3 bench`: the training step, the data pipeline, the GEMM rate and the all-reduce.
 
 use anyhow::Result;
 use clap::Subcommand;
@@ -53,6 +53,16 @@ pub enum Cmd {
         #[arg(long, default_value_t = 1)]
         threads: usize,
     },
+    /// All-reduce time and bandwidth over the processes of an `mpirun` job (the gradient
+    /// average of data-parallel training): run it as `mpirun -np N mocov3 bench allreduce`.
+    Allreduce {
+        /// Message size in MiB of f32 values.
+        #[arg(long, default_value_t = 16.0)]
+        mib: f64,
+        /// Timed all-reduces (after one untimed).
+        #[arg(long, default_value_t = 20)]
+        rounds: usize,
+    },
     /// Single-precision GEMM rate (n×n×n) of this machine through the project's GEMM.
     Gemm {
         /// Matrix size (n×n times n×n).
@@ -78,30 +88,62 @@ pub fn run(what: Cmd) -> Result<()> {
             r.per_core()
         );
         }
+        Cmd::Allreduce { mib, rounds } => {
+            let c = mocov3::engine::comm::world();
+            let floats = ((mib * (1 << 20) as f64) / 4.0).round().max(1.0) as usize;
+            let secs = mocov3::bench::allreduce_secs(floats, rounds.max(1));
+            let (bytes, p) = ((floats * 4) as f64, c.world() as f64);
+            if c.rank() == 0 {
+                // Bus bandwidth (NCCL's convention): what each rank sends, 2(p-1)/p of the message.
+                println!(
+                    "RESULT framework=mocov3 bench=allreduce ranks={} mib={mib} ms_median={:.3} algo_gb_per_s={:.3} bus_gb_per_s={:.3} ({})",
+                    c.world(),
+                    secs * 1e3,
+                    bytes / secs / 1e9,
+                    bytes * 2.0 * (p - 1.0) / p / secs / 1e9,
+                    c.describe()
+                );
+            }
+        }
         Cmd::Gemm { n, threads } => {
             mocov3::engine::init_threads(threads);
             let r = mocov3::bench::gemm_rate(n, 5);
             println!("RESULT framework=mocov3 gemm n={n} gflops={r:.1} threads={}", mocov3::engine::threads());
         }
         Cmd::Step { config, arch, warmup, steps, batch, image, patch, threads } => {
-            mocov3::engine::init_threads(threads);
+            mocov3::engine::init_threads(if threads == 0 {
+                mocov3::train::distributed::default_threads()
+            } else {
+                threads
+            });
+            let world = mocov3::engine::comm::world();
             let base = match &arch {
                 Some(a) => mocov3::bench::resnet_config(a)?,
                 None => mocov3::bench::config(&config)?,
             };
             let cfg = mocov3::bench::with_overrides(base, batch, image, patch)?;
             let timed = steps.unwrap_or(if cfg.name == "C1" { 18 } else { 5 });
-            eprintln!(
-                "bench step {}: batch {}, {} warm-up + {} timed steps, {} threads",
-                cfg.name,
-                cfg.batch,
-                warmup,
-                timed,
-                mocov3::engine::threads()
-            );
+            mocov3::train::distributed::local_batch(cfg.batch)?;
+            let rank0 = world.rank() == 0;
+            if rank0 {
+                eprintln!(
+                    "bench step {}: batch {}, {} warm-up + {} timed steps, {} threads, {}",
+                    cfg.name,
+                    cfg.batch,
+                    warmup,
+                    timed,
+                    mocov3::engine::threads(),
+                    world.describe()
+                );
+            }
             let r = mocov3::bench::run(&cfg, warmup, timed, |i, dt, loss| {
-                eprintln!("  step {i:2}: {:8.1} ms  loss {loss:.4} (bits {:08x})", dt * 1e3, loss.to_bits())
+                if rank0 {
+                    eprintln!("  step {i:2}: {:8.1} ms  loss {loss:.4} (bits {:08x})", dt * 1e3, loss.to_bits())
+                }
             });
+            if !rank0 {
+                return Ok(());
+            }
             println!(
             "RESULT framework=mocov3 config={} img_per_s={:.3} step_ms_median={:.1} loss_first={:.4} loss_last={:.4}",
             cfg.name, r.img_per_s, r.step_ms_median, r.loss_first, r.loss_last

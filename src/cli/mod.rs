@@ -25,6 +25,46 @@ pub struct FeatureArg {
 
 pub use mocov3::train::probe::open_probe;
 
+/// Join the process group the launcher set up (a no-op when started alone), run the command,
+/// and end. Over several processes only `distributed` commands run; a rank that fails (an error
+/// or a panic) ends the whole job with its message (MPI_Abort), never leaving the others waiting.
+pub fn run_in_world(distributed: bool, cmd: impl FnOnce() -> anyhow::Result<()>) {
+    use mocov3::engine::comm;
+    mocov3::engine::ignore_file_size_signal();
+    if let Err(e) = comm::init_from_launcher() {
+        eprintln!("error: {e}");
+        std::process::exit(1);
+    }
+    let w = comm::world();
+    let result = if w.world() == 1 {
+        cmd()
+    } else if !distributed {
+        Err(anyhow::anyhow!(
+            "this command runs in one process: under mpirun/srun only `pretrain` and `bench` run (data-parallel)"
+        ))
+    } else {
+        let default = std::panic::take_hook();
+        std::panic::set_hook(Box::new(move |info| {
+            default(info);
+            let w = comm::world();
+            eprintln!("rank {} of {} panicked: ending the job", w.rank(), w.world());
+            w.abort(101)
+        }));
+        cmd()
+    };
+    match result {
+        Ok(()) => w.finalize(),
+        Err(e) if w.world() > 1 => {
+            eprintln!("error on rank {} of {}: {e:#}", w.rank(), w.world());
+            w.abort(1)
+        }
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            std::process::exit(1);
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;

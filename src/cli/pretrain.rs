@@ -49,11 +49,18 @@ pub struct Args {
     #[arg(long)]
     max_steps_per_epoch: Option<usize>,
     /// Resume from a checkpoint written by an earlier run. Its configuration is kept: other flags
-    /// may change only --out, --threads, --data-dir, --skip-corrupt and the loader and logging
-    /// keys; anything else that differs is an error. Without --out it continues in its own run
+    /// may change only --out, --threads, --data-dir, --skip-corrupt, the checkpoint cadence and the
+    /// loader and logging keys; anything else that differs is an error. Without --out it continues in its own run
     /// directory.
     #[arg(long)]
     resume: Option<PathBuf>,
+    /// Also checkpoint within epochs: every N steps (`500`) or every so long (`30m`, `1h`; the
+    /// default is 30m); `0` checkpoints at epoch ends only. A resume continues mid-epoch.
+    #[arg(long, value_name = "STEPS|TIME")]
+    checkpoint_every: Option<String>,
+    /// Keep the last K checkpoints as RUN_DIR/checkpoints/step-N.safetensors besides the latest.
+    #[arg(long, value_name = "K")]
+    keep_checkpoints: Option<usize>,
     /// Stop after this many epochs of this invocation (resume later with --resume).
     #[arg(long)]
     stop_after_epochs: Option<usize>,
@@ -79,6 +86,9 @@ pub fn run(a: Args) -> Result<()> {
         }
         None => resolve(&a)?,
     };
+    if a.budget.is_some() && mocov3::engine::comm::world().world() > 1 {
+        anyhow::bail!("--budget times steps in one process: over several processes give --epochs instead");
+    }
     if let (Some(b), false) = (&a.budget, a.print_config) {
         let plan = budget::fit_epochs(&mut cfg, budget::parse_duration(b)?, std::time::Instant::now(), 0.0)?;
         eprintln!("pretrain: --budget {b}: {plan}");
@@ -89,7 +99,8 @@ pub fn run(a: Args) -> Result<()> {
     }
     let opts = RunOptions { resume: a.resume.clone(), stop_after_epochs: a.stop_after_epochs, quiet: a.quiet };
     let s = pretrain::run(cfg, &opts)?;
-    if let (Some(f), Some(l)) = (s.losses.first(), s.losses.last()) {
+    let rank0 = mocov3::engine::comm::world().rank() == 0;
+    if let (Some(f), Some(l), true) = (s.losses.first(), s.losses.last(), rank0) {
         println!("done: {} steps, loss {f:.4} -> {l:.4}, checkpoint {}", s.losses.len(), s.checkpoint.display());
     }
     Ok(())
@@ -129,5 +140,26 @@ fn overrides(mut c: PretrainConfig, a: &Args) -> Result<PretrainConfig> {
     if a.skip_corrupt {
         c.skip_corrupt = true;
     }
+    if let Some(v) = &a.checkpoint_every {
+        (c.checkpoint_every_steps, c.checkpoint_every_minutes) = checkpoint_every(v)?;
+    }
+    if let Some(k) = a.keep_checkpoints {
+        c.keep_checkpoints = k;
+    }
     config::merge_sets(&c, &a.sets)
+}
+
+/// `--checkpoint-every`: a step count (`500`), a time (`30m`, `1h30m`, `90s`) or `0` (off), as
+/// (`checkpoint_every_steps`, `checkpoint_every_minutes`).
+fn checkpoint_every(v: &str) -> Result<(usize, f64)> {
+    let v = v.trim();
+    if v == "0" {
+        return Ok((0, 0.0));
+    }
+    if let Ok(n) = v.parse::<usize>() {
+        return Ok((n, 0.0));
+    }
+    let secs = budget::parse_duration(v)
+        .map_err(|e| anyhow::anyhow!("--checkpoint-every {v}: a step count (500) or a time (30m, 1h): {e:#}"))?;
+    Ok((0, secs / 60.0))
 }

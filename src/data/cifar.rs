@@ -11,6 +11,7 @@ const PIXELS: usize = 32 * 32 * 3;
 
 /// Parse one binary file into `set` (pixels converted to HWC).
 fn read_records(path: &Path, label_bytes: usize, set: &mut ImageSet) -> Result<()> {
+    let classes = set.classes;
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let rec = label_bytes + PIXELS;
     if bytes.is_empty() || bytes.len() % rec != 0 {
@@ -20,8 +21,15 @@ fn read_records(path: &Path, label_bytes: usize, set: &mut ImageSet) -> Result<(
             bytes.len()
         );
     }
-    for r in bytes.chunks_exact(rec) {
-        set.labels.push(r[label_bytes - 1] as u32);
+    for (i, r) in bytes.chunks_exact(rec).enumerate() {
+        let label = r[label_bytes - 1] as usize;
+        if label >= classes {
+            bail!(
+                "{}: record {i} has label {label}, out of range for {classes} classes; download it again",
+                path.display()
+            );
+        }
+        set.labels.push(label as u32);
         let planes = &r[label_bytes..];
         for i in 0..32 * 32 {
             for c in 0..3 {
@@ -64,9 +72,6 @@ pub fn load(name: &str, dirs: &[PathBuf], train: bool) -> Result<ImageSet> {
     };
     for f in &files {
         read_records(&dir.join(f), label_bytes, &mut set)?;
-    }
-    if let Some(&bad) = set.labels.iter().find(|&&l| l as usize >= classes) {
-        bail!("{}: label {bad} out of range for {name}", dir.display());
     }
     Ok(set)
 }

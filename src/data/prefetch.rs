@@ -33,13 +33,15 @@ pub struct Prefetcher {
 }
 
 impl Prefetcher {
-    /// Start producing the batches of `schedule` ((epoch, step) pairs, in order).
+    /// Start producing the batches of `schedule` ((epoch, step) pairs, in order), as rank
+    /// `shard.0` of `shard.1` processes (see [`TwoViewLoader::shard`]).
     #[allow(clippy::too_many_arguments)]
     pub fn start(
         set: Arc<ImageSet>,
         aug: Augment,
         batch: usize,
         seed: u64,
+        shard: (usize, usize),
         workers: usize,
         depth: usize,
         schedule: Vec<(usize, usize)>,
@@ -52,7 +54,7 @@ impl Prefetcher {
         let (tx, rx): (SyncSender<Result<Batch>>, _) = sync_channel(depth.max(1));
         let (recycle, returned) = std::sync::mpsc::channel::<Vec<f32>>();
         let handle = std::thread::Builder::new().name("mocov3-prefetch".into()).spawn(move || {
-            let mut loader = TwoViewLoader::new(&set, aug, batch, seed);
+            let mut loader = TwoViewLoader::new(&set, aug, batch, seed).shard(shard.0, shard.1);
             let len = 2 * batch * loader.image_len();
             for (epoch, step) in schedule {
                 let mut x = returned.try_recv().unwrap_or_else(|_| vec![0.0f32; len]);
@@ -102,7 +104,7 @@ mod tests {
         };
         let schedule: Vec<(usize, usize)> = (0..2).flat_map(|e| (0..4).map(move |s| (e, s))).collect();
         for workers in [1, 3] {
-            let p = Prefetcher::start(set.clone(), aug.clone(), 16, 9, workers, 2, schedule.clone()).unwrap();
+            let p = Prefetcher::start(set.clone(), aug.clone(), 16, 9, (0, 1), workers, 2, schedule.clone()).unwrap();
             let mut sync = TwoViewLoader::new(&set, aug.clone(), 16, 9);
             let mut want = vec![0.0f32; 2 * 16 * 144];
             for &(e, s) in &schedule {
@@ -115,7 +117,7 @@ mod tests {
             }
         }
         // Dropped half-way: the producer stops without hanging.
-        let p = Prefetcher::start(set, aug, 16, 9, 2, 1, schedule).unwrap();
+        let p = Prefetcher::start(set, aug, 16, 9, (0, 1), 2, 1, schedule).unwrap();
         p.next().unwrap();
         drop(p);
     }

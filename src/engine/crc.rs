@@ -29,6 +29,33 @@ pub fn crc32(data: &[u8]) -> u32 {
     run(T.get_or_init(|| table(0xEDB8_8320)), data)
 }
 
+/// CRC-32 (IEEE) over data given in pieces: `Crc32::new()`, `update` per piece, `finish`.
+pub struct Crc32(u32);
+
+impl Crc32 {
+    pub fn new() -> Crc32 {
+        Crc32(!0)
+    }
+    pub fn update(&mut self, data: &[u8]) {
+        static T: OnceLock<[u32; 256]> = OnceLock::new();
+        let t = T.get_or_init(|| table(0xEDB8_8320));
+        let mut c = self.0;
+        for &b in data {
+            c = t[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
+        }
+        self.0 = c;
+    }
+    pub fn finish(&self) -> u32 {
+        !self.0
+    }
+}
+
+impl Default for Crc32 {
+    fn default() -> Self {
+        Crc32::new()
+    }
+}
+
 /// CRC-32C (Castagnoli, as TFRecord uses).
 pub fn crc32c(data: &[u8]) -> u32 {
     static T: OnceLock<[u32; 256]> = OnceLock::new();
@@ -42,6 +69,10 @@ mod tests {
     #[test]
     fn known_values() {
         assert_eq!(crc32(b"123456789"), 0xCBF4_3926);
+        let mut c = Crc32::new();
+        c.update(b"1234");
+        c.update(b"56789");
+        assert_eq!(c.finish(), 0xCBF4_3926);
         // RFC 3720 test vectors for CRC-32C.
         assert_eq!(crc32c(b"123456789"), 0xE306_9283);
         assert_eq!(crc32c(&[0u8; 32]), 0x8A91_36AA);

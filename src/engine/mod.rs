@@ -7,6 +7,8 @@ pub mod comm;
 pub mod crc;
 pub mod fastmath;
 pub mod gemm;
+#[cfg(feature = "mpi")]
+pub mod mpi;
 pub mod ops;
 pub mod par;
 pub mod rng;
@@ -36,13 +38,32 @@ pub fn tune_allocator() {
 /// the allocator (see [`tune_allocator`]).
 pub fn init_threads(n: usize) {
     tune_allocator();
-    let n = if n == 0 { default_threads() } else { n };
+    // At most 1024 threads (the configuration's cap); a pool that cannot start (or one already
+    // started) leaves rayon's default pool, which still computes the same results.
+    let n = if n == 0 { default_threads() } else { n.min(1024) };
     let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
 }
 
 /// One thread per core the process may use.
 pub fn default_threads() -> usize {
     std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+}
+
+/// Make a write past the file-size limit (`ulimit -f`) fail with an error (EFBIG) that the
+/// writer reports, instead of SIGXFSZ ending the process without a word.
+pub fn ignore_file_size_signal() {
+    // SAFETY: setting a signal's disposition to "ignore" has no handler to race with.
+    #[cfg(unix)]
+    unsafe {
+        libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+    }
+}
+
+/// Cores online on this machine, whichever of them this process may use.
+pub fn online_cores() -> Option<usize> {
+    // SAFETY: sysconf only reads a system setting.
+    let n = unsafe { libc::sysconf(libc::_SC_NPROCESSORS_ONLN) };
+    (n > 0).then_some(n as usize)
 }
 
 pub fn threads() -> usize {

@@ -105,6 +105,7 @@ pub fn convert(a: &ConvertOptions) -> Result<String> {
     let state = crate::train::checkpoint::TrainState {
         format: crate::train::checkpoint::FORMAT,
         epoch: info.epoch.max(0) as usize,
+        iter: 0,
         step: opt.steps(),
         in_chans,
         config: cfg,

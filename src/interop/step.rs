@@ -41,7 +41,10 @@ pub fn read_views(path: &Path, chans: usize, img: usize) -> Result<(Vec<f32>, us
         if *n.get_or_insert(s[0]) != s[0] {
             bail!("{}: x1 and x2 have different batch sizes", path.display());
         }
-        x.extend(t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())));
+        x.extend(t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap_or([0; 4]))));
+    }
+    if let Some(i) = x.iter().position(|v| !v.is_finite()) {
+        bail!("{}: the views hold {} at index {i}: images must be finite numbers", path.display(), x[i]);
     }
     Ok((x, n.unwrap()))
 }

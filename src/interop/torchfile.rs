@@ -35,51 +35,60 @@ fn half_to_f32(h: u16) -> f32 {
 }
 
 /// Minimal zip reading: the central directory, stored (uncompressed) entries, zip64 sizes.
+/// Every offset and size read from the file is checked against its length (checked arithmetic:
+/// a damaged field is an error, never a panic or a huge allocation).
 fn unzip(bytes: &[u8], path: &str) -> Result<HashMap<String, Vec<u8>>> {
-    let le16 = |o: usize| u16::from_le_bytes([bytes[o], bytes[o + 1]]) as usize;
-    let le32 = |o: usize| u32::from_le_bytes(bytes[o..o + 4].try_into().unwrap()) as usize;
-    let le64 = |o: usize| u64::from_le_bytes(bytes[o..o + 8].try_into().unwrap()) as usize;
+    let corrupt = || anyhow::anyhow!("{path}: corrupt or truncated zip archive (a field points past the end)");
+    let field =
+        |o: usize, n: usize| -> Result<&[u8]> { o.checked_add(n).and_then(|e| bytes.get(o..e)).ok_or_else(corrupt) };
+    let le16 = |o: usize| -> Result<usize> { Ok(u16::from_le_bytes(field(o, 2)?.try_into()?) as usize) };
+    let le32 = |o: usize| -> Result<usize> { Ok(u32::from_le_bytes(field(o, 4)?.try_into()?) as usize) };
+    let le64 = |o: usize| -> Result<usize> {
+        usize::try_from(u64::from_le_bytes(field(o, 8)?.try_into()?)).map_err(|_| corrupt())
+    };
+    let add = |a: usize, b: usize| a.checked_add(b).ok_or_else(corrupt);
     let eocd = (0..bytes.len().saturating_sub(21))
         .rev()
         .take(70_000)
         .find(|&i| bytes[i..i + 4] == [0x50, 0x4b, 0x05, 0x06])
         .with_context(|| format!("{path}: truncated zip archive (no end of central directory)"))?;
-    let mut count = le16(eocd + 10);
-    let mut cd = le32(eocd + 16);
+    let mut count = le16(eocd + 10)?;
+    let mut cd = le32(eocd + 16)?;
     if (count == 0xffff || cd == 0xffff_ffff) && eocd >= 20 && bytes[eocd - 20..eocd - 16] == [0x50, 0x4b, 0x06, 0x07] {
-        let z64 = le64(eocd - 12);
-        if z64 + 56 > bytes.len() {
+        let z64 = le64(eocd - 12)?;
+        if add(z64, 56)? > bytes.len() {
             bail!("{path}: truncated zip64 directory");
         }
-        count = le64(z64 + 32);
-        cd = le64(z64 + 48);
+        count = le64(z64 + 32)?;
+        cd = le64(z64 + 48)?;
     }
     let mut out = HashMap::new();
     let mut at = cd;
     for _ in 0..count {
-        if at + 46 > bytes.len() || bytes[at..at + 4] != [0x50, 0x4b, 0x01, 0x02] {
+        if add(at, 46)? > bytes.len() || bytes[at..at + 4] != [0x50, 0x4b, 0x01, 0x02] {
             bail!("{path}: corrupt zip central directory");
         }
-        let method = le16(at + 10);
-        let (mut csize, mut local) = (le32(at + 20), le32(at + 42));
-        let (nlen, xlen, clen) = (le16(at + 28), le16(at + 30), le16(at + 32));
-        let name = String::from_utf8_lossy(&bytes[at + 46..at + 46 + nlen]).into_owned();
+        let method = le16(at + 10)?;
+        let (mut csize, mut local) = (le32(at + 20)?, le32(at + 42)?);
+        let (nlen, xlen, clen) = (le16(at + 28)?, le16(at + 30)?, le16(at + 32)?);
+        let name = String::from_utf8_lossy(field(at + 46, nlen)?).into_owned();
         // zip64 extra field: the 0xffffffff values follow in order (usize, csize, offset).
         let mut x = at + 46 + nlen;
-        let xend = x + xlen;
+        let xend = add(x, xlen)?;
+        field(x, xlen)?;
         while x + 4 <= xend {
-            let (id, len) = (le16(x), le16(x + 2));
+            let (id, len) = (le16(x)?, le16(x + 2)?);
             if id == 1 {
                 let mut f = x + 4;
-                if le32(at + 24) == 0xffff_ffff {
+                if le32(at + 24)? == 0xffff_ffff {
                     f += 8;
                 }
                 if csize == 0xffff_ffff {
-                    csize = le64(f);
+                    csize = le64(f)?;
                     f += 8;
                 }
                 if local == 0xffff_ffff {
-                    local = le64(f);
+                    local = le64(f)?;
                 }
             }
             x += 4 + len;
@@ -87,15 +96,15 @@ fn unzip(bytes: &[u8], path: &str) -> Result<HashMap<String, Vec<u8>>> {
         if method != 0 {
             bail!("{path}: entry {name} is compressed (method {method}); torch.save writes stored entries");
         }
-        if local + 30 > bytes.len() {
+        if add(local, 30)? > bytes.len() {
             bail!("{path}: truncated zip archive");
         }
-        let data = local + 30 + le16(local + 26) + le16(local + 28);
-        if data + csize > bytes.len() {
+        let data = add(add(local + 30, le16(local + 26)?)?, le16(local + 28)?)?;
+        if add(data, csize)? > bytes.len() {
             bail!("{path}: entry {name} is truncated");
         }
         out.insert(name, bytes[data..data + csize].to_vec());
-        at += 46 + nlen + xlen + clen;
+        at = add(at, 46 + nlen + xlen + clen)?;
     }
     Ok(out)
 }

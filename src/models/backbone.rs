@@ -214,6 +214,37 @@ impl Backbone {
     }
 }
 
+/// The layer a parameter belongs to, for per-layer gradient norms: `blocks.N` / `layerS.N` (a
+/// transformer or residual block), else its first name component (`patch_embed`, `conv1`,
+/// `bn1`, `norm`, `cls_token`).
+pub fn layer_of(param: &str) -> &str {
+    let two = param.match_indices('.').nth(1).map(|(i, _)| &param[..i]);
+    match two {
+        Some(t) if param.starts_with("blocks.") || param.starts_with("layer") => t,
+        _ => param.split('.').next().unwrap_or(param),
+    }
+}
+
+impl Backbone {
+    /// L2 norm of the gradient of every layer ([`layer_of`]) with trainable parameters, in the
+    /// network's order: the per-layer view of where a gradient spike starts.
+    pub fn layer_grad_norms(&mut self) -> Vec<(String, f64)> {
+        let mut v: Vec<(String, f64)> = Vec::new();
+        self.visit(&mut |p: &mut Param| {
+            if !p.trainable {
+                return;
+            }
+            let layer = layer_of(&p.name);
+            let sq = p.g.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>();
+            match v.iter_mut().rev().find(|(n, _)| n == layer) {
+                Some((_, s)) => *s += sq,
+                None => v.push((layer.to_string(), sq)),
+            }
+        });
+        v.into_iter().map(|(n, s)| (n, s.sqrt())).collect()
+    }
+}
+
 impl Module for Backbone {
     fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         match self {
@@ -233,6 +264,15 @@ impl Module for Backbone {
 mod tests {
     use super::*;
     use crate::nn::posembed::PosEmbedKind;
+
+    #[test]
+    fn parameters_group_into_layers() {
+        assert_eq!(layer_of("blocks.11.attn.qkv.weight"), "blocks.11");
+        assert_eq!(layer_of("layer3.1.conv2.weight"), "layer3.1");
+        assert_eq!(layer_of("patch_embed.proj.weight"), "patch_embed");
+        assert_eq!(layer_of("cls_token"), "cls_token");
+        assert_eq!(layer_of("norm.bias"), "norm");
+    }
 
     #[test]
     fn feature_widths_and_the_features_a_backbone_cannot_give() {

@@ -170,6 +170,13 @@ impl BatchNorm1d {
         for gi in 0..groups {
             let (m, s) = (&self.mean[gi * c..(gi + 1) * c], &self.rstd[gi * c..(gi + 1) * c]);
             ops::batchnorm_grad_sums(&mut self.partials, &mut sdy, &mut sdyx, dy, x, m, s, gi * n..(gi + 1) * n, c);
+            // dγ and dβ from this process's rows (the data-parallel trainer averages parameter
+            // gradients over the processes afterwards, as for every other parameter); dx needs
+            // the sums over every process.
+            for j in 0..c {
+                tg[j] += sdyx[j];
+                tb[j] += sdy[j];
+            }
             world.all_reduce_sum(&mut sdy);
             world.all_reduce_sum(&mut sdyx);
             // dx = γσ⁻¹(dy − Σdy/n − x̂·Σ(dy·x̂)/n) = dy·A + x·B + C per channel.
@@ -179,8 +186,6 @@ impl BatchNorm1d {
                 coef_a[j] = g * sj;
                 coef_b[j] = -g * sj * sj * sdyx[j] * inv_n;
                 coef_c[j] = g * sj * (mj * sj * sdyx[j] * inv_n - sdy[j] * inv_n);
-                tg[j] += sdyx[j];
-                tb[j] += sdy[j];
             }
             let o = gi * n * c..(gi + 1) * n * c;
             let (xg, dyg) = (&x[o.clone()], &dy[o.clone()]);

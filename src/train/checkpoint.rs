@@ -2,7 +2,7 @@
 //! predictor, BatchNorm buffers, the optimiser's state: AdamW moments or LARS momentum) and the training state as JSON metadata. Keys
 //! follow the official layout without the DDP `module.` prefix (`base_encoder.blocks.0...`).
 //! Writes go to a temporary file that is renamed over the old one, so a crash never leaves a
-//! half-written checkpoint.
+//! half-written checkpoint; a CRC-32 of the tensors in the metadata is checked on load.
 
 use super::config::PretrainConfig;
 use crate::moco::{MoCo, TensorVisitor};
@@ -15,11 +15,17 @@ use std::path::Path;
 
 pub const FORMAT: u32 = 1;
 
+/// Metadata key of the CRC-32 of every tensor's bytes, in the order they are written.
+const CHECKSUM_KEY: &str = "tensors_crc32";
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainState {
     pub format: u32,
-    /// The next epoch to run.
+    /// The epoch to run next, or the one in progress when `iter` > 0.
     pub epoch: usize,
+    /// Steps of `epoch` already taken (a checkpoint written within an epoch); 0 at its start.
+    #[serde(default)]
+    pub iter: usize,
     /// Optimiser steps taken so far.
     pub step: u64,
     pub in_chans: usize,
@@ -51,18 +57,34 @@ pub fn save(path: &Path, model: &mut MoCo, opt: &Optimizer, state: &TrainState) 
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
         .collect::<Result<_, safetensors::SafeTensorError>>()?;
+    let mut crc = crate::engine::crc::Crc32::new();
+    owned.iter().for_each(|(_, _, b)| crc.update(b));
     let mut meta = HashMap::new();
     meta.insert("mocov3".to_string(), serde_json::to_string(state)?);
+    meta.insert(CHECKSUM_KEY.to_string(), format!("{:08x}", crc.finish()));
     meta.insert("optimizer_step".to_string(), opt.steps().to_string());
     let bytes = safetensors::tensor::serialize(views, &Some(meta))?;
     let tmp = path.with_extension("safetensors.tmp");
-    {
+    let written = (|| -> Result<()> {
         use std::io::Write;
         let mut f = std::fs::File::create(&tmp).with_context(|| format!("cannot create {}", tmp.display()))?;
         f.write_all(&bytes).with_context(|| format!("cannot write {}", tmp.display()))?;
-        f.sync_all()?;
+        f.sync_all().with_context(|| format!("cannot flush {} to disk", tmp.display()))?;
+        std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))
+    })();
+    if let Err(e) = written {
+        // A partial file must not fill the disk; the previous checkpoint is untouched.
+        let _ = std::fs::remove_file(&tmp);
+        let kept = if path.exists() {
+            format!("the previous checkpoint {} is intact", path.display())
+        } else {
+            "no earlier checkpoint exists".into()
+        };
+        return Err(e.context(format!(
+            "writing the checkpoint failed ({} bytes; is the disk full or the file size limited?); {kept}",
+            bytes.len()
+        )));
     }
-    std::fs::rename(&tmp, path).with_context(|| format!("cannot move {} to {}", tmp.display(), path.display()))?;
     Ok(())
 }
 
@@ -114,7 +136,20 @@ pub fn load(path: &Path) -> Result<(MoCo, Optimizer, TrainState)> {
         .and_then(|s| s.parse().ok())
         .unwrap_or(0);
     let c = &state.config;
-    let cfg = c.model(state.in_chans)?;
+    let cfg = c.model(state.in_chans).with_context(|| format!("checkpoint {}: its training state", path.display()))?;
+    // The metadata describes the model; a damaged one must not make it allocate what the file
+    // cannot hold.
+    let need = cfg.min_floats();
+    if need > (bytes.len() / 4) as u128 {
+        bail!(
+            "checkpoint {}: its training state describes a model of at least {need} values, but the file holds only {} \
+             bytes; {fix}",
+            path.display(),
+            bytes.len()
+        );
+    }
+    let want_crc = meta.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)).cloned();
+    let mut crc = crate::engine::crc::Crc32::new();
     let mut model = MoCo::new(&cfg, c.seed);
     let mut opt = Optimizer::new(c.optimizer, c.weight_decay, c.exclude_norm_bias_decay);
     let sizes: Vec<usize> = model.trainable_params().iter().map(|p| p.len()).collect();
@@ -143,14 +178,29 @@ pub fn load(path: &Path) -> Result<(MoCo, Optimizer, TrainState)> {
                 ))
             }
             Ok(t) => {
+                crc.update(t.data());
                 for (v, b) in data.iter_mut().zip(t.data().chunks_exact(4)) {
-                    *v = f32::from_le_bytes(b.try_into().unwrap());
+                    *v = f32::from_le_bytes(b.try_into().unwrap_or([0; 4]));
+                }
+                if let Some(i) = data.iter().position(|v| !v.is_finite()) {
+                    err = Some(anyhow::anyhow!(
+                        "{}: tensor '{name}' holds {} at index {i}: a diverged or damaged run; resume from an \
+                         earlier checkpoint",
+                        path.display(),
+                        data[i]
+                    ))
                 }
             }
         }
     });
     if let Some(e) = err {
         return Err(e);
+    }
+    if let Some(w) = want_crc {
+        let got = format!("{:08x}", crc.finish());
+        if got != w {
+            bail!("checkpoint {}: the tensors' checksum is {got}, the file says {w}; {fix}", path.display());
+        }
     }
     Ok((model, opt, state))
 }

@@ -92,6 +92,43 @@ pub struct PretrainConfig {
     pub knn_k: usize,
     #[serde(serialize_with = "f32_decimal")]
     pub knn_t: f32,
+    /// Checkpoint within an epoch too, every this many steps (0: off).
+    #[serde(default)]
+    pub checkpoint_every_steps: usize,
+    /// Checkpoint within an epoch too, once this many minutes have passed since the last
+    /// checkpoint (0: off): a kill loses at most this much work.
+    #[serde(default = "default_checkpoint_minutes")]
+    pub checkpoint_every_minutes: f64,
+    /// Keep the last K checkpoints as `checkpoints/step-N.safetensors` beside the latest
+    /// `checkpoint.safetensors` (0: the latest only).
+    #[serde(default)]
+    pub keep_checkpoints: usize,
+    /// A gradient spike: a layer's gradient norm above this many times its running median (0:
+    /// off); logged as an event.
+    #[serde(default = "default_spike_threshold")]
+    pub spike_threshold: f64,
+    /// Steps in each layer's running median.
+    #[serde(default = "default_spike_window")]
+    pub spike_window: usize,
+    /// A kNN dip: the monitor's accuracy this many points below its running best (0: off).
+    #[serde(default = "default_dip_threshold")]
+    pub dip_threshold: f64,
+}
+
+fn default_spike_threshold() -> f64 {
+    5.0
+}
+
+fn default_spike_window() -> usize {
+    100
+}
+
+fn default_dip_threshold() -> f64 {
+    3.0
+}
+
+fn default_checkpoint_minutes() -> f64 {
+    30.0
 }
 
 impl Default for PretrainConfig {
@@ -179,6 +216,12 @@ fn official(arch: &str, batch: usize) -> PretrainConfig {
         knn_eval: 1000,
         knn_k: 20,
         knn_t: 0.07,
+        checkpoint_every_steps: 0,
+        checkpoint_every_minutes: default_checkpoint_minutes(),
+        keep_checkpoints: 0,
+        spike_threshold: default_spike_threshold(),
+        spike_window: default_spike_window(),
+        dip_threshold: default_dip_threshold(),
     }
 }
 
@@ -283,7 +326,10 @@ pub fn merge_toml(cfg: &PretrainConfig, table: toml::Table, origin: &str) -> Res
 pub fn merge_file(cfg: &PretrainConfig, path: &Path) -> Result<PretrainConfig> {
     let text = std::fs::read_to_string(path).with_context(|| format!("cannot read config {}", path.display()))?;
     let table: toml::Table = toml::from_str(&text).with_context(|| format!("{} is not valid TOML", path.display()))?;
-    merge_toml(cfg, table, &path.display().to_string())
+    let c = merge_toml(cfg, table, &path.display().to_string())?;
+    // A value the file set that no model or run accepts is the file's error.
+    c.model(1).with_context(|| format!("config {}", path.display()))?;
+    Ok(c)
 }
 
 /// Apply `key=value` overrides; the value is read as TOML (numbers, booleans, strings; a bare
@@ -313,8 +359,21 @@ pub const MAX_THREADS: usize = 1024;
 
 /// Keys a resumed run may change: where it writes, how it runs, how often it logs. Every other
 /// key shapes the model, the data or the schedules, so a resumed run keeps it.
-pub const RUN_KEYS: &[&str] =
-    &["out_dir", "threads", "data_dir", "skip_corrupt", "loader_workers", "loader_depth", "log_every"];
+pub const RUN_KEYS: &[&str] = &[
+    "out_dir",
+    "threads",
+    "data_dir",
+    "skip_corrupt",
+    "loader_workers",
+    "loader_depth",
+    "log_every",
+    "checkpoint_every_steps",
+    "checkpoint_every_minutes",
+    "keep_checkpoints",
+    "spike_threshold",
+    "spike_window",
+    "dip_threshold",
+];
 
 /// The keys (other than [`RUN_KEYS`]) on which `asked` differs from the configuration a
 /// checkpoint was trained with, as `key = checkpoint value, asked value` lines.
@@ -441,6 +500,20 @@ impl PretrainConfig {
         }
         if self.epochs == 0 {
             bail!("epochs must be at least 1");
+        }
+        for (k, v) in [("spike_threshold", self.spike_threshold), ("dip_threshold", self.dip_threshold)] {
+            if !(v.is_finite() && v >= 0.0) {
+                bail!("{k} must be a number at least 0 (0: off), not {v}");
+            }
+        }
+        if self.spike_window < 3 {
+            bail!("spike_window must be at least 3 steps, not {}", self.spike_window);
+        }
+        if !(self.checkpoint_every_minutes.is_finite() && self.checkpoint_every_minutes >= 0.0) {
+            bail!(
+                "checkpoint_every_minutes must be a number at least 0 (0: off), not {}",
+                self.checkpoint_every_minutes
+            );
         }
         if !(self.crop_min > 0.0 && self.crop_min <= 1.0) {
             bail!("crop_min must be in (0, 1]");

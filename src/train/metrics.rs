@@ -25,6 +25,19 @@ pub struct StepMetrics {
     /// kNN top-1 (%) of the held-out subset against the queue, on the steps the monitor runs.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub knn_top1: Option<f64>,
+    /// L2 norm of the gradient of every layer (`blocks.N`, `patch_embed`, ...), in order.
+    #[serde(skip_serializing_if = "Vec::is_empty", serialize_with = "as_map")]
+    pub grad_norms: Vec<(String, f64)>,
+}
+
+/// (name, value) pairs as a JSON object, in their order.
+fn as_map<S: serde::Serializer>(v: &[(String, f64)], s: S) -> std::result::Result<S::Ok, S::Error> {
+    use serde::ser::SerializeMap;
+    let mut m = s.serialize_map(Some(v.len()))?;
+    for (k, x) in v {
+        m.serialize_entry(k, x)?;
+    }
+    m.end()
 }
 
 impl MetricsLog {

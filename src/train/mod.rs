@@ -3,6 +3,10 @@
 pub mod budget;
 pub mod checkpoint;
 pub mod config;
+pub mod detect;
+pub mod distributed;
+pub mod instability;
+pub mod memory;
 pub mod metrics;
 pub mod pretrain;
 pub mod probe;

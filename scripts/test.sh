@@ -1,0 +1,17 @@
+#!/usr/bin/env bash
+# The test suite, as CI runs it: installs what the data-parallel tests need when it is missing
+# (Debian packages: Open MPI's runtime and headers, and clang, which the MPI bindings are
+# generated with), then runs every test with the `mpi` feature. Extra arguments go to
+# `cargo test` (e.g. `scripts/test.sh --test data_parallel`).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+need=()
+command -v mpirun >/dev/null 2>&1 || need+=(openmpi-bin)
+[ -e /usr/lib/x86_64-linux-gnu/pkgconfig/ompi.pc ] || pkg-config --exists ompi 2>/dev/null || need+=(libopenmpi-dev)
+ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(clang)
+if [ ${#need[@]} -gt 0 ]; then
+  echo "installing the test dependencies: ${need[*]}" >&2
+  if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}";
+  else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; fi
+fi
+exec cargo test --release --features mpi "$@"
