@@ -233,3 +233,21 @@ fn ranks_that_disagree_or_fail_end_the_job_with_a_message() {
     assert!(!o.status.success());
     assert!(err.contains("error on rank 1 of 2"), "{err}");
 }
+
+/// A checkpoint of 2 processes resumes in one (the batch is global): the schedule goes on, and
+/// the losses follow the 2-process run's within 1e-5.
+#[test]
+fn a_two_rank_checkpoint_resumes_in_one_process() {
+    let (two, moved) = (tmp("ws-two"), tmp("ws-moved"));
+    two_ranks(&pretrain_args(&two, 2, 3, &[]));
+    let mut a = pretrain_args(&moved, 2, 3, &[]);
+    a.extend(["--stop-after-epochs".into(), "1".into()]);
+    two_ranks(&a);
+    let ck = moved.join("checkpoint.safetensors").display().to_string();
+    one_process(&["pretrain".into(), "--resume".into(), ck, "--threads".into(), "2".into()]);
+    let (want, got) = (logged_losses(&two), logged_losses(&moved));
+    assert_eq!(want.len(), got.len());
+    for (x, y) in want.iter().zip(&got) {
+        assert!((x - y).abs() <= 1e-5 * x.abs(), "{x} on 2 ranks, {y} resumed alone");
+    }
+}

@@ -55,7 +55,10 @@ pub fn run_in_world(distributed: bool, cmd: impl FnOnce() -> anyhow::Result<()>)
     match result {
         Ok(()) => w.finalize(),
         Err(e) if w.world() > 1 => {
-            eprintln!("error on rank {} of {}: {e:#}", w.rank(), w.world());
+            // One write, so that the launcher's own abort banner cannot land inside the line.
+            use std::io::Write;
+            let line = format!("error on rank {} of {}: {e:#}\n", w.rank(), w.world());
+            let _ = std::io::stderr().lock().write_all(line.as_bytes());
             w.abort(1)
         }
         Err(e) => {
