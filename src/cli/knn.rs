@@ -20,16 +20,16 @@ pub struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Neighbours, one or more (comma-separated).
-    #[arg(long, value_delimiter = ',', default_value = "20")]
+    #[arg(long, value_delimiter = ',', default_value = "20", value_parser = super::at_least_one)]
     k: Vec<usize>,
     /// Temperature of the vote weights exp(sim / T).
-    #[arg(long, default_value_t = 0.07)]
+    #[arg(long, default_value_t = 0.07, value_parser = super::positive_f32)]
     t: f32,
     /// Use only the first N training images as the bank.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     train_limit: Option<usize>,
     /// Use only the first N test images as queries.
-    #[arg(long)]
+    #[arg(long, value_parser = super::at_least_one)]
     test_limit: Option<usize>,
     /// Whose backbone gives the features: the base encoder (the one the official probe takes)
     /// or the momentum encoder.

@@ -17,15 +17,15 @@ pub struct Args {
     #[arg(long)]
     data_dir: Option<PathBuf>,
     /// Training epochs of the linear head (the official recipe: 90).
-    #[arg(long, default_value_t = 90)]
+    #[arg(long, default_value_t = 90, value_parser = super::at_least_one)]
     epochs: usize,
     /// Batch size of the linear head (the official recipe: 1024 over 8 GPUs; 256 here).
-    #[arg(long, default_value_t = 256)]
+    #[arg(long, default_value_t = 256, value_parser = super::at_least_one)]
     batch_size: usize,
     /// Base learning rate, scaled by batch / 256 (the official ViT recipe uses 3.0). A list
     /// (`--lr 1,3,10,30`, with --cached) is swept: each is trained on 90% of the training
     /// features and scored on the other 10%, and the best trains the final head.
-    #[arg(long, value_delimiter = ',', default_value = "3.0")]
+    #[arg(long, value_delimiter = ',', default_value = "3.0", value_parser = super::positive)]
     lr: Vec<f64>,
     /// Train on cached features of the un-augmented images (fast; no augmentation).
     #[arg(long)]

@@ -25,6 +25,27 @@ pub struct FeatureArg {
 
 pub use mocov3::train::probe::open_probe;
 
+/// A flag's value that must be a whole number ≥ 1.
+pub fn at_least_one(s: &str) -> Result<usize, String> {
+    match s.trim().parse::<usize>() {
+        Ok(n) if n >= 1 => Ok(n),
+        _ => Err(format!("expected a whole number of at least 1, not '{s}'")),
+    }
+}
+
+/// A flag's value that must be a finite number > 0.
+pub fn positive(s: &str) -> Result<f64, String> {
+    match s.trim().parse::<f64>() {
+        Ok(v) if v.is_finite() && v > 0.0 => Ok(v),
+        _ => Err(format!("expected a positive number, not '{s}'")),
+    }
+}
+
+/// [`positive`], as f32.
+pub fn positive_f32(s: &str) -> Result<f32, String> {
+    positive(s).map(|v| v as f32)
+}
+
 /// Join the process group the launcher set up (a no-op when started alone), run the command,
 /// and end. Over several processes only `distributed` commands run; a rank that fails (an error
 /// or a panic) ends the whole job with its message (MPI_Abort), never leaving the others waiting.
@@ -71,6 +92,30 @@ pub fn run_in_world(distributed: bool, cmd: impl FnOnce() -> anyhow::Result<()>)
 #[cfg(test)]
 mod tests {
     use clap::CommandFactory;
+
+    /// Numbers that mean nothing (0 neighbours, epochs or batch; a NaN or negative temperature
+    /// or lr) are refused by the flag parser, naming the flag.
+    #[test]
+    fn meaningless_numbers_are_refused_at_the_flag() {
+        use clap::Parser;
+        for args in [
+            "knn --pixels --k 0",
+            "knn --pixels --k 20,0",
+            "knn --pixels --t nan",
+            "knn --pixels --t=-1",
+            "knn --pixels --test-limit 0",
+            "lincls --checkpoint x --epochs 0",
+            "lincls --checkpoint x --batch-size 0",
+            "lincls --checkpoint x --lr=3,-1",
+            "lincls --checkpoint x --lr inf",
+            "quickstart --lincls-epochs 0",
+        ] {
+            let argv = std::iter::once("mocov3").chain(args.split_whitespace());
+            let e = crate::Cli::try_parse_from(argv).err().unwrap_or_else(|| panic!("accepted: {args}"));
+            assert!(e.to_string().contains("invalid value"), "{args}: {e}");
+        }
+        assert!(crate::Cli::try_parse_from(["mocov3", "knn", "--pixels", "--k", "5,20", "--t", "0.1"]).is_ok());
+    }
 
     /// Every flag and argument of every command says what it does in `--help`.
     #[test]

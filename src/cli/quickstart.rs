@@ -16,12 +16,12 @@ pub struct Args {
     #[arg(long)]
     budget: Option<String>,
     /// Linear-probe epochs on cached features.
-    #[arg(long, default_value_t = 100)]
+    #[arg(long, default_value_t = 100, value_parser = super::at_least_one)]
     lincls_epochs: usize,
     /// Base lrs the linear probe chooses from on 10% of the training features held out (for
     /// the model and the raw pixels alike); the test split is only used for the final score
     /// [default: 0.001,0.003,0.01,0.03,0.1,0.3,1,3,10; with --lincls-l2 1,3,10,30,100].
-    #[arg(long, value_delimiter = ',')]
+    #[arg(long, value_delimiter = ',', value_parser = super::positive)]
     lincls_lr: Option<Vec<f64>>,
     /// Probe the L2-normalised features kNN reads as they are (the quickstart's earlier probe)
     /// instead of standardising each dimension first (`lincls --cached --standardize`).
