@@ -178,10 +178,10 @@ fn two_ranks_train_as_one_process_resnet18() {
 #[test]
 fn a_killed_two_rank_run_resumes_bit_exactly() {
     let (straight, split) = (tmp("straight"), tmp("killed"));
-    two_ranks(&pretrain_args(&straight, 3, 12, &[]));
+    two_ranks(&pretrain_args(&straight, 3, 40, &[]));
 
     let mut cmd = mpirun();
-    cmd.args(["-np", "2", BIN]).args(pretrain_args(&split, 3, 12, &[]));
+    cmd.args(["-np", "2", BIN]).args(pretrain_args(&split, 3, 40, &[]));
     let mut child = cmd.stdout(Stdio::null()).stderr(Stdio::piped()).spawn().unwrap();
     let mut killed_after = None;
     for line in BufReader::new(child.stderr.take().unwrap()).lines() {
