@@ -111,11 +111,7 @@ pub fn run(what: Cmd) -> Result<()> {
             println!("RESULT framework=mocov3 gemm n={n} gflops={r:.1} threads={}", mocov3::engine::threads());
         }
         Cmd::Step { config, arch, warmup, steps, batch, image, patch, threads } => {
-            mocov3::engine::init_threads(if threads == 0 {
-                mocov3::train::distributed::default_threads()
-            } else {
-                threads
-            });
+            mocov3::engine::init_threads(threads);
             let world = mocov3::engine::comm::world();
             let base = match &arch {
                 Some(a) => mocov3::bench::resnet_config(a)?,

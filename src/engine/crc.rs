@@ -15,18 +15,26 @@ fn table(poly: u32) -> [u32; 256] {
     t
 }
 
-fn run(t: &[u32; 256], data: &[u8]) -> u32 {
-    let mut c = !0u32;
+/// The running register `c` after `data`.
+fn step(t: &[u32; 256], mut c: u32, data: &[u8]) -> u32 {
     for &b in data {
         c = t[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
     }
-    !c
+    c
+}
+
+fn run(t: &[u32; 256], data: &[u8]) -> u32 {
+    !step(t, !0, data)
+}
+
+fn ieee() -> &'static [u32; 256] {
+    static T: OnceLock<[u32; 256]> = OnceLock::new();
+    T.get_or_init(|| table(0xEDB8_8320))
 }
 
 /// CRC-32 (IEEE, as zip uses).
 pub fn crc32(data: &[u8]) -> u32 {
-    static T: OnceLock<[u32; 256]> = OnceLock::new();
-    run(T.get_or_init(|| table(0xEDB8_8320)), data)
+    run(ieee(), data)
 }
 
 /// CRC-32 (IEEE) over data given in pieces: `Crc32::new()`, `update` per piece, `finish`.
@@ -37,13 +45,7 @@ impl Crc32 {
         Crc32(!0)
     }
     pub fn update(&mut self, data: &[u8]) {
-        static T: OnceLock<[u32; 256]> = OnceLock::new();
-        let t = T.get_or_init(|| table(0xEDB8_8320));
-        let mut c = self.0;
-        for &b in data {
-            c = t[((c ^ b as u32) & 0xFF) as usize] ^ (c >> 8);
-        }
-        self.0 = c;
+        self.0 = step(ieee(), self.0, data);
     }
     pub fn finish(&self) -> u32 {
         !self.0

@@ -38,15 +38,26 @@ pub fn tune_allocator() {
 /// the allocator (see [`tune_allocator`]).
 pub fn init_threads(n: usize) {
     tune_allocator();
-    // At most 1024 threads (the configuration's cap); a pool that cannot start (or one already
-    // started) leaves rayon's default pool, which still computes the same results.
-    let n = if n == 0 { default_threads() } else { n.min(1024) };
+    // At most MAX_THREADS; a pool that cannot start (or one already started) leaves rayon's
+    // default pool, which still computes the same results.
+    let n = if n == 0 { default_threads() } else { n.min(MAX_THREADS) };
     let _ = rayon::ThreadPoolBuilder::new().num_threads(n).build_global();
 }
 
-/// One thread per core the process may use.
+/// The most compute threads a process may ask for.
+pub const MAX_THREADS: usize = 1024;
+
+/// One thread per core the process may use, shared among the job's processes on this machine
+/// (as the launcher says, [`comm::launched_local_size`]) unless the launcher already bound each
+/// process to its own cores.
 pub fn default_threads() -> usize {
-    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
+    let usable = std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1);
+    let local = comm::launched_local_size();
+    if local > 1 && usable >= online_cores().unwrap_or(usable) {
+        (usable / local).max(1)
+    } else {
+        usable
+    }
 }
 
 /// Make a write past the file-size limit (`ulimit -f`) fail with an error (EFBIG) that the

@@ -354,8 +354,8 @@ fn f32_decimal<S: serde::Serializer>(v: &f32, s: S) -> std::result::Result<S::Ok
     s.serialize_f64(v.to_string().parse::<f64>().unwrap_or(*v as f64))
 }
 
-/// The most compute threads a configuration may ask for.
-pub const MAX_THREADS: usize = 1024;
+/// The most compute threads a configuration may ask for (the engine's cap).
+pub use crate::engine::MAX_THREADS;
 
 /// Keys a resumed run may change: where it writes, how it runs, how often it logs. Every other
 /// key shapes the model, the data or the schedules, so a resumed run keeps it.

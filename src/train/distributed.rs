@@ -153,20 +153,6 @@ pub fn same_on_every_rank(what: &str, value: u64) -> Result<()> {
     Ok(())
 }
 
-/// Compute threads for this process when the configuration says 0 (one per core): the cores it
-/// may use, shared among the job's processes on this machine unless the launcher already bound
-/// each process to its own cores.
-pub fn default_threads() -> usize {
-    let usable = crate::engine::default_threads();
-    let local = comm::launched_local_size();
-    let all_cores = crate::engine::online_cores().unwrap_or(usable);
-    if local > 1 && usable >= all_cores {
-        (usable / local).max(1)
-    } else {
-        usable
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -313,7 +313,7 @@ fn start(
         }
         None => (cfg, None),
     };
-    crate::engine::init_threads(if cfg.threads == 0 { distributed::default_threads() } else { cfg.threads });
+    crate::engine::init_threads(cfg.threads);
     let mut set = crate::data::load(&cfg.dataset, cfg.data_dir.as_deref(), true)?;
     set.skip_corrupt = cfg.skip_corrupt;
     let set = std::sync::Arc::new(set);
