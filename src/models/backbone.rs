@@ -196,21 +196,14 @@ impl Backbone {
         }
     }
 
-    /// L2 norms of the gradients of the three parts of [`Backbone::part_prefixes`].
-    pub fn part_grad_norms(&mut self) -> [f64; 3] {
-        let prefixes = self.part_prefixes();
-        let mut s = [0.0f64; 3];
-        self.visit(&mut |p: &mut Param| {
-            if !p.trainable {
-                return;
-            }
-            for (acc, pre) in s.iter_mut().zip(&prefixes) {
-                if p.name.starts_with(pre.as_str()) {
-                    *acc += p.g.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>();
-                }
-            }
-        });
-        s.map(f64::sqrt)
+    /// L2 norms of the gradients of the three parts of [`Backbone::part_prefixes`], read from
+    /// the per-layer norms of [`Backbone::layer_grad_norms`] (each part is one layer there; 0
+    /// for a part with no trainable parameters, such as a frozen patch projection).
+    pub fn part_grad_norms(&self, layers: &[(String, f64)]) -> [f64; 3] {
+        self.part_prefixes().map(|p| {
+            let name = p.trim_end_matches('.');
+            layers.iter().find(|(n, _)| n == name).map_or(0.0, |(_, v)| *v)
+        })
     }
 }
 
@@ -264,6 +257,45 @@ impl Module for Backbone {
 mod tests {
     use super::*;
     use crate::nn::posembed::PosEmbedKind;
+
+    /// The three part norms read from the per-layer norms equal the direct sum over each part's
+    /// name prefix, bit for bit, for a ViT (also with a frozen patch projection) and a ResNet.
+    #[test]
+    fn part_norms_come_from_the_layer_norms_exactly() {
+        let vit = |frozen| {
+            BackboneConfig::Vit(VitConfig {
+                img: 8,
+                patch: 4,
+                in_chans: 1,
+                dim: 8,
+                depth: 11,
+                heads: 2,
+                mlp_ratio: 2,
+                pos: PosEmbedKind::Sincos,
+                stop_grad_conv1: frozen,
+                conv_stem: false,
+            })
+        };
+        let rn = BackboneConfig::ResNet(ResNetConfig { depth: 18, cifar: true, img: 8, in_chans: 1 });
+        for cfg in [vit(false), vit(true), rn] {
+            let mut b = Backbone::new(&cfg, &mut Rng::new(0));
+            let mut rng = Rng::new(5);
+            b.visit(&mut |p: &mut Param| p.g.iter_mut().for_each(|g| *g = rng.uniform_f64() as f32 - 0.5));
+            let prefixes = b.part_prefixes();
+            let mut direct = [0.0f64; 3];
+            b.visit(&mut |p: &mut Param| {
+                for (acc, pre) in direct.iter_mut().zip(&prefixes) {
+                    if p.trainable && p.name.starts_with(pre.as_str()) {
+                        *acc += p.g.iter().map(|&g| (g as f64) * (g as f64)).sum::<f64>();
+                    }
+                }
+            });
+            let layers = b.layer_grad_norms();
+            let got = b.part_grad_norms(&layers);
+            assert_eq!(got.map(f64::to_bits), direct.map(|s| s.sqrt().to_bits()), "{prefixes:?}");
+            assert!(got[1] > 0.0 && got[2] > 0.0);
+        }
+    }
 
     #[test]
     fn parameters_group_into_layers() {

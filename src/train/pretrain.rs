@@ -193,8 +193,8 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 return Err(diverged(loss, step, epoch, i, &ckpt));
             }
             distributed::average_grads(&mut model.trainable_params(), &mut bucket);
-            let [gp, g0, gl] = model.base.backbone.part_grad_norms();
             let layers = model.base.backbone.layer_grad_norms();
+            let [gp, g0, gl] = model.base.backbone.part_grad_norms(&layers);
             let mut events = watch.grads(step + 1, &layers);
             opt.update(&mut model.trainable_params(), lr);
             step += 1;
