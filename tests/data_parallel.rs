@@ -7,6 +7,8 @@
 //! hanging.
 #![cfg(feature = "mpi")]
 
+mod common;
+
 use std::io::{BufRead, BufReader};
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
@@ -93,16 +95,7 @@ fn logged_losses(out: &Path) -> Vec<f64> {
 }
 
 fn tensors(out: &Path) -> Vec<(String, Vec<f32>)> {
-    let (mut m, mut opt, _) = mocov3::train::checkpoint::load(&out.join("checkpoint.safetensors")).unwrap();
-    let mut v = Vec::new();
-    m.visit_tensors(&mut |name, _, d| v.push((name, d.clone())));
-    let keys = m.trainable_keys();
-    for (name, state) in opt.state_mut() {
-        for (k, s) in keys.iter().zip(state.iter()) {
-            v.push((format!("optimizer.{name}.{k}"), s.clone()));
-        }
-    }
-    v
+    common::checkpoint_tensors(&out.join("checkpoint.safetensors"))
 }
 
 /// Two ranks against one process: the same losses within 1e-5 relative, and every tensor
@@ -201,10 +194,8 @@ fn a_killed_two_rank_run_resumes_bit_exactly() {
     let mut resume = vec!["pretrain".to_string(), "--resume".into(), ck, "--threads".into(), "1".into()];
     resume.extend(["--set".into(), "log_every=1".into()]);
     two_ranks(&resume);
-    let bits = |v: Vec<(String, Vec<f32>)>| -> Vec<(String, Vec<u32>)> {
-        v.into_iter().map(|(n, d)| (n, d.iter().map(|x| x.to_bits()).collect())).collect()
-    };
-    assert!(bits(tensors(&split)) == bits(tensors(&straight)), "weights differ after the resume");
+    let bits = |d: &Path| common::checkpoint_bits(&d.join("checkpoint.safetensors"));
+    assert!(bits(&split) == bits(&straight), "weights differ after the resume");
     assert_eq!(logged_losses(&split), logged_losses(&straight));
 }
 

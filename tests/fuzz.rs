@@ -4,10 +4,9 @@
 //! a few seconds, or abort on an allocation (the test binary would die); every error names the
 //! file. The counts are printed (`cargo test --release --test fuzz -- --nocapture`).
 
-use mocov3::moco::{MoCo, MocoConfig};
-use mocov3::models::backbone::BackboneConfig;
-use mocov3::models::vit::VitConfig;
-use mocov3::nn::posembed::PosEmbedKind;
+mod common;
+
+use mocov3::moco::MoCo;
 use mocov3::optim::{AdamW, Optimizer};
 use std::panic::{catch_unwind, AssertUnwindSafe};
 use std::path::{Path, PathBuf};
@@ -190,26 +189,6 @@ fn image_files() {
     }
 }
 
-fn tiny() -> MocoConfig {
-    MocoConfig {
-        backbone: BackboneConfig::Vit(VitConfig {
-            img: 16,
-            patch: 8,
-            in_chans: 3,
-            dim: 16,
-            depth: 1,
-            heads: 2,
-            mlp_ratio: 4,
-            pos: PosEmbedKind::Sincos,
-            stop_grad_conv1: true,
-            conv_stem: false,
-        }),
-        mlp_dim: 32,
-        out_dim: 8,
-        t: 0.2,
-    }
-}
-
 #[test]
 fn native_checkpoints() {
     use mocov3::train::checkpoint;
@@ -239,7 +218,7 @@ fn official_checkpoints() {
         let read = |p: &Path| {
             let _ = mocov3::interop::official::infer_shape(p);
             let mut opt = Optimizer::AdamW(AdamW::new(0.1));
-            mocov3::interop::official::load_into(p, &mut MoCo::new(&tiny(), 0), &mut opt).map(|_| ())
+            mocov3::interop::official::load_into(p, &mut MoCo::new(&common::tiny(16), 0), &mut opt).map(|_| ())
         };
         fuzz(file, &valid, 1500, seed, &d.join(file), read);
     }

@@ -1,11 +1,12 @@
 //! Reading checkpoints of the official code (fixtures from scripts/make_checkpoint_fixtures.py:
 //! the same state saved by torch.save in the zip and the legacy format, and as safetensors).
 
+mod common;
+
+use common::tiny;
 use mocov3::interop::official::load_into;
 use mocov3::moco::{MoCo, MocoConfig};
 use mocov3::models::backbone::BackboneConfig;
-use mocov3::models::vit::VitConfig;
-use mocov3::nn::posembed::PosEmbedKind;
 use mocov3::nn::Module;
 use mocov3::optim::{AdamW, Optimizer};
 
@@ -24,26 +25,6 @@ fn tensor_bits(m: &mut MoCo) -> Vec<(String, Vec<u32>)> {
     let mut v = Vec::new();
     m.visit_tensors(&mut |k, _, d| v.push((k, d.iter().map(|x| x.to_bits()).collect::<Vec<_>>())));
     v
-}
-
-fn tiny(dim: usize) -> MocoConfig {
-    MocoConfig {
-        backbone: BackboneConfig::Vit(VitConfig {
-            img: 16,
-            patch: 8,
-            in_chans: 3,
-            dim,
-            depth: 1,
-            heads: 2,
-            mlp_ratio: 4,
-            pos: PosEmbedKind::Sincos,
-            stop_grad_conv1: true,
-            conv_stem: false,
-        }),
-        mlp_dim: 32,
-        out_dim: 8,
-        t: 0.2,
-    }
 }
 
 fn floats(st: &SafeTensors, key: &str) -> Vec<f32> {

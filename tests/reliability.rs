@@ -3,6 +3,8 @@
 //! it left on disk reads back; a checkpoint write that fails (the file-size limit) stops the run
 //! with a message naming the file and keeps the previous checkpoint and no temporary file.
 
+mod common;
+
 use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
@@ -24,18 +26,6 @@ fn args(out: &Path, epochs: usize, steps: usize) -> Vec<String> {
         out.display()
     );
     a.split_whitespace().map(String::from).collect()
-}
-
-fn bits(ckpt: &Path) -> Vec<(String, Vec<u32>)> {
-    let (mut m, mut opt, _) = mocov3::train::checkpoint::load(ckpt).unwrap();
-    let mut v = Vec::new();
-    m.visit_tensors(&mut |name, _, d| v.push((name, d.iter().map(|x| x.to_bits()).collect())));
-    for (name, state) in opt.state_mut() {
-        for (i, s) in state.iter().enumerate() {
-            v.push((format!("{name}.{i}"), s.iter().map(|x| x.to_bits()).collect()));
-        }
-    }
-    v
 }
 
 /// A small deterministic generator for the kill times.
@@ -91,7 +81,10 @@ fn killed_at_random_and_resumed_it_ends_bit_exactly() {
     let s = mocov3::train::checkpoint::read_state(&ckpt).unwrap();
     assert_eq!((s.epoch, s.iter, s.step), (3, 0, 36));
     assert!(kills >= 6, "only {kills} of 8 kills landed before the run ended");
-    assert!(bits(&ckpt) == bits(&straight.join("checkpoint.safetensors")), "weights differ after {kills} kills");
+    assert!(
+        common::checkpoint_bits(&ckpt) == common::checkpoint_bits(&straight.join("checkpoint.safetensors")),
+        "weights differ after {kills} kills"
+    );
     let log = |d: &Path| -> Vec<(u64, f64)> {
         let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
         text.lines()
