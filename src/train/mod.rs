@@ -8,6 +8,7 @@ pub mod distributed;
 pub mod instability;
 pub mod memory;
 pub mod metrics;
+pub mod presets;
 pub mod pretrain;
 pub mod probe;
 pub mod quickstart;
