@@ -46,6 +46,9 @@ enum Cmd {
     /// features (the cls token, and cls + mean patch token) and on raw pixels, the report, and a
     /// summary table.
     Quickstart(cli::quickstart::Args),
+    /// The paper's instability study at this machine's scale (lr sweep, learned vs fixed patch
+    /// projection, batch, position embedding), resumable, with report.md and figures.
+    Study(cli::study::Args),
     /// List the named presets.
     Presets,
 }
@@ -64,6 +67,7 @@ fn main() {
         Cmd::Convert(a) => cli::convert::run(a),
         Cmd::Step(a) => cli::step::run(a),
         Cmd::Quickstart(a) => cli::quickstart::run(a),
+        Cmd::Study(a) => cli::study::run(a),
         Cmd::Presets => cli::presets::run(),
     });
 }

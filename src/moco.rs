@@ -216,6 +216,26 @@ impl MoCo {
         v
     }
 
+    /// Stop training the base encoder's `layer` ([`crate::models::backbone::layer_of`], e.g.
+    /// `patch_embed`) from now on: its parameters keep their values. Returns the positions they
+    /// had in [`MoCo::trainable_params`] (for the optimiser to drop their state).
+    pub fn freeze_base_layer(&mut self, layer: &str) -> Vec<usize> {
+        let mut positions = Vec::new();
+        let mut i = 0;
+        for p in self.base.params_mut() {
+            if !p.trainable {
+                continue;
+            }
+            if crate::models::backbone::layer_of(&p.name) == layer {
+                p.trainable = false;
+                p.g.fill(0.0);
+                positions.push(i);
+            }
+            i += 1;
+        }
+        positions
+    }
+
     /// Trainable parameters in the official order (base encoder, then predictor).
     pub fn trainable_params(&mut self) -> Vec<&mut Param> {
         let mut v = self.base.params_mut();

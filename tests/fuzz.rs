@@ -197,8 +197,15 @@ fn native_checkpoints() {
     (cfg.dim, cfg.depth, cfg.moco_mlp_dim, cfg.moco_dim) = (Some(8), Some(1), 16, 8);
     let mut model = MoCo::new(&cfg.model(1).unwrap(), 0);
     let opt = Optimizer::new(cfg.optimizer, 0.1, true);
-    let state =
-        checkpoint::TrainState { format: checkpoint::FORMAT, epoch: 1, iter: 0, step: 3, in_chans: 1, config: cfg };
+    let state = checkpoint::TrainState {
+        format: checkpoint::FORMAT,
+        epoch: 1,
+        iter: 0,
+        step: 3,
+        in_chans: 1,
+        config: cfg,
+        control: Default::default(),
+    };
     let p = d.join("valid.safetensors");
     checkpoint::save(&p, &mut model, &opt, &state).unwrap();
     let valid = std::fs::read(&p).unwrap();

@@ -12,6 +12,7 @@ pub mod pretrain;
 pub mod quickstart;
 pub mod report;
 pub mod step;
+pub mod study;
 
 /// `--feature`, shared by the commands that read a checkpoint's features.
 #[derive(clap::Args)]

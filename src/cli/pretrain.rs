@@ -67,6 +67,13 @@ pub struct Args {
     /// Image folders: skip (and count) images that do not decode instead of stopping.
     #[arg(long)]
     skip_corrupt: bool,
+    /// What a gradient spike in the patch projection triggers: log (the default), freeze-patch
+    /// (freeze it from then on: the paper's fix when it is needed), clip:V (its gradient down to
+    /// V x its running median), skip (the step), rollback[:F] (to the last good in-memory
+    /// snapshot, every `snapshot_every` steps; lr x F from then on, F = 0.5). Every action is
+    /// logged; to try one, --set inject_spike=[STEP] multiplies that gradient by 1000.
+    #[arg(long, value_name = "ACTION")]
+    on_spike: Option<mocov3::train::actions::OnSpike>,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -142,6 +149,9 @@ fn overrides(mut c: PretrainConfig, a: &Args) -> Result<PretrainConfig> {
     }
     if let Some(v) = &a.checkpoint_every {
         (c.checkpoint_every_steps, c.checkpoint_every_minutes) = checkpoint_every(v)?;
+    }
+    if let Some(v) = a.on_spike {
+        c.on_spike = v;
     }
     if let Some(k) = a.keep_checkpoints {
         c.keep_checkpoints = k;

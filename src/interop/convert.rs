@@ -109,6 +109,7 @@ pub fn convert(a: &ConvertOptions) -> Result<String> {
         step: opt.steps(),
         in_chans,
         config: cfg,
+        control: Default::default(),
     };
     crate::train::checkpoint::save(&a.out, &mut model, &opt, &state)?;
     Ok(format!("convert: {} ({arch}: {what}, epoch {}) -> {}", a.input.display(), info.epoch, a.out.display()))

@@ -69,6 +69,21 @@ impl Optimizer {
         }
     }
 
+    /// Forget the state of the trainable parameters at these positions (which stopped training:
+    /// the order of [`crate::moco::MoCo::trainable_params`] then skips them).
+    pub fn drop_state(&mut self, positions: &[usize]) {
+        for (_, s) in self.state_mut() {
+            if s.is_empty() {
+                continue;
+            }
+            let mut i = 0;
+            s.retain(|_| {
+                i += 1;
+                !positions.contains(&(i - 1))
+            });
+        }
+    }
+
     /// Zeroed state buffers of the given sizes (one per trainable parameter), for a loader to
     /// fill in.
     pub fn zero_state(&mut self, sizes: &[usize]) {

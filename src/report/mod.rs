@@ -5,6 +5,7 @@
 pub mod font;
 pub mod plot;
 pub mod preview;
+pub mod study;
 
 use anyhow::{bail, Context, Result};
 use plot::{chart, Canvas, Series, COLORS};

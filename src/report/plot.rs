@@ -88,7 +88,20 @@ pub fn fmt_num(v: f64) -> String {
 
 /// Draw one chart in the box `[x, y, w, h]`: title, frame, y range and x range labels, series.
 /// With `log_y`, values are plotted on a log10 scale (non-positive values are skipped).
-pub fn chart(c: &mut Canvas, [x, y, w, h]: [i64; 4], title: &str, series: &[Series], log_y: bool) {
+pub fn chart(c: &mut Canvas, b: [i64; 4], title: &str, series: &[Series], log_y: bool) {
+    chart_marked(c, b, title, series, &[], log_y);
+}
+
+/// [`chart`] with `markers`: points drawn as crosses (events on a curve: spikes, dips), in the
+/// same axes, labelled in the legend.
+pub fn chart_marked(
+    c: &mut Canvas,
+    [x, y, w, h]: [i64; 4],
+    title: &str,
+    series: &[Series],
+    markers: &[Series],
+    log_y: bool,
+) {
     const S: i64 = 2;
     let black = [0, 0, 0];
     let grey = [120, 120, 120];
@@ -98,6 +111,7 @@ pub fn chart(c: &mut Canvas, [x, y, w, h]: [i64; 4], title: &str, series: &[Seri
     let tf = |v: f64| if log_y { v.log10() } else { v };
     let pts: Vec<(f64, f64)> = series
         .iter()
+        .chain(markers)
         .flat_map(|s| s.points.iter().copied())
         .filter(|p| !log_y || p.1 > 0.0)
         .filter(|p| p.1.is_finite())
@@ -140,6 +154,20 @@ pub fn chart(c: &mut Canvas, [x, y, w, h]: [i64; 4], title: &str, series: &[Seri
         )
     };
     let mut lx = px + pw - 8;
+    for m in markers.iter().rev() {
+        for &p in m.points.iter().filter(|p| (!log_y || p.1 > 0.0) && p.1.is_finite()) {
+            let (a, b) = map(p);
+            for d in -4..=4 {
+                c.set(a as i64 + d, b as i64 + d, m.rgb);
+                c.set(a as i64 + d, b as i64 - d, m.rgb);
+            }
+        }
+        if !m.label.is_empty() {
+            lx -= text_width(&m.label, S);
+            draw_text(c, lx, y + 6, &m.label, S, m.rgb);
+            lx -= 12;
+        }
+    }
     for s in series.iter().rev() {
         let pts: Vec<(f64, f64)> =
             s.points.iter().copied().filter(|p| (!log_y || p.1 > 0.0) && p.1.is_finite()).collect();

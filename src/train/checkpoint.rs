@@ -4,6 +4,7 @@
 //! Writes go to a temporary file that is renamed over the old one, so a crash never leaves a
 //! half-written checkpoint; a CRC-32 of the tensors in the metadata is checked on load.
 
+use super::actions::Control;
 use super::config::PretrainConfig;
 use crate::moco::{MoCo, TensorVisitor};
 use crate::optim::Optimizer;
@@ -18,6 +19,9 @@ pub const FORMAT: u32 = 1;
 /// Metadata key of the CRC-32 of every tensor's bytes, in the order they are written.
 const CHECKSUM_KEY: &str = "tensors_crc32";
 
+/// Name prefix of the rollback snapshot's tensors.
+const SNAPSHOT_PREFIX: &str = "snapshot.";
+
 #[derive(Clone, Debug, Serialize, Deserialize)]
 pub struct TrainState {
     pub format: u32,
@@ -30,6 +34,35 @@ pub struct TrainState {
     pub step: u64,
     pub in_chans: usize,
     pub config: PretrainConfig,
+    /// The detectors' windows and what the instability actions changed (lr scale, frozen layer,
+    /// rollback snapshot).
+    #[serde(default)]
+    pub control: Control,
+}
+
+/// Every tensor of the model and optimiser as (name, shape, values): the in-memory copy a
+/// rollback restores ([`super::actions`]), saved in checkpoints under `snapshot.<name>`.
+pub type Snapshot = Vec<(String, Vec<usize>, Vec<f32>)>;
+
+/// A copy of every tensor of the model and the optimiser.
+pub fn snapshot(model: &mut MoCo, opt: &mut Optimizer) -> Snapshot {
+    let mut v = Vec::new();
+    for_each_tensor(model, opt, &mut |name, shape, data| v.push((name, shape.to_vec(), data.clone())));
+    v
+}
+
+/// Put a [`snapshot`] back (the optimiser's step count aside).
+pub fn restore(model: &mut MoCo, opt: &mut Optimizer, snap: &Snapshot) -> Result<()> {
+    let mut it = snap.iter();
+    let mut bad = None;
+    for_each_tensor(model, opt, &mut |name, _, data| match it.next() {
+        Some((n, _, v)) if *n == name && v.len() == data.len() => data.copy_from_slice(v),
+        _ => bad = bad.take().or(Some(name)),
+    });
+    match bad.or_else(|| it.next().map(|(n, _, _)| n.clone())) {
+        Some(n) => bail!("the rollback snapshot does not match the model at tensor '{n}'"),
+        None => Ok(()),
+    }
 }
 
 /// Every named tensor of the model and optimiser, as (name, shape, mutable data).
@@ -47,12 +80,24 @@ fn for_each_tensor(model: &mut MoCo, opt: &mut Optimizer, f: &mut TensorVisitor)
 }
 
 pub fn save(path: &Path, model: &mut MoCo, opt: &Optimizer, state: &TrainState) -> Result<()> {
+    save_run(path, model, opt, state, None)
+}
+
+/// [`save`], with the rollback snapshot (when the run keeps one) as `snapshot.<name>` tensors.
+pub fn save_run(
+    path: &Path,
+    model: &mut MoCo,
+    opt: &Optimizer,
+    state: &TrainState,
+    snap: Option<&Snapshot>,
+) -> Result<()> {
     let mut opt = opt.clone();
     let mut owned: Vec<(String, Vec<usize>, Vec<u8>)> = Vec::new();
-    for_each_tensor(model, &mut opt, &mut |name, shape, data| {
-        let bytes: Vec<u8> = data.iter().flat_map(|v| v.to_le_bytes()).collect();
-        owned.push((name, shape.to_vec(), bytes));
-    });
+    let bytes = |data: &[f32]| -> Vec<u8> { data.iter().flat_map(|v| v.to_le_bytes()).collect() };
+    for_each_tensor(model, &mut opt, &mut |name, shape, data| owned.push((name, shape.to_vec(), bytes(data))));
+    for (name, shape, data) in snap.into_iter().flatten() {
+        owned.push((format!("{SNAPSHOT_PREFIX}{name}"), shape.clone(), bytes(data)));
+    }
     let views: Vec<(String, TensorView)> = owned
         .iter()
         .map(|(n, s, b)| Ok((n.clone(), TensorView::new(Dtype::F32, s.clone(), b)?)))
@@ -122,6 +167,11 @@ pub fn read_state(path: &Path) -> Result<TrainState> {
 
 /// Load a checkpoint written by [`save`]: the model, the optimiser and the training state.
 pub fn load(path: &Path) -> Result<(MoCo, Optimizer, TrainState)> {
+    load_run(path).map(|(m, o, s, _)| (m, o, s))
+}
+
+/// [`load`], with the rollback snapshot if the checkpoint holds one.
+pub fn load_run(path: &Path) -> Result<(MoCo, Optimizer, TrainState, Option<Snapshot>)> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read checkpoint {}", path.display()))?;
     let fix = "it is corrupt or truncated: resume from an earlier checkpoint or start the run again";
     let (_, meta) =
@@ -151,6 +201,10 @@ pub fn load(path: &Path) -> Result<(MoCo, Optimizer, TrainState)> {
     let want_crc = meta.metadata().as_ref().and_then(|m| m.get(CHECKSUM_KEY)).cloned();
     let mut crc = crate::engine::crc::Crc32::new();
     let mut model = MoCo::new(&cfg, c.seed);
+    if let Some((layer, _)) = &state.control.frozen {
+        // Frozen by an instability action: not trained, so no optimiser state.
+        model.freeze_base_layer(layer);
+    }
     let mut opt = Optimizer::new(c.optimizer, c.weight_decay, c.exclude_norm_bias_decay);
     let sizes: Vec<usize> = model.trainable_params().iter().map(|p| p.len()).collect();
     opt.set_steps(steps);
@@ -158,7 +212,8 @@ pub fn load(path: &Path) -> Result<(MoCo, Optimizer, TrainState)> {
         opt.zero_state(&sizes);
     }
     let mut err: Option<anyhow::Error> = None;
-    for_each_tensor(&mut model, &mut opt, &mut |name, shape, data| {
+    let mut snap: Option<Snapshot> = state.control.snapshot.map(|_| Vec::new());
+    let mut read = |name: String, shape: &[usize], data: &mut Vec<f32>| {
         if err.is_some() {
             return;
         }
@@ -192,7 +247,17 @@ pub fn load(path: &Path) -> Result<(MoCo, Optimizer, TrainState)> {
                 }
             }
         }
+    };
+    for_each_tensor(&mut model, &mut opt, &mut |name, shape, data| {
+        if let Some(snap) = &mut snap {
+            snap.push((name.clone(), shape.to_vec(), vec![0.0; data.len()]));
+        }
+        read(name, shape, data);
     });
+    // The snapshot's tensors follow the model's, in the same order (as [`save_run`] writes them).
+    for (name, shape, v) in snap.iter_mut().flatten() {
+        read(format!("{SNAPSHOT_PREFIX}{name}"), shape, v);
+    }
     if let Some(e) = err {
         return Err(e);
     }
@@ -202,5 +267,5 @@ pub fn load(path: &Path) -> Result<(MoCo, Optimizer, TrainState)> {
             bail!("checkpoint {}: the tensors' checksum is {got}, the file says {w}; {fix}", path.display());
         }
     }
-    Ok((model, opt, state))
+    Ok((model, opt, state, snap))
 }

@@ -1,6 +1,7 @@
 //! The pre-training configuration: named presets, a TOML file, and command-line overrides, in
 //! that order of precedence (later wins).
 
+pub use super::actions::OnSpike;
 use crate::data::augment::AugmentKind;
 use crate::moco::MocoConfig;
 use crate::models::backbone::{BackboneConfig, ResNetConfig};
@@ -113,6 +114,21 @@ pub struct PretrainConfig {
     /// A kNN dip: the monitor's accuracy this many points below its running best (0: off).
     #[serde(default = "default_dip_threshold")]
     pub dip_threshold: f64,
+    /// What a spike of the first layer (the patch projection) triggers: log, freeze-patch,
+    /// clip:V, skip, rollback[:F] (see `train::actions`).
+    #[serde(default)]
+    pub on_spike: OnSpike,
+    /// Steps between the in-memory snapshots `on_spike = "rollback"` returns to.
+    #[serde(default = "default_snapshot_every")]
+    pub snapshot_every: u64,
+    /// Fault injection, to try `on_spike`: the first layer's gradient is multiplied by 1000 at
+    /// these steps.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub inject_spike: Vec<u64>,
+}
+
+pub(super) fn default_snapshot_every() -> u64 {
+    100
 }
 
 pub(super) fn default_spike_threshold() -> f64 {
@@ -330,6 +346,15 @@ impl PretrainConfig {
             if !(v.is_finite() && v >= 0.0) {
                 bail!("{k} must be a number at least 0 (0: off), not {v}");
             }
+        }
+        if self.on_spike != OnSpike::Log && self.spike_threshold <= 0.0 {
+            bail!(
+                "on_spike = \"{}\" acts on detected spikes: set spike_threshold above 0",
+                String::from(self.on_spike)
+            );
+        }
+        if self.snapshot_every == 0 {
+            bail!("snapshot_every must be at least 1 step");
         }
         if self.spike_window < 3 {
             bail!("spike_window must be at least 3 steps, not {}", self.spike_window);

@@ -4,6 +4,7 @@
 //! dips on the dense kNN curve (a drop from the running best that later recovers, not a
 //! divergence).
 
+use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 
 /// A layer's gradient norm at `ratio` times its running median.
@@ -18,13 +19,16 @@ pub struct Spike {
 }
 
 /// A first-layer spike followed by a last-layer spike `lag` steps later.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Lag {
     pub first_step: u64,
     pub last_step: u64,
     pub lag: u64,
 }
 
+/// The detectors keep their whole state in plain values (serialised into checkpoints, so a
+/// resumed run sees the spikes and dips an uninterrupted one would).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SpikeDetector {
     /// Values of the running median (per layer).
     pub window: usize,
@@ -49,6 +53,17 @@ impl SpikeDetector {
             history: vec![VecDeque::new(); layers],
             pending_first: None,
             lags: Vec::new(),
+        }
+    }
+
+    /// Another window length and threshold (a resumed run's); the history keeps its newest values.
+    pub fn set_window_and_threshold(&mut self, window: usize, threshold: f64) {
+        self.window = window.max(3);
+        self.threshold = threshold;
+        for h in &mut self.history {
+            while h.len() > self.window {
+                h.pop_front();
+            }
         }
     }
 
@@ -97,7 +112,7 @@ fn median(h: &VecDeque<f64>) -> f64 {
 }
 
 /// A drop of the kNN accuracy of more than the threshold below its running best.
-#[derive(Clone, Debug, PartialEq)]
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Dip {
     pub start_step: u64,
     /// The step of the lowest point, and its accuracy.
@@ -116,10 +131,12 @@ impl Dip {
     }
 }
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct DipDetector {
     /// Points (of accuracy, %) below the running best that start a dip.
     pub threshold: f64,
-    best: f64,
+    /// The running best (None before the first point).
+    best: Option<f64>,
     open: Option<Dip>,
     pub dips: Vec<Dip>,
 }
@@ -133,7 +150,7 @@ pub enum DipEvent {
 
 impl DipDetector {
     pub fn new(threshold: f64) -> DipDetector {
-        DipDetector { threshold, best: f64::NEG_INFINITY, open: None, dips: Vec::new() }
+        DipDetector { threshold, best: None, open: None, dips: Vec::new() }
     }
 
     pub fn observe(&mut self, step: u64, acc: f64) -> Option<DipEvent> {
@@ -147,18 +164,20 @@ impl DipDetector {
             if acc >= d.best - self.threshold / 2.0 {
                 d.recovered_step = Some(step);
                 let done = self.open.take().unwrap_or_else(|| unreachable!());
-                self.best = self.best.max(acc);
+                self.best = Some(self.best.map_or(acc, |b| b.max(acc)));
                 self.dips.push(done.clone());
                 return Some(DipEvent::Recovered(done));
             }
             return None;
         }
-        if acc < self.best - self.threshold {
-            let d = Dip { start_step: step, low_step: step, low: acc, best: self.best, recovered_step: None };
-            self.open = Some(d.clone());
-            return Some(DipEvent::Started(d));
+        match self.best {
+            Some(best) if acc < best - self.threshold => {
+                let d = Dip { start_step: step, low_step: step, low: acc, best, recovered_step: None };
+                self.open = Some(d.clone());
+                return Some(DipEvent::Started(d));
+            }
+            _ => self.best = Some(self.best.map_or(acc, |b| b.max(acc))),
         }
-        self.best = self.best.max(acc);
         None
     }
 

@@ -2,12 +2,15 @@
 //! detector, every kNN monitor point to the dip detector ([`super::detect`]); what they find
 //! becomes event lines in `metrics.jsonl` (`{"step", "event": "grad_spike" | "spike_lag" |
 //! "knn_dip" | "knn_recovered", ...}`), TensorBoard scalars under `events/` and console lines.
-//! The detectors start afresh when a run resumes (their windows refill); they only watch, so the
-//! weights stay bit-exact across a resume.
+//! The detectors' state travels in checkpoints ([`super::actions::Control`]), so a resumed run
+//! finds the events an uninterrupted one would (the kNN curve aside: the monitor's feature queue
+//! refills after a resume).
 
 use super::detect::{DipDetector, DipEvent, SpikeDetector};
+use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct Watch {
     spike_threshold: f64,
     spike_window: usize,
@@ -26,6 +29,28 @@ impl Watch {
         }
     }
 
+    /// This run's thresholds on a saved watch (they may change on resume; the windows stay).
+    pub fn set_thresholds_from(&mut self, fresh: &Watch) {
+        (self.spike_threshold, self.spike_window) = (fresh.spike_threshold, fresh.spike_window);
+        if let Some((det, _)) = &mut self.spikes {
+            det.set_window_and_threshold(fresh.spike_window, fresh.spike_threshold);
+        }
+        match (&mut self.dips, &fresh.dips) {
+            (Some(d), Some(f)) => d.threshold = f.threshold,
+            (d, f) => *d = f.clone(),
+        }
+    }
+
+    /// The name of the layer whose spikes start a lag (and trigger actions), once known.
+    pub fn first_layer(&self) -> Option<&str> {
+        self.spikes.as_ref().map(|(d, names)| names[d.first].as_str())
+    }
+
+    /// Start the spike detector afresh (the set of layers changed: one was frozen).
+    pub fn forget_layers(&mut self) {
+        self.spikes = None;
+    }
+
     /// One step's per-layer gradient norms (name, norm), in the network's order: the events
     /// they raise. The first layer is the patch projection (`patch_embed`, a ResNet's `conv1`)
     /// or, when it is frozen, the first block; the last layers are the last block and after.
@@ -34,6 +59,12 @@ impl Watch {
             return Vec::new();
         }
         let (thr, window) = (self.spike_threshold, self.spike_window);
+        let same =
+            |names: &Vec<String>| names.len() == norms.len() && names.iter().zip(norms).all(|(a, (b, _))| a == b);
+        if self.spikes.as_ref().is_some_and(|(_, names)| !same(names)) {
+            // Another set of layers (one stopped training): the windows start again.
+            self.spikes = None;
+        }
         let (det, names) = self.spikes.get_or_insert_with(|| {
             let names: Vec<String> = norms.iter().map(|(n, _)| n.clone()).collect();
             let is_block = |n: &String| n.starts_with("blocks.") || n.starts_with("layer");

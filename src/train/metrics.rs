@@ -75,21 +75,32 @@ impl MetricsLog {
     }
 }
 
-/// The lines of a log that a run resumed after `step` keeps: each line's `step` must exceed the
-/// one before (a line at or below it starts a restarted segment, which replaces the lines it
-/// overlaps), none may lie past `step`, and lines that do not parse are dropped.
+/// The lines of a log that a run resumed after `step` keeps: steps never go back (a line below
+/// the one before starts a restarted segment, which replaces the lines it overlaps; so does a
+/// line of a kind its step already holds: one metrics line per step, one of each event), none
+/// may lie past `step`, and lines that do not parse are dropped. A step may hold its metrics
+/// line and several event lines.
 fn kept_lines(text: &str, step: u64) -> String {
-    let mut kept: Vec<(u64, &str)> = Vec::new();
+    let mut kept: Vec<(u64, String, &str)> = Vec::new();
     for line in text.lines() {
-        let Some(s) = serde_json::from_str::<serde_json::Value>(line).ok().and_then(|v| v.get("step")?.as_u64()) else {
+        let Some(v) = serde_json::from_str::<serde_json::Value>(line).ok() else {
             continue;
         };
-        while kept.last().is_some_and(|&(k, _)| k >= s) {
+        let Some(s) = v.get("step").and_then(|s| s.as_u64()) else {
+            continue;
+        };
+        let kind = format!("{}/{}/{}", v["event"], v["layer"], v["action"]);
+        while kept.last().is_some_and(|(k, _, _)| *k > s) {
             kept.pop();
         }
-        kept.push((s, line));
+        if kept.iter().rev().take_while(|(k, _, _)| *k == s).any(|(_, kd, _)| *kd == kind) {
+            while kept.last().is_some_and(|(k, _, _)| *k == s) {
+                kept.pop();
+            }
+        }
+        kept.push((s, kind, line));
     }
-    kept.into_iter().filter(|&(s, _)| s <= step).map(|(_, l)| format!("{l}\n")).collect()
+    kept.into_iter().filter(|&(s, _, _)| s <= step).map(|(_, _, l)| format!("{l}\n")).collect()
 }
 
 #[cfg(test)]
@@ -111,6 +122,13 @@ mod tests {
         let want: String = (1..=3).map(|s| line(s, 1.0)).chain((4..=5).map(|s| line(s, 2.0))).collect();
         assert_eq!(kept_lines(&text, 5), want);
         assert_eq!(kept_lines(&text, 100), want + &line(6, 2.0));
+        // A step's metrics line and its event lines all stay; a repeat of the step's metrics
+        // line (a restart from it) replaces them.
+        let ev = |step: u64, e: &str| format!("{{\"step\":{step},\"event\":\"{e}\"}}\n");
+        let events = line(1, 1.0) + &line(2, 1.0) + &ev(2, "grad_spike") + &ev(2, "action") + &line(3, 1.0);
+        assert_eq!(kept_lines(&events, 3), events);
+        let restarted = events.clone() + &line(2, 2.0) + &ev(2, "grad_spike");
+        assert_eq!(kept_lines(&restarted, 3), line(1, 1.0) + &line(2, 2.0) + &ev(2, "grad_spike"));
 
         let dir = std::env::temp_dir().join(format!("mocov3-metrics-{}", std::process::id()));
         std::fs::create_dir_all(&dir).unwrap();

@@ -1,5 +1,6 @@
 //! Pre-training: configuration and presets, checkpoints, metrics, and the training loop.
 
+pub mod actions;
 pub mod budget;
 pub mod checkpoint;
 pub mod config;
@@ -12,4 +13,6 @@ pub mod presets;
 pub mod pretrain;
 pub mod probe;
 pub mod quickstart;
+pub mod runlog;
+pub mod study;
 pub mod tensorboard;

@@ -2,7 +2,8 @@
 //! recipes chosen in docs/experiments.md, and the smoke-test preset.
 
 use super::config::{
-    default_checkpoint_minutes, default_dip_threshold, default_spike_threshold, default_spike_window, PretrainConfig,
+    default_checkpoint_minutes, default_dip_threshold, default_snapshot_every, default_spike_threshold,
+    default_spike_window, PretrainConfig,
 };
 use crate::data::augment::AugmentKind;
 use crate::nn::posembed::PosEmbedKind;
@@ -95,6 +96,9 @@ fn official(arch: &str, batch: usize) -> PretrainConfig {
         spike_threshold: default_spike_threshold(),
         spike_window: default_spike_window(),
         dip_threshold: default_dip_threshold(),
+        on_spike: Default::default(),
+        snapshot_every: default_snapshot_every(),
+        inject_spike: Vec::new(),
     }
 }
 

@@ -1,11 +1,12 @@
 //! The pre-training loop: data → MoCo step → AdamW → schedules, with metrics, progress, atomic
 //! per-epoch checkpoints and bit-exact resume.
 
-use super::checkpoint::{self, TrainState, FORMAT};
+use super::actions::{Control, Guard};
+use super::checkpoint::{self, Snapshot, TrainState, FORMAT};
 use super::config::PretrainConfig;
 use super::distributed;
-use super::metrics::{MetricsLog, StepMetrics};
-use super::tensorboard::EventWriter;
+use super::metrics::StepMetrics;
+use super::runlog::{self, diverged, epoch_bar, log_events, log_step, open_sinks, save_checkpoint};
 use crate::data::augment::Augment;
 use crate::data::loader::TwoViewLoader;
 use crate::engine::comm;
@@ -13,8 +14,7 @@ use crate::eval::monitor::KnnMonitor;
 use crate::moco::MoCo;
 use crate::nn::Module;
 use crate::optim::{schedule, Optimizer};
-use anyhow::{bail, Context, Result};
-use indicatif::{ProgressBar, ProgressStyle};
+use anyhow::{bail, Result};
 use std::io::IsTerminal;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
@@ -27,18 +27,6 @@ pub struct RunOptions {
     pub stop_after_epochs: Option<usize>,
     /// No progress bar or console lines.
     pub quiet: bool,
-}
-
-/// A duration for the console: "42 s", "12.5 min", "2 h 05 min".
-fn clock(secs: f64) -> String {
-    if secs < 60.0 {
-        format!("{secs:.0} s")
-    } else if secs < 3600.0 {
-        format!("{:.1} min", secs / 60.0)
-    } else {
-        let m = (secs / 60.0).round() as u64;
-        format!("{} h {:02} min", m / 60, m % 60)
-    }
 }
 
 pub struct RunSummary {
@@ -80,7 +68,7 @@ pub fn checkpoint_path(out_dir: &Path) -> PathBuf {
 /// Over several processes ([`comm::world`], see [`distributed`]) every rank runs this same loop
 /// on its shard of each global batch; rank 0 alone writes the run directory and the console.
 pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
-    let (cfg, set, mut model, mut opt, (start_epoch, start_iter), mut step) = start(cfg, opts)?;
+    let (cfg, set, mut model, mut opt, (start_epoch, start_iter), mut step, (control, snap)) = start(cfg, opts)?;
     let world = comm::world();
     let rank0 = world.rank() == 0;
     let ckpt = checkpoint_path(&cfg.out_dir);
@@ -154,7 +142,8 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
     }
     let mut losses = Vec::new();
     let mut last_knn: Option<f64> = None;
-    let mut watch = super::instability::Watch::new(cfg.spike_threshold, cfg.spike_window, cfg.dip_threshold);
+    let fresh = super::instability::Watch::new(cfg.spike_threshold, cfg.spike_window, cfg.dip_threshold);
+    let mut guard = Guard::new(cfg.on_spike, cfg.snapshot_every, fresh, control, snap);
     let mut last_save = Instant::now();
     for epoch in start_epoch..end_epoch {
         let bar = epoch_bar(show && tty, steps, epoch, cfg.epochs);
@@ -193,11 +182,18 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
                 return Err(diverged(loss, step, epoch, i, &ckpt));
             }
             distributed::average_grads(&mut model.trainable_params(), &mut bucket);
+            guard.inject(&mut model, step + 1, &cfg.inject_spike);
             let layers = model.base.backbone.layer_grad_norms();
             let [gp, g0, gl] = model.base.backbone.part_grad_norms(&layers);
-            let mut events = watch.grads(step + 1, &layers);
-            opt.update(&mut model.trainable_params(), lr);
+            // Spikes, and the action one triggers (--on-spike), before the update.
+            let decision = guard.after_backward(&mut model, &mut opt, step + 1, &layers)?;
+            let mut events = decision.events;
+            let lr = lr * guard.control.lr_scale;
+            if decision.update {
+                opt.update(&mut model.trainable_params(), lr);
+            }
             step += 1;
+            guard.after_step(&mut model, &mut opt, step);
             let mut knn_top1 = None;
             if let Some((mon, eval)) = &mut monitor {
                 if mon.due(step) {
@@ -212,7 +208,7 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             rate = if i == 0 { r } else { 0.9 * rate + 0.1 * r };
             if let Some(v) = knn_top1 {
                 last_knn = Some(v);
-                events.extend(watch.knn(step, v));
+                events.extend(guard.watch.knn(step, v));
             }
             let knn = last_knn.map(|v| format!(" knn {v:.1}%")).unwrap_or_default();
             bar.set_message(format!("loss {loss:.4} lr {lr:.2e} m {m:.4} {rate:.1} img/s{knn}"));
@@ -251,19 +247,35 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             let by_steps = cfg.checkpoint_every_steps > 0 && step.is_multiple_of(cfg.checkpoint_every_steps as u64);
             let by_time = cfg.checkpoint_every_minutes > 0.0 && minutes >= cfg.checkpoint_every_minutes;
             if i + 1 < steps && (by_steps || by_time) {
-                let state =
-                    TrainState { format: FORMAT, epoch, iter: i + 1, step, in_chans: set.c, config: cfg.clone() };
+                let control = guard.state();
+                let state = TrainState {
+                    format: FORMAT,
+                    epoch,
+                    iter: i + 1,
+                    step,
+                    in_chans: set.c,
+                    config: cfg.clone(),
+                    control,
+                };
                 if rank0 {
-                    save_checkpoint(&ckpt, &mut model, &opt, &state)?;
+                    save_checkpoint(&ckpt, &mut model, &opt, &state, guard.snapshot.as_ref())?;
                 }
                 last_save = Instant::now();
             }
         }
         bar.finish();
-        let state =
-            TrainState { format: FORMAT, epoch: epoch + 1, iter: 0, step, in_chans: set.c, config: cfg.clone() };
+        let control = guard.state();
+        let state = TrainState {
+            format: FORMAT,
+            epoch: epoch + 1,
+            iter: 0,
+            step,
+            in_chans: set.c,
+            config: cfg.clone(),
+            control,
+        };
         if rank0 {
-            save_checkpoint(&ckpt, &mut model, &opt, &state)?;
+            save_checkpoint(&ckpt, &mut model, &opt, &state, guard.snapshot.as_ref())?;
         }
         last_save = Instant::now();
         if world.world() > 1 {
@@ -272,8 +284,16 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
             distributed::same_on_every_rank(&format!("their weights after epoch {}", epoch + 1), f)?;
         }
         if show {
-            let mean = epoch_mean(&losses, steps - first_step(epoch));
-            epoch_done(epoch, start_epoch, end_epoch, cfg.epochs, mean, run_start.elapsed().as_secs_f64(), &ckpt);
+            let mean = runlog::epoch_mean(&losses, steps - first_step(epoch));
+            runlog::epoch_done(
+                epoch,
+                start_epoch,
+                end_epoch,
+                cfg.epochs,
+                mean,
+                run_start.elapsed().as_secs_f64(),
+                &ckpt,
+            );
         }
     }
     let total_secs = run_start.elapsed().as_secs_f64();
@@ -299,17 +319,26 @@ pub fn run(cfg: PretrainConfig, opts: &RunOptions) -> Result<RunSummary> {
 }
 
 /// Set-up: the configuration (a checkpoint's when resuming, see [`super::config::resumed`]), the
-/// training set, and the model, optimiser, next epoch and step, from the checkpoint or fresh.
+/// training set, and the model, optimiser, next epoch and step, and the instability guard's
+/// state, from the checkpoint or fresh.
 #[allow(clippy::type_complexity)]
 fn start(
     cfg: PretrainConfig,
     opts: &RunOptions,
-) -> Result<(PretrainConfig, std::sync::Arc<crate::data::ImageSet>, MoCo, Optimizer, (usize, usize), u64)> {
+) -> Result<(
+    PretrainConfig,
+    std::sync::Arc<crate::data::ImageSet>,
+    MoCo,
+    Optimizer,
+    (usize, usize),
+    u64,
+    (Control, Option<Snapshot>),
+)> {
     let (cfg, resumed) = match &opts.resume {
         Some(p) => {
-            let (model, opt, state) = checkpoint::load(p)?;
+            let (model, opt, state, snap) = checkpoint::load_run(p)?;
             let c = super::config::resumed(&state.config, &cfg, p)?;
-            (c, Some((model, opt, state)))
+            (c, Some((model, opt, state, snap)))
         }
         None => (cfg, None),
     };
@@ -322,8 +351,8 @@ fn start(
     }
     // Refuse what cannot fit before allocating it.
     super::memory::check(&cfg, &cfg.model(set.c)?, cfg.batch_size / comm::world().world())?;
-    let (model, opt, start_at, step) = match resumed {
-        Some((model, opt, state)) => {
+    let (model, opt, start_at, step, guard) = match resumed {
+        Some((model, opt, state, snap)) => {
             if state.in_chans != set.c {
                 bail!(
                     "checkpoint was trained on {}-channel images, dataset '{}' has {}",
@@ -332,12 +361,12 @@ fn start(
                     set.c
                 );
             }
-            (model, opt, (state.epoch, state.iter), state.step)
+            (model, opt, (state.epoch, state.iter), state.step, (state.control, snap))
         }
         None => {
             let mcfg = cfg.model(set.c)?;
             let opt = Optimizer::new(cfg.optimizer, cfg.weight_decay, cfg.exclude_norm_bias_decay);
-            (MoCo::new(&mcfg, cfg.seed), opt, (0, 0), 0)
+            (MoCo::new(&mcfg, cfg.seed), opt, (0, 0), 0, (Control::default(), None))
         }
     };
     let (mut model, mut opt) = (model, opt);
@@ -352,156 +381,5 @@ fn start(
         distributed::broadcast_model(&mut model);
         distributed::same_on_every_rank("optimiser state", distributed::weights_fingerprint(&mut model, &mut opt))?;
     }
-    Ok((cfg, set, model, opt, start_at, step))
-}
-
-/// The run directory's config.toml, metrics log and TensorBoard writer (rank 0's to keep).
-fn open_sinks(cfg: &PretrainConfig, step: u64) -> Result<(MetricsLog, EventWriter)> {
-    std::fs::create_dir_all(&cfg.out_dir).with_context(|| format!("cannot create {}", cfg.out_dir.display()))?;
-    std::fs::write(cfg.out_dir.join("config.toml"), toml::to_string(cfg)?)?;
-    let metrics = cfg.out_dir.join("metrics.jsonl");
-    let log = if step == 0 { MetricsLog::open(&metrics, true)? } else { MetricsLog::resume(&metrics, step)? };
-    let mut tb = EventWriter::create(&cfg.out_dir)?;
-    if step > 0 {
-        // TensorBoard drops what earlier event files logged from this step on.
-        tb.restart_at(step + 1)?;
-    }
-    Ok((log, tb))
-}
-
-/// Write the checkpoint (atomically, see [`checkpoint::save`]); with `keep_checkpoints` = K > 0,
-/// also keep it as `checkpoints/step-N.safetensors` (a hard link: no copy) and delete all but the
-/// K newest of those.
-fn save_checkpoint(ckpt: &Path, model: &mut MoCo, opt: &Optimizer, state: &TrainState) -> Result<()> {
-    checkpoint::save(ckpt, model, opt, state)?;
-    let keep = state.config.keep_checkpoints;
-    if keep == 0 {
-        return Ok(());
-    }
-    let dir = ckpt.with_file_name("checkpoints");
-    std::fs::create_dir_all(&dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let kept = dir.join(format!("step-{:09}.safetensors", state.step));
-    let _ = std::fs::remove_file(&kept);
-    if std::fs::hard_link(ckpt, &kept).is_err() {
-        std::fs::copy(ckpt, &kept).with_context(|| format!("cannot copy {} to {}", ckpt.display(), kept.display()))?;
-    }
-    let mut all: Vec<PathBuf> = std::fs::read_dir(&dir)
-        .with_context(|| format!("cannot list {}", dir.display()))?
-        .filter_map(|e| e.ok().map(|e| e.path()))
-        .filter(|p| {
-            p.file_name()
-                .and_then(|n| n.to_str())
-                .is_some_and(|n| n.starts_with("step-") && n.ends_with(".safetensors"))
-        })
-        .collect();
-    all.sort();
-    for old in &all[..all.len().saturating_sub(keep)] {
-        std::fs::remove_file(old).with_context(|| format!("cannot remove the old checkpoint {}", old.display()))?;
-    }
-    Ok(())
-}
-
-/// The progress bar of one epoch (hidden when not on a terminal or quiet).
-fn epoch_bar(visible: bool, steps: usize, epoch: usize, epochs: usize) -> ProgressBar {
-    if !visible {
-        return ProgressBar::hidden();
-    }
-    let b = ProgressBar::new(steps as u64);
-    if let Ok(style) = ProgressStyle::with_template("epoch {prefix} [{bar:30}] {pos}/{len} {msg} ({elapsed}<{eta})") {
-        b.set_style(style.progress_chars("=> "));
-    }
-    b.set_prefix(format!("{}/{epochs}", epoch + 1));
-    b
-}
-
-/// The error of a non-finite loss: where it happened, and that the last good checkpoint stays.
-fn diverged(loss: f32, step: u64, epoch: usize, i: usize, ckpt: &Path) -> anyhow::Error {
-    let kept = if ckpt.exists() {
-        format!("the last good checkpoint is kept at {}", ckpt.display())
-    } else {
-        "no checkpoint was written yet".into()
-    };
-    anyhow::anyhow!(
-        "loss became {loss} at step {step} (epoch {epoch}, iteration {i}): training diverged; {kept}. \
-         Lower the learning rate (--lr) or lengthen the warm-up, then resume or restart."
-    )
-}
-
-/// One step's metrics into `metrics.jsonl` and the TensorBoard events.
-fn log_step(log: &mut MetricsLog, tb: &mut EventWriter, s: &StepMetrics) -> Result<()> {
-    log.write(s)?;
-    let mut values = vec![
-        ("train/loss", s.loss),
-        ("train/lr", s.lr as f32),
-        ("train/momentum", s.m as f32),
-        ("grad_norm/patch_embed", s.grad_norm_patch as f32),
-        ("grad_norm/first_block", s.grad_norm_first_block as f32),
-        ("grad_norm/last_block", s.grad_norm_last_block as f32),
-        ("train/img_per_s", s.img_per_s as f32),
-    ];
-    if let Some(v) = s.knn_top1 {
-        values.push(("knn/top1", v as f32));
-    }
-    let layers: Vec<(String, f32)> =
-        s.grad_norms.iter().map(|(n, v)| (format!("grad_norm_layer/{n}"), *v as f32)).collect();
-    values.extend(layers.iter().map(|(n, v)| (n.as_str(), *v)));
-    tb.scalars(s.step, &values)
-}
-
-/// Instability events (see [`super::instability`]) into the log, TensorBoard (`events/<kind>`:
-/// the spike's ratio, the dip's depth or accuracy, the lag) and the console.
-fn log_events(
-    log: &mut MetricsLog,
-    tb: &mut EventWriter,
-    events: &[serde_json::Value],
-    show: bool,
-    bar: &ProgressBar,
-) -> Result<()> {
-    for e in events {
-        log.write(e)?;
-        let kind = e["event"].as_str().unwrap_or("event");
-        let v = ["ratio", "depth", "lag", "acc"].iter().find_map(|k| e[*k].as_f64()).unwrap_or(0.0);
-        tb.scalars(e["step"].as_u64().unwrap_or(0), &[(&format!("events/{kind}"), v as f32)])?;
-        if show {
-            let line = super::instability::describe(e);
-            if bar.is_hidden() {
-                eprintln!("{line}");
-            } else {
-                bar.println(line);
-            }
-        }
-    }
-    Ok(())
-}
-
-/// Mean loss of the last `steps` steps.
-fn epoch_mean(losses: &[f32], steps: usize) -> f64 {
-    let k = losses.len().saturating_sub(steps);
-    losses[k..].iter().map(|&v| v as f64).sum::<f64>() / (losses.len() - k).max(1) as f64
-}
-
-/// The console line after an epoch: mean loss, time spent, and the time left. The estimate
-/// extrapolates this invocation's epochs (not those before a resume) to where it stops: the last
-/// epoch, or earlier with --stop-after-epochs.
-fn epoch_done(epoch: usize, start: usize, end: usize, epochs: usize, mean: f64, elapsed: f64, ckpt: &Path) {
-    let done = epoch + 1 - start;
-    let todo = end - epoch - 1;
-    let left =
-        if todo > 0 { format!(", about {} left", clock(elapsed / done as f64 * todo as f64)) } else { String::new() };
-    eprintln!(
-        "epoch {}/{epochs} done: mean loss {mean:.4}; {} elapsed{left}; checkpoint {}",
-        epoch + 1,
-        clock(elapsed),
-        ckpt.display()
-    );
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn clock_picks_the_unit() {
-        assert_eq!(super::clock(42.4), "42 s");
-        assert_eq!(super::clock(750.0), "12.5 min");
-        assert_eq!(super::clock(7500.0), "2 h 05 min");
-    }
+    Ok((cfg, set, model, opt, start_at, step, guard))
 }
