@@ -77,6 +77,7 @@ pub fn config(name: &str) -> Result<BenchConfig> {
         pos: PosEmbedKind::Sincos,
         stop_grad_conv1: false,
         conv_stem: false,
+        mlp_bn: false,
     };
     let model = MocoConfig { backbone: BackboneConfig::Vit(vit), mlp_dim: hidden, out_dim: 256, t: 0.2 };
     Ok(BenchConfig { name: name.into(), model, batch })

@@ -49,6 +49,9 @@ enum Cmd {
     /// The paper's instability study at this machine's scale (lr sweep, learned vs fixed patch
     /// projection, batch, position embedding), resumable, with report.md and figures.
     Study(cli::study::Args),
+    /// A PNG of the cls token's attention per head of a ViT checkpoint's last block over given
+    /// images (DINO's visualisation).
+    Attention(cli::attention::Args),
     /// List the named presets.
     Presets,
 }
@@ -68,6 +71,7 @@ fn main() {
         Cmd::Step(a) => cli::step::run(a),
         Cmd::Quickstart(a) => cli::quickstart::run(a),
         Cmd::Study(a) => cli::study::run(a),
+        Cmd::Attention(a) => cli::attention::run(a),
         Cmd::Presets => cli::presets::run(),
     });
 }

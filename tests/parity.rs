@@ -48,6 +48,7 @@ fn fixture_model(meta: &HashMap<String, String>) -> MocoConfig {
             pos: if meta["learned_pe"] == "True" { PosEmbedKind::Learned } else { PosEmbedKind::Sincos },
             stop_grad_conv1: meta["stop_grad_conv1"] == "True",
             conv_stem,
+            mlp_bn: false,
         }),
         mlp_dim: 128,
         out_dim: 32,

@@ -93,6 +93,13 @@ fn resnet_with_lars_resumes_bit_exactly_with_the_monitor_on() {
 }
 
 #[test]
+fn vit_bn_with_three_blocks_and_the_monitor_resumes_bit_exactly() {
+    // Three blocks: the momentum encoder shares activation buffers between blocks (BatchNorms
+    // included); the monitor runs the BatchNorms in evaluation mode.
+    check_resume("vit-bn", &["vit_bn=true", "depth=3", "knn_every=2"]);
+}
+
+#[test]
 fn prefetching_workers_give_the_same_run() {
     let sync = run(small("sync", &[]), &quiet()).unwrap();
     let pre = run(small("prefetch", &["loader_workers=2", "loader_depth=3"]), &quiet()).unwrap();

@@ -1,6 +1,7 @@
 //! The commands of the `mocov3` binary: one file each, holding its flags (a clap `Args`) and a
 //! short handler that calls the library. `main.rs` only dispatches.
 
+pub mod attention;
 pub mod augment_preview;
 pub mod bench;
 pub mod convert;

@@ -64,6 +64,7 @@ pub fn run(input: &Path, views: &Path, out: &Path, a: &StepArgs) -> Result<f32> 
         // As the official code: the fixed patch projection does not apply to the conv stem.
         stop_grad_conv1: a.stop_grad_conv1 && !s.conv_stem,
         conv_stem: s.conv_stem,
+        mlp_bn: false,
     };
     vit.validate().map_err(|e| anyhow::anyhow!("{}: {e} (check --heads)", input.display()))?;
     let backbone = crate::models::backbone::BackboneConfig::Vit(vit);

@@ -16,6 +16,7 @@ pub fn tiny_config(pos: PosEmbedKind, stop_grad_conv1: bool) -> MocoConfig {
             pos,
             stop_grad_conv1,
             conv_stem: false,
+            mlp_bn: false,
         }),
         mlp_dim: 24,
         out_dim: 8,

@@ -182,7 +182,7 @@ impl Backbone {
     /// its conv stem).
     pub fn set_training(&mut self, training: bool) {
         match self {
-            Backbone::Vit(v) => v.patch_embed.set_training(training),
+            Backbone::Vit(v) => v.set_training(training),
             Backbone::ResNet(r) => r.set_training(training),
         }
     }
@@ -274,6 +274,7 @@ mod tests {
                 pos: PosEmbedKind::Sincos,
                 stop_grad_conv1: frozen,
                 conv_stem: false,
+                mlp_bn: false,
             })
         };
         let rn = BackboneConfig::ResNet(ResNetConfig { depth: 18, cifar: true, img: 8, in_chans: 1 });
@@ -319,6 +320,7 @@ mod tests {
             pos: PosEmbedKind::Sincos,
             stop_grad_conv1: false,
             conv_stem: false,
+            mlp_bn: false,
         });
         let v = Backbone::new(&vit, &mut Rng::new(0));
         assert_eq!(v.feature_dim(VitFeature::Cls), Ok(8));

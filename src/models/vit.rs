@@ -28,6 +28,9 @@ pub struct VitConfig {
     /// [`super::convstem`]).
     #[serde(default)]
     pub conv_stem: bool,
+    /// ViT-BN: BatchNorm instead of LayerNorm in front of every MLP (see [`super::block`]).
+    #[serde(default)]
+    pub mlp_bn: bool,
 }
 
 /// (dim, depth, heads) of the named sizes. `vit_small` has 12 heads in MoCo v3 (DeiT-S has 6).
@@ -152,6 +155,8 @@ pub struct Vit {
     pub keep_activations: bool,
     tokens: Tensor,
     dtok: [Tensor; 2],
+    /// The last block's cls rows, when it computed every token (ViT-BN).
+    cls_rows: Tensor,
     scratch: Scratch,
 }
 
@@ -174,7 +179,8 @@ impl Vit {
             }
             PosEmbedKind::None => None,
         };
-        let mut blocks: Vec<Block> = (0..cfg.depth).map(|i| Block::new(i, d, cfg.heads, cfg.mlp_ratio)).collect();
+        let mut blocks: Vec<Block> =
+            (0..cfg.depth).map(|i| Block::new(i, d, cfg.heads, cfg.mlp_ratio, cfg.mlp_bn)).collect();
         // Official init: xavier-uniform for every Linear (qkv as three separate matrices), zero
         // biases; patch projection as a Linear of fan-in 3·p·p (the official code hard-codes 3
         // channels, which we keep for parity); cls token ~ N(0, 1e-6).
@@ -209,6 +215,7 @@ impl Vit {
             keep_activations: true,
             tokens: Tensor::new(),
             dtok: [Tensor::new(), Tensor::new()],
+            cls_rows: Tensor::new(),
             scratch: Scratch::default(),
         }
     }
@@ -221,14 +228,18 @@ impl Vit {
     /// [`Vit::forward`] with the conv stem's BatchNorms normalising `groups` equal groups of
     /// images separately (the views of MoCo, as the official separate passes).
     pub fn forward_groups(&mut self, x: &[f32], batch: usize, groups: usize) -> &[f32] {
-        let (d, n) = (self.cfg.dim, self.blocks.len());
+        let (d, t, n) = (self.cfg.dim, self.cfg.tokens(), self.blocks.len());
         self.embed(x, batch, groups);
-        // Only the cls token's output is used: the last block computes that row alone.
-        self.run_blocks(batch, true, |i, out, norm| {
+        // Only the cls token's output is used: the last block computes that row alone (a ViT-BN
+        // block needs every token; then the cls rows are taken from its output).
+        let cls_only = self.last_cls_only();
+        let mut rows = std::mem::take(&mut self.cls_rows);
+        self.run_blocks(batch, cls_only, groups, |i, out, norm| {
             if i == n - 1 {
-                norm.forward(&out[..batch * d], batch);
+                norm.forward(cls_rows(out, batch, t, d, cls_only, &mut rows), batch);
             }
         });
+        self.cls_rows = rows;
         &self.norm.output()[..batch * d]
     }
 
@@ -252,7 +263,8 @@ impl Vit {
         let mut f = vec![0.0f32; batch * fd];
         let mut cls = vec![0.0f32; batch * d];
         self.embed(x, batch, 1);
-        self.run_blocks(batch, !avg, |i, out, norm| {
+        let cls_last = !avg && self.last_cls_only();
+        self.run_blocks(batch, cls_last, 1, |i, out, norm| {
             if i < first {
                 return;
             }
@@ -271,7 +283,7 @@ impl Vit {
                 return;
             }
             // The cls rows (the last block computed only those), after the final norm.
-            let stride = if i == n - 1 { d } else { t * d };
+            let stride = if i == n - 1 && cls_last { d } else { t * d };
             for (b, c) in cls.chunks_mut(d).enumerate() {
                 c.copy_from_slice(&out[b * stride..b * stride + d]);
             }
@@ -282,6 +294,33 @@ impl Vit {
             }
         });
         f
+    }
+
+    /// The attention of the cls token over every token in each head of the last block, as the
+    /// last forward of `batch` images left it, `[batch, heads, tokens]` (each row sums to 1).
+    pub fn last_cls_attention(&self, batch: usize) -> Vec<f32> {
+        let (t, h) = (self.cfg.tokens(), self.cfg.heads);
+        let p = &self.blocks[self.blocks.len() - 1].attn.p;
+        if self.last_cls_only() {
+            p[..batch * h * t].to_vec()
+        } else {
+            // Every query was computed: the cls query is row 0 of each head's t x t map.
+            (0..batch * h).flat_map(|bh| p[bh * t * t..bh * t * t + t].iter().copied()).collect()
+        }
+    }
+
+    /// Whether the last block computes the cls rows alone (not for ViT-BN).
+    fn last_cls_only(&self) -> bool {
+        !self.cfg.mlp_bn
+    }
+
+    /// Training (batch statistics) or evaluation mode of every BatchNorm (the conv stem's and
+    /// ViT-BN's).
+    pub fn set_training(&mut self, training: bool) {
+        self.patch_embed.set_training(training);
+        for b in self.blocks.iter_mut() {
+            b.set_training(training);
+        }
     }
 
     /// The token sequence of a batch: cls token and patch projections, plus the position
@@ -297,7 +336,13 @@ impl Vit {
 
     /// The blocks over the embedded tokens; after block i, `each(i, its output, final norm)`.
     /// The last block computes the cls rows alone when `last_cls_only`.
-    fn run_blocks(&mut self, batch: usize, last_cls_only: bool, mut each: impl FnMut(usize, &[f32], &mut LayerNorm)) {
+    fn run_blocks(
+        &mut self,
+        batch: usize,
+        last_cls_only: bool,
+        groups: usize,
+        mut each: impl FnMut(usize, &[f32], &mut LayerNorm),
+    ) {
         let (d, t) = (self.cfg.dim, self.cfg.tokens());
         let n = self.blocks.len();
         for i in 0..n {
@@ -307,7 +352,7 @@ impl Vit {
                 rest[0].swap_activations(&mut prev[i - 2]);
             }
             let input = if i == 0 { &self.tokens[..batch * t * d] } else { &prev[i - 1].output()[..batch * t * d] };
-            rest[0].forward(input, batch, t, last_cls_only && i == n - 1);
+            rest[0].forward(input, batch, t, last_cls_only && i == n - 1, groups);
             each(i, &rest[0].out, &mut self.norm);
         }
         if !self.keep_activations {
@@ -331,13 +376,25 @@ impl Vit {
         }
         let [ga, gb] = &mut self.dtok;
         let (mut cur, mut next) = (&mut ga[..m * d], &mut gb[..m * d]);
-        // Final norm on the cls rows, then the blocks, the last one for its cls rows only.
+        // Final norm on the cls rows, then the blocks, the last one for its cls rows only (a
+        // ViT-BN one for every row, the other rows' gradient zero).
         let n = self.blocks.len();
-        self.norm.backward(&self.blocks[n - 1].output()[..batch * d], dfeat, batch, &mut cur[..batch * d]);
+        let cls_only = !self.cfg.mlp_bn;
+        let rows = cls_rows(self.blocks[n - 1].output(), batch, t, d, cls_only, &mut self.cls_rows);
+        if cls_only {
+            self.norm.backward(rows, dfeat, batch, &mut cur[..batch * d]);
+        } else {
+            ensure(&mut self.scratch.d2, batch * d);
+            self.norm.backward(rows, dfeat, batch, &mut self.scratch.d2[..batch * d]);
+            cur.fill(0.0);
+            for (b, g) in self.scratch.d2[..batch * d].chunks(d).enumerate() {
+                cur[b * t * d..b * t * d + d].copy_from_slice(g);
+            }
+        }
         for i in (0..n).rev() {
             let (prev, rest) = self.blocks.split_at_mut(i);
             let input = if i == 0 { &self.tokens[..m * d] } else { &prev[i - 1].output()[..m * d] };
-            rest[0].backward(input, cur, next, &mut self.scratch, batch, t, i == n - 1);
+            rest[0].backward(input, cur, next, &mut self.scratch, batch, t, cls_only && i == n - 1);
             std::mem::swap(&mut cur, &mut next);
         }
         // `cur` is the gradient of the token sequence.
@@ -359,6 +416,19 @@ impl Vit {
     }
 }
 
+/// The cls rows `[batch, d]` of a last block's output: the output itself after a `cls_only`
+/// forward, else row 0 of each image's `t` rows, copied into `buf`.
+fn cls_rows<'a>(out: &'a [f32], batch: usize, t: usize, d: usize, cls_only: bool, buf: &'a mut Tensor) -> &'a [f32] {
+    if cls_only {
+        return &out[..batch * d];
+    }
+    ensure(buf, batch * d);
+    for (b, c) in buf[..batch * d].chunks_mut(d).enumerate() {
+        c.copy_from_slice(&out[b * t * d..b * t * d + d]);
+    }
+    &buf[..batch * d]
+}
+
 impl Module for Vit {
     fn visit<'a>(&'a mut self, f: &mut dyn FnMut(&'a mut Param)) {
         f(&mut self.cls_token);
@@ -374,6 +444,9 @@ impl Module for Vit {
 
     fn visit_buffers(&mut self, f: &mut dyn FnMut(Buffer)) {
         self.patch_embed.visit_buffers(f);
+        for b in self.blocks.iter_mut() {
+            b.visit_buffers(f);
+        }
     }
 }
 
@@ -384,11 +457,13 @@ mod tests {
 
     #[test]
     fn finite_differences_of_features() {
-        for (pos, sg, conv) in [
-            (PosEmbedKind::Learned, false, false),
-            (PosEmbedKind::Sincos, true, false),
-            (PosEmbedKind::None, false, false),
-            (PosEmbedKind::Sincos, false, true),
+        // The last case is ViT-BN over two views (groups) of two images each.
+        for (pos, sg, conv, bn) in [
+            (PosEmbedKind::Learned, false, false, false),
+            (PosEmbedKind::Sincos, true, false, false),
+            (PosEmbedKind::None, false, false, false),
+            (PosEmbedKind::Sincos, false, true, false),
+            (PosEmbedKind::Learned, false, false, true),
         ] {
             let cfg = VitConfig {
                 img: 8,
@@ -401,21 +476,55 @@ mod tests {
                 pos,
                 stop_grad_conv1: sg,
                 conv_stem: conv,
+                mlp_bn: bn,
             };
             let mut rng = Rng::new(2);
             let mut vit = Vit::new(&cfg, &mut rng);
             vit.cls_token.init_normal(&mut rng, 1.0);
-            let b = 3;
+            let (b, groups) = if bn { (4, 2) } else { (3, 1) };
             check_layer(
                 &mut vit,
                 b * 2 * 64,
                 b * 8,
-                |v, x| v.forward(x, b).to_vec(),
+                |v, x| v.forward_groups(x, b, groups).to_vec(),
                 |v, _, dy, _| v.backward(dy, b),
                 // The conv stem's ReLUs have kinks.
                 Probe { eps: 1e-3, check_input: false, max_per_param: 24, kinks: conv, ..Probe::default() },
             );
         }
+    }
+
+    #[test]
+    fn vit_bn_has_batchnorm_before_every_mlp_with_running_statistics_and_an_eval_mode() {
+        let cfg = VitConfig {
+            img: 8,
+            patch: 4,
+            in_chans: 1,
+            dim: 8,
+            depth: 2,
+            heads: 2,
+            mlp_ratio: 2,
+            pos: PosEmbedKind::Sincos,
+            stop_grad_conv1: true,
+            conv_stem: false,
+            mlp_bn: true,
+        };
+        let mut vit = Vit::new(&cfg, &mut Rng::new(4));
+        assert!(vit.blocks.iter().all(|b| b.is_bn()));
+        let mut names = Vec::new();
+        vit.visit_buffers(&mut |b| names.push(b.name.to_string()));
+        assert!(names.contains(&"blocks.1.norm2.running_var".to_string()), "{names:?}");
+        let mut rng = Rng::new(5);
+        let x: Vec<f32> = (0..4 * 64).map(|_| rng.normal()).collect();
+        let train = vit.forward(&x, 4).to_vec();
+        // One image alone gives another feature in training mode (batch statistics), the same
+        // as in the batch in evaluation mode (running statistics).
+        let alone = vit.forward(&x[..64], 1).to_vec();
+        assert!(train[..8].iter().zip(&alone).any(|(a, b)| (a - b).abs() > 1e-3));
+        vit.set_training(false);
+        let all = vit.forward(&x, 4).to_vec();
+        let one = vit.forward(&x[..64], 1).to_vec();
+        assert!(all[..8].iter().zip(&one).all(|(a, b)| (a - b).abs() < 1e-5));
     }
 
     /// LayerNorm of one row, written out (the reference for the evaluation features).
@@ -439,6 +548,7 @@ mod tests {
             pos: PosEmbedKind::Sincos,
             stop_grad_conv1: false,
             conv_stem: false,
+            mlp_bn: false,
         };
         let (d, t, b) = (8, 5, 3);
         let mut rng = Rng::new(4);
@@ -509,6 +619,7 @@ mod tests {
                 pos: PosEmbedKind::Sincos,
                 stop_grad_conv1: false,
                 conv_stem: false,
+                mlp_bn: false,
             };
             let mut a = Vit::new(&cfg, &mut Rng::new(1));
             let mut b = Vit::new(&cfg, &mut Rng::new(1));

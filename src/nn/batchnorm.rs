@@ -145,6 +145,11 @@ impl BatchNorm1d {
         }
     }
 
+    /// Exchange the output buffer with another BatchNorm (forward-only memory reuse).
+    pub fn swap_activations(&mut self, o: &mut BatchNorm1d) {
+        std::mem::swap(&mut self.y, &mut o.y);
+    }
+
     /// Input gradient into `dx`; γ and β gradients (overwritten) when affine.
     pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: &mut [f32]) {
         let c = self.c;

@@ -2,6 +2,7 @@
 //! gradient norms of the patch projection, first and last block, throughput, and the linear
 //! probe when present) rendered as one PNG in the run directory.
 
+pub mod attention;
 pub mod font;
 pub mod plot;
 pub mod preview;

@@ -34,6 +34,10 @@ pub struct PretrainConfig {
     /// in place of the patch projection, as the official `vit_conv_small` / `vit_conv_base`
     /// (which set it by their name, with one block fewer: depth 11).
     pub conv_stem: bool,
+    /// ViT-BN (the paper's §6.3): BatchNorm instead of LayerNorm in front of every MLP block
+    /// (SyncBN over processes; each view its own batch), as in ViT-BN-L/7.
+    #[serde(default)]
+    pub vit_bn: bool,
     /// ResNet only: the CIFAR stem (3×3 stride-1 first convolution, no max-pool).
     pub cifar_stem: bool,
     pub moco_mlp_dim: usize,
@@ -270,8 +274,11 @@ impl PretrainConfig {
     pub fn model(&self, chans: usize) -> Result<MocoConfig> {
         let backbone = match self.arch.as_str() {
             "resnet18" | "resnet50" => {
-                if self.stop_grad_conv1 || self.conv_stem {
-                    bail!("stop_grad_conv1 and conv_stem apply to ViTs only: set them to false for {}", self.arch);
+                if self.stop_grad_conv1 || self.conv_stem || self.vit_bn {
+                    bail!(
+                        "stop_grad_conv1, conv_stem and vit_bn apply to ViTs only: set them to false for {}",
+                        self.arch
+                    );
                 }
                 let r = ResNetConfig {
                     depth: if self.arch == "resnet50" { 50 } else { 18 },
@@ -303,6 +310,7 @@ impl PretrainConfig {
             pos: self.pos_embed,
             stop_grad_conv1: self.stop_grad_conv1,
             conv_stem: self.conv_stem || self.arch.starts_with("vit_conv_"),
+            mlp_bn: self.vit_bn,
         };
         vit.validate().map_err(|e| anyhow::anyhow!("invalid model configuration: {e}"))?;
         Ok(vit)

@@ -22,6 +22,7 @@ pub fn tiny(dim: usize) -> MocoConfig {
             pos: PosEmbedKind::Sincos,
             stop_grad_conv1: true,
             conv_stem: false,
+            mlp_bn: false,
         }),
         mlp_dim: 32,
         out_dim: 8,
