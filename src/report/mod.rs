@@ -6,7 +6,6 @@ pub mod attention;
 pub mod font;
 pub mod plot;
 pub mod preview;
-pub mod study;
 
 use anyhow::{bail, Context, Result};
 use plot::{chart, Canvas, Series, COLORS};

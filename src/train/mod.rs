@@ -15,4 +15,5 @@ pub mod probe;
 pub mod quickstart;
 pub mod runlog;
 pub mod study;
+pub mod study_report;
 pub mod tensorboard;

@@ -11,7 +11,7 @@
 //! with the dense kNN monitor, the detectors, and a final kNN and linear probe on frozen
 //! features. Each run lives in its own directory; a run already scored (its `result.json`) is
 //! reused, one interrupted is resumed, so the command can be stopped and started again. The
-//! report (`report.md` with figures) is `crate::report::study`'s.
+//! report (`report.md` with figures) is `super::study_report`'s.
 
 use super::budget;
 use super::config::PretrainConfig;
@@ -154,7 +154,7 @@ pub fn run(o: &StudyOptions) -> Result<PathBuf> {
         write_json(&done, &r)?;
         results.push(r);
     }
-    let report = crate::report::study::write(&o.out, &results, &plan, t0.elapsed().as_secs_f64())?;
+    let report = super::study_report::write(&o.out, &results, &plan, t0.elapsed().as_secs_f64())?;
     eprintln!("study: report {} ({:.1} min)", report.display(), t0.elapsed().as_secs_f64() / 60.0);
     Ok(report)
 }

@@ -2,8 +2,8 @@
 //! experiment and figures: the kNN curves with dips marked (`knn.png`), and per run the first-
 //! and last-layer gradient norms with their spikes marked (`grads.png`), with the lags between.
 
-use super::plot::{chart_marked, Canvas, Series, COLORS};
-use crate::train::study::{read_log, Plan, RunResult};
+use super::study::{read_log, Plan, RunResult};
+use crate::report::plot::{chart_marked, Canvas, Series, COLORS};
 use anyhow::Result;
 use serde_json::Value;
 use std::fmt::Write;
