@@ -361,6 +361,12 @@ impl PretrainConfig {
                 String::from(self.on_spike)
             );
         }
+        if self.on_spike == OnSpike::FreezePatch && self.stop_grad_conv1 && !self.conv_stem {
+            bail!(
+                "on_spike = \"freeze-patch\" freezes the patch projection, which stop_grad_conv1 = true already fixes: \
+                 set stop_grad_conv1 = false (a learned projection, frozen when it spikes) or choose another on_spike"
+            );
+        }
         if self.snapshot_every == 0 {
             bail!("snapshot_every must be at least 1 step");
         }
@@ -500,5 +506,24 @@ mod tests {
         assert!(e.contains("too small"), "{e}");
         let e = merge_sets(&r, &["conv_stem=true".into()]).unwrap().model(3).unwrap_err().to_string();
         assert!(e.contains("ViTs only"), "{e}");
+    }
+
+    #[test]
+    fn instability_actions_that_cannot_act_are_refused() {
+        let t = preset("tiny-synthetic").unwrap();
+        let bad = |sets: &[&str]| {
+            let sets: Vec<String> = sets.iter().map(|s| s.to_string()).collect();
+            merge_sets(&t, &sets).unwrap().model(1).unwrap_err().to_string()
+        };
+        let e = bad(&["on_spike=\"freeze-patch\"", "stop_grad_conv1=true"]);
+        assert!(e.contains("set stop_grad_conv1 = false"), "{e}");
+        let e = bad(&["on_spike=\"skip\"", "spike_threshold=0"]);
+        assert!(e.contains("spike_threshold above 0"), "{e}");
+        let e = bad(&["on_spike=\"rollback\"", "snapshot_every=0"]);
+        assert!(e.contains("snapshot_every"), "{e}");
+        let e = merge_sets(&t, &["on_spike=\"clip:-1\"".to_string()]).unwrap_err();
+        assert!(format!("{e:#}").contains("clip:V"), "{e:#}");
+        let ok = merge_sets(&t, &["on_spike=\"freeze-patch\"".to_string(), "stop_grad_conv1=false".to_string()]);
+        assert!(ok.unwrap().model(1).is_ok());
     }
 }
