@@ -22,7 +22,15 @@ fn the_study_runs_reports_and_reuses_its_runs() {
     .map(|s| s.to_string())
     .collect();
     let base = merge_sets(&preset("tiny-synthetic").unwrap(), &sets).unwrap();
-    let opts = StudyOptions { out: out.clone(), base, budget: None, epochs: Some(1), lincls_epochs: 2, quiet: true };
+    let opts = StudyOptions {
+        out: out.clone(),
+        base,
+        budget: None,
+        epochs: Some(1),
+        lincls_epochs: 2,
+        quiet: true,
+        report_only: false,
+    };
     let report = run(&opts).unwrap();
     let md = std::fs::read_to_string(&report).unwrap();
     let rows: Vec<&str> =

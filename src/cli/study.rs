@@ -35,6 +35,9 @@ pub struct Args {
     /// Compute threads (0 = one per core).
     #[arg(long, default_value_t = 0)]
     threads: usize,
+    /// Rewrite report.md and the figures from the runs finished so far; train nothing.
+    #[arg(long)]
+    report_only: bool,
     /// No per-step progress of the runs (the study's own lines stay).
     #[arg(long, short)]
     quiet: bool,
@@ -51,6 +54,7 @@ pub fn run(a: Args) -> Result<()> {
         epochs: a.epochs,
         lincls_epochs: a.lincls_epochs,
         quiet: a.quiet,
+        report_only: a.report_only,
     };
     let report = study::run(&opts)?;
     println!("study report: {}", report.display());

@@ -32,6 +32,8 @@ pub struct StudyOptions {
     pub epochs: Option<usize>,
     pub lincls_epochs: usize,
     pub quiet: bool,
+    /// Write the report from the runs finished so far, training nothing.
+    pub report_only: bool,
 }
 
 /// One run of the study.
@@ -112,6 +114,9 @@ pub fn run(o: &StudyOptions) -> Result<PathBuf> {
     crate::engine::init_threads(o.base.threads);
     let specs = plan(&o.base);
     let plan_path = o.out.join("study.json");
+    if o.report_only && !plan_path.is_file() {
+        anyhow::bail!("{} not found: no study was started in {}", plan_path.display(), o.out.display());
+    }
     let plan = if plan_path.is_file() {
         let p: Plan = read_json(&plan_path)?;
         eprintln!("study: {} holds the plan ({} epochs per run): continuing it", plan_path.display(), p.epochs);
@@ -135,6 +140,10 @@ pub fn run(o: &StudyOptions) -> Result<PathBuf> {
             let r: RunResult = read_json(&done)?;
             eprintln!("study: [{}/{}] {}: reused ({})", i + 1, specs.len(), spec.name, r.status);
             results.push(r);
+            continue;
+        }
+        if o.report_only {
+            eprintln!("study: [{}/{}] {}: not finished yet, left out of the report", i + 1, specs.len(), spec.name);
             continue;
         }
         eprintln!("study: [{}/{}] {} ...", i + 1, specs.len(), spec.name);
