@@ -13,8 +13,12 @@
 //! see each file's shape comments), and every reduction in them runs in an order fixed by the
 //! shape (block trees and fixed row chunks, no float atomics), as on the CPU.
 
+pub mod buffer;
+pub mod launch;
 pub mod nccl;
 pub mod nvrtc;
+
+pub use buffer::CudaTensor;
 
 use cudarc::cublaslt::CudaBlasLT;
 use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
