@@ -3,8 +3,9 @@
 # (Debian packages: Open MPI's runtime and headers, and clang, which the MPI bindings are
 # generated with) and NVRTC for the CUDA kernel test (scripts/nvrtc.sh: a PyPI wheel in a venv
 # outside the repository; no GPU needed), then runs every test with the `mpi` and `cuda`
-# features, NVRTC on the library path and MOCOV3_REQUIRE_NVRTC=1 (so the kernels' compile test
-# cannot skip). Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test data_parallel`).
+# features, NVRTC on the library path, and MOCOV3_REQUIRE_NVRTC=1 and MOCOV3_REQUIRE_CXX=1 (so
+# neither the kernels' compile test nor their run on the CPU, tests/cuda_emulated.rs, can skip).
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test data_parallel`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -18,5 +19,5 @@ if [ ${#need[@]} -gt 0 ]; then
 fi
 nvrtc_lib=$(scripts/nvrtc.sh)
 export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
-export MOCOV3_REQUIRE_NVRTC=1
+export MOCOV3_REQUIRE_NVRTC=1 MOCOV3_REQUIRE_CXX=1
 exec cargo test --release --features "mpi cuda" "$@"
