@@ -1,5 +1,6 @@
 //! The CUDA launchers against the CPU ops, on a GPU: host → device → kernel → host for GELU
-//! (forward and backward), LayerNorm forward and Σ x², each run twice for bit-identical results.
+//! (forward and backward), LayerNorm forward and Σ x², each run twice for bit-identical results,
+//! and the bf16 cuBLASLt product of matmul_forward against the f64 product of the rounded operands.
 //! Skipped, saying why, where no GPU is usable (no driver, or no CUDA 13 libraries).
 
 #![cfg(feature = "cuda")]
@@ -100,4 +101,42 @@ fn layernorm_and_sum_sq_on_the_gpu_match_the_cpu_ops_and_repeat_bit_for_bit() {
     let got = launch::sum_sq_f64(&dev, &bd).unwrap();
     assert!(((got - want) / want).abs() < 1e-12, "sum_sq_f64: {got} vs {want}");
     assert_eq!(launch::sum_sq_f64(&dev, &bd).unwrap().to_bits(), got.to_bits(), "sum_sq_f64 differs between runs");
+}
+
+/// f32 → bf16 → f32, round to nearest even (finite inputs).
+fn bf16(v: f32) -> f32 {
+    let u = v.to_bits();
+    f32::from_bits(((u + 0x7fff + ((u >> 16) & 1)) >> 16) << 16)
+}
+
+#[test]
+fn matmul_forward_through_cublaslt_matches_the_product_of_the_bf16_operands() {
+    let Some(dev) = device("matmul_forward_through_cublaslt_matches_the_product_of_the_bf16_operands") else {
+        return;
+    };
+    let (rows, c, oc) = (67, 129, 45);
+    let (x, w, b) = (values(rows * c, 7), values(oc * c, 8), values(oc, 9));
+    let (xd, wd, bd) = (
+        CudaTensor::from_host(&dev, &x).unwrap(),
+        CudaTensor::from_host(&dev, &w).unwrap(),
+        CudaTensor::from_host(&dev, &b).unwrap(),
+    );
+    for with_bias in [false, true] {
+        let mut out = CudaTensor::zeros(&dev, rows * oc).unwrap();
+        launch::matmul_forward(&dev, &mut out, &xd, &wd, with_bias.then_some(&bd), rows, c, oc).unwrap();
+        let got = out.to_vec(&dev).unwrap();
+        for r in 0..rows {
+            for o in 0..oc {
+                let (mut want, mut mag) = (if with_bias { b[o] as f64 } else { 0.0 }, b[o].abs() as f64);
+                for i in 0..c {
+                    let p = bf16(x[r * c + i]) as f64 * bf16(w[o * c + i]) as f64;
+                    want += p;
+                    mag += p.abs();
+                }
+                // f32 accumulation: within k·ε of Σ|terms| (bf16 inputs would be off by ~4e-3).
+                let g = got[r * oc + o] as f64;
+                assert!((g - want).abs() <= 1e-5 * mag, "[{r}, {o}] (bias {with_bias}): {g} vs {want}");
+            }
+        }
+    }
 }

@@ -107,3 +107,54 @@ pub fn sum_sq_f64(dev: &CudaDevice, x: &CudaTensor) -> Result<f64, String> {
     let v = dev.stream.clone_dtoh(&total).map_err(|e| format!("CUDA copy to the host: {e}"))?;
     Ok(v[0])
 }
+
+/// `inp` as bf16 bits (kernels/cast.cu), in a new device buffer.
+pub fn to_bf16(dev: &CudaDevice, inp: &CudaTensor) -> Result<CudaSlice<u16>, String> {
+    let n = inp.len();
+    let mut out: CudaSlice<u16> = dev.stream.alloc_zeros(n.max(1)).map_err(|e| format!("CUDA alloc: {e}"))?;
+    let n64 = n as u64;
+    let mut b = dev.stream.launch_builder(dev.function("cast_f32_to_bf16")?);
+    b.arg(&mut out).arg(inp.slice()).arg(&n64);
+    // SAFETY: (u16* [n], const float* [n], u64).
+    launched(unsafe { b.launch(elementwise(n)) }, "cast_f32_to_bf16")?;
+    Ok(out)
+}
+
+/// out `[rows, oc]` = inp `[rows, c]` · weightᵀ (+ bias `[oc]`), as
+/// [`crate::engine::ops::matmul_forward`]: the operands cast to bf16, the product accumulated in
+/// f32 by cuBLASLt (onto the bias rows, written first by `fill_rows`, when there is a bias). The
+/// bf16 copies are allocated per call in this first version.
+#[allow(clippy::too_many_arguments)]
+pub fn matmul_forward(
+    dev: &CudaDevice,
+    out: &mut CudaTensor,
+    inp: &CudaTensor,
+    weight: &CudaTensor,
+    bias: Option<&CudaTensor>,
+    rows: usize,
+    c: usize,
+    oc: usize,
+) -> Result<(), String> {
+    check(rows * c, inp, "matmul_forward: inp")?;
+    check(oc * c, weight, "matmul_forward: weight")?;
+    check(rows * oc, out, "matmul_forward: out")?;
+    if let Some(bias) = bias {
+        check(oc, bias, "matmul_forward: bias")?;
+        let (r, o) = (rows as i32, oc as i32);
+        let mut b = dev.stream.launch_builder(dev.function("fill_rows")?);
+        b.arg(out.slice_mut()).arg(bias.slice()).arg(&r).arg(&o);
+        // SAFETY: (float* [rows·oc], const float* [oc], int, int).
+        launched(unsafe { b.launch(elementwise(rows * oc)) }, "fill_rows")?;
+    }
+    let (a16, w16) = (to_bf16(dev, inp)?, to_bf16(dev, weight)?);
+    let g = super::gemm::Gemm {
+        m: rows,
+        n: oc,
+        k: c,
+        a_trans: false,
+        b_trans: true,
+        alpha: 1.0,
+        beta: if bias.is_some() { 1.0 } else { 0.0 },
+    };
+    super::gemm::gemm_bf16(dev, g, &a16, &w16, out.slice_mut())
+}

@@ -14,6 +14,7 @@
 //! shape (block trees and fixed row chunks, no float atomics), as on the CPU.
 
 pub mod buffer;
+pub mod gemm;
 pub mod launch;
 pub mod nccl;
 pub mod nvrtc;
@@ -21,7 +22,7 @@ pub mod nvrtc;
 pub use buffer::CudaTensor;
 
 use cudarc::cublaslt::CudaBlasLT;
-use cudarc::driver::{CudaContext, CudaFunction, CudaStream};
+use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream};
 use cudarc::nvrtc::Ptx;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -132,6 +133,8 @@ pub struct CudaDevice {
     pub ctx: Arc<CudaContext>,
     pub stream: Arc<CudaStream>,
     pub blaslt: CudaBlasLT,
+    /// cuBLASLt's workspace (32 MiB, NVIDIA's advice for Hopper; 4 MiB before).
+    pub workspace: CudaSlice<u8>,
     /// Compute capability, (major, minor).
     pub arch: (i32, i32),
     functions: HashMap<&'static str, CudaFunction>,
@@ -147,6 +150,8 @@ impl CudaDevice {
         let (major, minor) = ctx.compute_capability().map_err(|e| format!("CUDA device {ordinal}: {e}"))?;
         let stream = ctx.new_stream().map_err(|e| format!("CUDA stream: {e}"))?;
         let blaslt = CudaBlasLT::new(stream.clone()).map_err(|e| format!("cuBLASLt: {e}"))?;
+        let ws = if major >= 9 { 32 << 20 } else { 4 << 20 };
+        let workspace = stream.alloc_zeros::<u8>(ws).map_err(|e| format!("cuBLASLt workspace: {e}"))?;
         let arch = (10 * major + minor) as u32;
         let mut functions = HashMap::new();
         for &(file, src) in nvrtc::KERNEL_FILES {
@@ -163,7 +168,7 @@ impl CudaDevice {
                 functions.insert(name, f);
             }
         }
-        Ok(CudaDevice { ctx, stream, blaslt, arch: (major, minor), functions })
+        Ok(CudaDevice { ctx, stream, blaslt, workspace, arch: (major, minor), functions })
     }
 
     /// The kernel `name` (one of the `extern "C"` kernels of `kernels/`).
