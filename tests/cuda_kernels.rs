@@ -181,7 +181,9 @@ fn nccl_is_opened_by_its_soname_which_cudarc_does_not_try() {
     if nccl::is_present() {
         let v = nccl::version().unwrap();
         assert!(v >= 22700, "NCCL {v}: the bindings are 2.27's");
-        say(&format!("NCCL {v} loaded by its soname"));
+        // SAFETY: only dlopens cudarc's candidate names.
+        let cudarc_finds = unsafe { cudarc::nccl::sys::is_culib_present() };
+        say(&format!("NCCL {v} loaded by its soname (cudarc's own loader finds it: {cudarc_finds})"));
     } else {
         assert!(nccl::version().unwrap_err().contains("libnccl.so.2"));
         say("skipped (in part): nccl_is_opened_by_its_soname...: libnccl.so.2 not found (pip install nvidia-nccl-cu13, put site-packages/nvidia/nccl/lib on LD_LIBRARY_PATH)");

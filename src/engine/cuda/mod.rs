@@ -141,9 +141,9 @@ pub struct CudaDevice {
 }
 
 impl CudaDevice {
-    /// Open GPU `ordinal`: [`probe`] first, then the context, a stream, cuBLASLt, and every kernel
-    /// file compiled by NVRTC for this GPU's architecture (a CUBIN; PTX for `compute_XY` when
-    /// NVRTC does not know the architecture, so a GPU newer than NVRTC still runs).
+    /// Open GPU `ordinal`: [`probe`] first, then the context, a stream, cuBLASLt and its
+    /// workspace, and every kernel file compiled by NVRTC for this GPU's architecture (a CUBIN;
+    /// PTX when NVRTC cannot make one, so a GPU newer than NVRTC still runs).
     pub fn new(ordinal: usize) -> Result<CudaDevice, String> {
         probe()?;
         let ctx = CudaContext::new(ordinal).map_err(|e| format!("CUDA device {ordinal}: {e}"))?;
@@ -157,8 +157,12 @@ impl CudaDevice {
         for &(file, src) in nvrtc::KERNEL_FILES {
             let ptx = match nvrtc::compile(file, src, nvrtc::Target::Cubin(arch)) {
                 Ok(c) => Ptx::from_binary(c.image),
-                Err(_) => {
-                    let c = nvrtc::compile(file, src, nvrtc::Target::Ptx(arch))?;
+                Err(cubin_err) => {
+                    // NVRTC older than the GPU: PTX for the GPU's virtual architecture, else for
+                    // compute_90, which the driver compiles forward for any later GPU.
+                    let c = nvrtc::compile(file, src, nvrtc::Target::Ptx(arch))
+                        .or_else(|_| nvrtc::compile(file, src, nvrtc::Target::Ptx(arch.min(90))))
+                        .map_err(|_| cubin_err)?;
                     Ptx::from_src(String::from_utf8_lossy(&c.image).trim_end_matches('\0').to_string())
                 }
             };
