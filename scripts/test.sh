@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The test suite, as CI runs it: installs what the data-parallel tests need when it is missing
 # (Debian packages: Open MPI's runtime and headers, and clang, which the MPI bindings are
-# generated with), then runs every test with the `mpi` feature. Extra arguments go to
-# `cargo test` (e.g. `scripts/test.sh --test data_parallel`).
+# generated with) and NVRTC for the CUDA kernel test (scripts/nvrtc.sh: a PyPI wheel in a venv
+# outside the repository; no GPU needed), then runs every test with the `mpi` and `cuda`
+# features, NVRTC on the library path, and MOCOV3_REQUIRE_NVRTC=1 and MOCOV3_REQUIRE_CXX=1 (so
+# neither the kernels' compile test nor their run on the CPU, tests/cuda_emulated.rs, can skip).
+# Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test data_parallel`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 need=()
@@ -14,4 +17,7 @@ if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}";
   else sudo apt-get update -qq && sudo DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}"; fi
 fi
-exec cargo test --release --features mpi "$@"
+nvrtc_lib=$(scripts/nvrtc.sh)
+export LD_LIBRARY_PATH="$nvrtc_lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+export MOCOV3_REQUIRE_NVRTC=1 MOCOV3_REQUIRE_CXX=1
+exec cargo test --release --features "mpi cuda" "$@"

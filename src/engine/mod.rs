@@ -5,6 +5,8 @@
 
 pub mod comm;
 pub mod crc;
+#[cfg(feature = "cuda")]
+pub mod cuda;
 pub mod fastmath;
 pub mod gemm;
 #[cfg(feature = "mpi")]
