@@ -12,6 +12,11 @@ need=()
 command -v mpirun >/dev/null 2>&1 || need+=(openmpi-bin)
 [ -e /usr/lib/x86_64-linux-gnu/pkgconfig/ompi.pc ] || pkg-config --exists ompi 2>/dev/null || need+=(libopenmpi-dev)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(clang)
+# tests/cuda_emulated.rs builds the kernels with the system C++ compiler; NVRTC's wheel goes
+# into a Python venv (Debian ships venv's pip bootstrap as python3-venv).
+command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1 || need+=(g++)
+command -v python3 >/dev/null 2>&1 || need+=(python3)
+python3 -c 'import ensurepip, venv' >/dev/null 2>&1 || need+=(python3-venv)
 if [ ${#need[@]} -gt 0 ]; then
   echo "installing the test dependencies: ${need[*]}" >&2
   if [ "$(id -u)" = 0 ]; then apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}";

@@ -56,3 +56,21 @@ fn cuda_in_a_build_without_the_feature_says_how_to_rebuild() {
     let e = parse(&["--device", "cuda"]).unwrap_err();
     assert!(e.contains("built without CUDA") && e.contains("--features cuda"), "{e}");
 }
+
+#[test]
+fn pretrain_device_cuda_without_a_driver_exits_with_the_clear_error() {
+    use std::io::Write;
+    #[cfg(feature = "cuda")]
+    if mocov3::engine::cuda::Lib::Driver.is_present() {
+        let _ = writeln!(std::io::stderr(), "skipped: a driver is present here");
+        return;
+    }
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_mocov3"))
+        .args(["pretrain", "--preset", "tiny-synthetic", "--device", "cuda", "--print-config"])
+        .output()
+        .unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(2), "{err}");
+    let want = if cfg!(feature = "cuda") { "libcuda.so.1" } else { "--features cuda" };
+    assert!(err.contains(want) && !err.contains("panicked"), "{err}");
+}

@@ -3,7 +3,7 @@
 //! driver gets clap's usage error naming the missing library and the fix, instead of a panic
 //! later; a binary built without the `cuda` feature says how to rebuild.
 //!
-//! Wiring: `#[arg(long, default_value = "cpu", value_parser = cli::device::parse)] device: Device`.
+//! Used by `mocov3 pretrain --device`.
 
 /// The device a command runs on.
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]

@@ -5,6 +5,7 @@ pub mod attention;
 pub mod augment_preview;
 pub mod bench;
 pub mod convert;
+pub mod device;
 pub mod extract;
 pub mod knn;
 pub mod lincls;

@@ -74,6 +74,10 @@ pub struct Args {
     /// logged; to try one, --set inject_spike=[STEP] multiplies that gradient by 1000.
     #[arg(long, value_name = "ACTION")]
     on_spike: Option<mocov3::train::actions::OnSpike>,
+    /// Where to compute: cpu, or cuda[:N] (checks the CUDA libraries first and names any that
+    /// is missing; the CUDA backend's kernels exist, training on it does not yet).
+    #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
+    device: super::device::Device,
     /// Print the resolved configuration as TOML and exit.
     #[arg(long)]
     print_config: bool,
@@ -83,6 +87,12 @@ pub struct Args {
 }
 
 pub fn run(a: Args) -> Result<()> {
+    if let super::device::Device::Cuda(n) = a.device {
+        anyhow::bail!(
+            "--device cuda:{n}: the CUDA libraries load here, but training on the GPU is not built yet (the CUDA \
+             backend's kernels compile and match the CPU ops; the layers do not call them): use --device cpu"
+        );
+    }
     let mut cfg = match &a.resume {
         // A resumed run keeps its configuration; the command line may change only how it runs
         // (config::resumed says which keys, and names any other that differs).
