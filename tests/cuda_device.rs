@@ -59,9 +59,9 @@ fn cuda_in_a_build_without_the_feature_says_how_to_rebuild() {
 
 #[test]
 fn pretrain_device_cuda_without_a_driver_exits_with_the_clear_error() {
-    use std::io::Write;
     #[cfg(feature = "cuda")]
     if mocov3::engine::cuda::Lib::Driver.is_present() {
+        use std::io::Write;
         let _ = writeln!(std::io::stderr(), "skipped: a driver is present here");
         return;
     }
