@@ -201,12 +201,17 @@ pub fn write(out: &Path, results: &[RunResult], plan: &Plan, secs: f64) -> Resul
 
     let mut md = String::new();
     writeln!(md, "# MoCo v3 instability study\n")?;
+    let train: f64 = results.iter().map(|r| r.train_seconds).sum();
+    let score: f64 = results.iter().map(|r| r.score_seconds).sum();
     writeln!(
         md,
-        "{} runs of {} epochs each ({}); {:.1} min for this invocation.\n",
+        "{} runs of {} epochs each ({}). The runs took {:.1} min of training and {:.1} min of scoring; this \
+         invocation {:.1} min.\n",
         results.len(),
         plan.epochs,
         plan.note,
+        train / 60.0,
+        score / 60.0,
         secs / 60.0
     )?;
     writeln!(md, "kNN: weighted k=20, T=0.07 on frozen cls features of the test split; linear: a probe on cached,")?;
