@@ -123,6 +123,15 @@ fn clip_scales_the_patch_gradient_down_to_v_times_its_median() {
 }
 
 #[test]
+fn clip_resumes_bit_exactly() {
+    // The clip factor comes from the running median, which the checkpoint carries: a median read
+    // back one bit off would change the weights.
+    let r = resumes_bit_exactly("clip-resume", &["on_spike=\"clip:2\"", "inject_spike=[4, 9]"]);
+    let n = events(&r).iter().filter(|e| e["event"] == "action" && e["action"] == "clip").count();
+    assert_eq!(n, 2);
+}
+
+#[test]
 fn skip_leaves_the_trained_weights_of_the_spiking_step_untouched() {
     let r = run(cfg("skip", &["on_spike=\"skip\"", "inject_spike=[8]"]), &quiet()).unwrap();
     assert!(events(&r).iter().any(|e| e["event"] == "action" && e["action"] == "skip" && e["step"] == 8));

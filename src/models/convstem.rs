@@ -169,11 +169,12 @@ impl Embed {
     }
 
     /// Whether any of its parameters trains (the patch projection is frozen by
-    /// `stop_grad_conv1`).
+    /// `stop_grad_conv1`, either by `freeze-patch`, which freezes every stem parameter).
     pub fn trainable(&self) -> bool {
         match self {
             Embed::Patch(p) => p.proj.w.trainable,
-            Embed::Conv(_) => true,
+            // Trained unless an instability action froze it (`on_spike = "freeze-patch"`).
+            Embed::Conv(c) => c.proj.proj.w.trainable,
         }
     }
 

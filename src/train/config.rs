@@ -220,11 +220,18 @@ pub const RUN_KEYS: &[&str] = &[
     "dip_threshold",
 ];
 
+/// Whether a resumed run of `trained` may change `key`: a [`RUN_KEYS`] entry, except the spike
+/// detector's settings when `on_spike` acts on its spikes (then they shape the training).
+fn is_run_key(trained: &PretrainConfig, key: &str) -> bool {
+    RUN_KEYS.contains(&key) && !(trained.on_spike != OnSpike::Log && matches!(key, "spike_threshold" | "spike_window"))
+}
+
 /// The keys (other than [`RUN_KEYS`]) on which `asked` differs from the configuration a
 /// checkpoint was trained with, as `key = checkpoint value, asked value` lines.
 pub fn resume_conflicts(checkpoint: &PretrainConfig, asked: &PretrainConfig) -> Result<Vec<String>> {
     let (a, b) = (toml::Table::try_from(checkpoint)?, toml::Table::try_from(asked)?);
-    let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| !RUN_KEYS.contains(&k.as_str())).collect();
+    let run_key = |k: &str| is_run_key(checkpoint, k);
+    let mut keys: Vec<&String> = a.keys().chain(b.keys()).filter(|k| !run_key(k)).collect();
     keys.sort();
     keys.dedup();
     // f32 keys are serialised as the decimals they were given (`f32_decimal`), so every value
@@ -261,7 +268,7 @@ pub fn resumed(
     }
     let mut table = toml::Table::try_from(trained)?;
     let run_side = toml::Table::try_from(asked)?;
-    for k in RUN_KEYS {
+    for k in RUN_KEYS.iter().filter(|k| is_run_key(trained, k)) {
         if let Some(v) = run_side.get(*k) {
             table.insert(k.to_string(), v.clone());
         }
@@ -523,6 +530,13 @@ mod tests {
         assert!(e.contains("snapshot_every"), "{e}");
         let e = merge_sets(&t, &["on_spike=\"clip:-1\"".to_string()]).unwrap_err();
         assert!(format!("{e:#}").contains("clip:V"), "{e:#}");
+        // A run whose actions act on the detector keeps its settings on resume.
+        let acting = merge_sets(&t, &["on_spike=\"skip\"".to_string()]).unwrap();
+        let asked = merge_sets(&acting, &["spike_threshold=3".to_string()]).unwrap();
+        let e = resumed(&acting, &asked, std::path::Path::new("ck")).unwrap_err().to_string();
+        assert!(e.contains("spike_threshold"), "{e}");
+        let watching = merge_sets(&t, &["spike_threshold=3".to_string()]).unwrap();
+        assert_eq!(resumed(&t, &watching, std::path::Path::new("ck")).unwrap().spike_threshold, 3.0);
         let ok = merge_sets(&t, &["on_spike=\"freeze-patch\"".to_string(), "stop_grad_conv1=false".to_string()]);
         assert!(ok.unwrap().model(1).is_ok());
     }

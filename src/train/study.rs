@@ -112,7 +112,17 @@ pub fn run(o: &StudyOptions) -> Result<PathBuf> {
     let t0 = Instant::now();
     std::fs::create_dir_all(&o.out).with_context(|| format!("cannot create {}", o.out.display()))?;
     crate::engine::init_threads(o.base.threads);
+    if o.base.arch.starts_with("resnet") {
+        anyhow::bail!(
+            "the study varies a ViT's patch projection and position embedding: give a ViT preset, not {}",
+            o.base.arch
+        );
+    }
     let specs = plan(&o.base);
+    // Every run's configuration is checked before any trains.
+    for s in &specs {
+        s.cfg.model(1).with_context(|| format!("study run {}", s.name))?;
+    }
     let plan_path = o.out.join("study.json");
     if o.report_only && !plan_path.is_file() {
         anyhow::bail!("{} not found: no study was started in {}", plan_path.display(), o.out.display());

@@ -23,15 +23,15 @@ struct Events {
     actions: usize,
 }
 
-fn events(rows: &[Value]) -> Events {
+/// The events of a run's log (`rows`), its first layer being the one the detector watches first:
+/// the patch projection, or block 0 when the projection is fixed; its last block read from the
+/// step lines' per-layer norms (`steps`).
+fn events(rows: &[Value], steps: &[Value], fixed_patch: bool) -> Events {
     let mut e = Events::default();
-    let is_first = |l: &str| l == "patch_embed" || l == "conv1";
-    // The last layers: the highest block index the log names, and after it.
-    let top = rows
-        .iter()
-        .filter_map(|r| r["layer"].as_str()?.strip_prefix("blocks.")?.parse::<usize>().ok())
-        .max()
-        .unwrap_or(0);
+    let is_first = |l: &str| l == "patch_embed" || l == "conv1" || (fixed_patch && l == "blocks.0");
+    let (names, _) = layer_norms(steps);
+    let top = names.iter().filter_map(|n| n.strip_prefix("blocks.")?.parse::<usize>().ok()).max();
+    let top = top.map(|t| format!("blocks.{t}"));
     for r in rows {
         let step = r["step"].as_f64().unwrap_or(0.0);
         match r["event"].as_str().unwrap_or("") {
@@ -40,7 +40,7 @@ fn events(rows: &[Value]) -> Events {
                 let v = (step, r["norm"].as_f64().unwrap_or(0.0));
                 if is_first(l) {
                     e.first.push(v);
-                } else if l == format!("blocks.{top}") || l == "norm" || l.starts_with("layer4") {
+                } else if Some(l) == top.as_deref() || l == "norm" || l.starts_with("layer4") {
                     e.last.push(v);
                 }
             }
@@ -160,7 +160,7 @@ pub fn write(out: &Path, results: &[RunResult], plan: &Plan, secs: f64) -> Resul
     let mut logs = Vec::new();
     for r in results {
         let (ev, steps) = read_log(&out.join(&r.name)).unwrap_or_default();
-        logs.push((events(&ev), steps));
+        logs.push((events(&ev, &steps, r.fixed_patch), steps));
     }
     let per_epoch = |r: &RunResult| r.steps_per_epoch.max(1) as f64;
     // kNN curves, one panel per experiment, dips marked.
@@ -235,7 +235,7 @@ pub fn write(out: &Path, results: &[RunResult], plan: &Plan, secs: f64) -> Resul
             ev.lags.iter().map(|l| l.to_string()).collect::<Vec<_>>().join(", ")
         };
         let depths: Vec<String> = ev.depths.iter().map(|d| format!("{d:.1}")).collect();
-        let open = ev.dips.len() - depths.len();
+        let open = ev.dips.len().saturating_sub(depths.len());
         let depths = depths.into_iter().chain((0..open).map(|_| "open".to_string())).collect::<Vec<_>>();
         let dips = if ev.dips.is_empty() { "0".into() } else { format!("{} ({})", ev.dips.len(), depths.join(", ")) };
         format!(
