@@ -41,9 +41,8 @@ pub fn run(a: Args) -> Result<()> {
     for path in &a.images {
         let (rgb, h, w) = mocov3::data::folder::decode(path)?;
         let px = if c == 1 {
-            rgb.chunks(3)
-                .map(|q| (0.299 * q[0] as f32 + 0.587 * q[1] as f32 + 0.114 * q[2] as f32).round() as u8)
-                .collect()
+            // A grey model sees the file as Pillow's convert("L") would give it.
+            rgb.chunks(3).map(mocov3::data::ops::luma).collect()
         } else {
             rgb
         };

@@ -201,7 +201,7 @@ fn blend_into(img: &mut [u8], degenerate: u8, alpha: f32) {
 }
 
 /// Pillow's `convert("L")` of one RGB pixel (ITU-R 601-2 luma in 16-bit fixed point).
-fn luma(p: &[u8]) -> u8 {
+pub fn luma(p: &[u8]) -> u8 {
     ((p[0] as u32 * 19595 + p[1] as u32 * 38470 + p[2] as u32 * 7471 + 0x8000) >> 16) as u8
 }
 

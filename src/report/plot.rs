@@ -109,13 +109,10 @@ pub fn chart_marked(
     let (px, py, pw, ph) = (x + 70, y + 24, w - 84, h - 50);
     c.rect(px, py, pw, ph, grey);
     let tf = |v: f64| if log_y { v.log10() } else { v };
-    let pts: Vec<(f64, f64)> = series
-        .iter()
-        .chain(markers)
-        .flat_map(|s| s.points.iter().copied())
-        .filter(|p| !log_y || p.1 > 0.0)
-        .filter(|p| p.1.is_finite())
-        .collect();
+    // The points a chart can place: finite, and positive on a log scale.
+    let visible = |p: &(f64, f64)| (!log_y || p.1 > 0.0) && p.1.is_finite();
+    let pts: Vec<(f64, f64)> =
+        series.iter().chain(markers).flat_map(|s| s.points.iter().copied()).filter(visible).collect();
     if pts.is_empty() {
         draw_text(c, px + 10, py + 10, "no data", S, grey);
         return;
@@ -155,7 +152,7 @@ pub fn chart_marked(
     };
     let mut lx = px + pw - 8;
     for m in markers.iter().rev() {
-        for &p in m.points.iter().filter(|p| (!log_y || p.1 > 0.0) && p.1.is_finite()) {
+        for &p in m.points.iter().filter(|p| visible(p)) {
             let (a, b) = map(p);
             for d in -4..=4 {
                 c.set(a as i64 + d, b as i64 + d, m.rgb);
@@ -169,8 +166,7 @@ pub fn chart_marked(
         }
     }
     for s in series.iter().rev() {
-        let pts: Vec<(f64, f64)> =
-            s.points.iter().copied().filter(|p| (!log_y || p.1 > 0.0) && p.1.is_finite()).collect();
+        let pts: Vec<(f64, f64)> = s.points.iter().copied().filter(visible).collect();
         for wdw in pts.windows(2) {
             c.line(map(wdw[0]), map(wdw[1]), s.rgb);
         }

@@ -100,7 +100,8 @@ impl SpikeDetector {
     }
 }
 
-fn median(h: &VecDeque<f64>) -> f64 {
+/// The median of a window (the mean of the two middle values of an even count).
+pub fn median(h: &VecDeque<f64>) -> f64 {
     let mut v: Vec<f64> = h.iter().copied().collect();
     v.sort_by(|a, b| a.total_cmp(b));
     let n = v.len();

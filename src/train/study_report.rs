@@ -109,9 +109,7 @@ fn offline(steps: &[Value], threshold: f64, window: usize) -> Option<Offline> {
         }
         for (h, (i, m)) in hist.iter_mut().zip([(first, &mut max_first), (last, &mut max_last)]) {
             if h.len() >= window / 2 {
-                let mut w: Vec<f64> = h.iter().copied().collect();
-                w.sort_by(f64::total_cmp);
-                let med = w[w.len() / 2];
+                let med = super::detect::median(h);
                 if med > 0.0 {
                     *m = m.max(v[i] / med);
                 }
