@@ -4,7 +4,8 @@
 # generated with) and NVRTC for the CUDA kernel test (scripts/nvrtc.sh: a PyPI wheel in a venv
 # outside the repository; no GPU needed), then runs every test with the `mpi` and `cuda`
 # features, NVRTC on the library path, and MOCOV3_REQUIRE_NVRTC=1 and MOCOV3_REQUIRE_CXX=1 (so
-# neither the kernels' compile test nor their run on the CPU, tests/cuda_emulated.rs, can skip).
+# neither the kernels' compile test nor the op suite on the emulated GPU, tests/cuda_ops.rs, can
+# skip).
 # Extra arguments go to `cargo test` (e.g. `scripts/test.sh --test data_parallel`).
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -12,7 +13,7 @@ need=()
 command -v mpirun >/dev/null 2>&1 || need+=(openmpi-bin)
 [ -e /usr/lib/x86_64-linux-gnu/pkgconfig/ompi.pc ] || pkg-config --exists ompi 2>/dev/null || need+=(libopenmpi-dev)
 ls /usr/lib/llvm-*/lib/libclang*.so* >/dev/null 2>&1 || need+=(clang)
-# tests/cuda_emulated.rs builds the kernels with the system C++ compiler; NVRTC's wheel goes
+# The emulated GPU (engine/cuda/emu.rs) builds the kernels with the system C++ compiler; NVRTC's wheel goes
 # into a Python venv (Debian ships venv's pip bootstrap as python3-venv).
 command -v g++ >/dev/null 2>&1 || command -v clang++ >/dev/null 2>&1 || need+=(g++)
 command -v python3 >/dev/null 2>&1 || need+=(python3)

@@ -7,6 +7,9 @@ use mocov3::models::vit::VitConfig;
 use mocov3::nn::posembed::PosEmbedKind;
 use std::path::Path;
 
+#[cfg(feature = "cuda")]
+pub mod cuda;
+
 /// The official checkpoint fixtures' model: a 1-block ViT of width `dim` on 16 px, patch 8, with
 /// 32-wide heads and 8-d outputs (scripts/make_checkpoint_fixtures.py).
 pub fn tiny(dim: usize) -> MocoConfig {

@@ -1,4 +1,5 @@
-//! GEMMs through cuBLASLt: bf16 operands, f32 accumulation (CUBLAS_COMPUTE_32F), f32 output, on
+//! GEMMs through cuBLASLt: bf16 operands (mixed precision) or f32 ones (full f32 products: the
+//! compute type is CUBLAS_COMPUTE_32F, never the TF32 one), f32 accumulation and output, on
 //! row-major matrices as the CPU ops store them. cuBLASLt is column-major, so a row-major
 //! `C [m, n] = op(A) op(B)` is computed as the column-major `Cᵀ [n, m] = op(B)ᵀ op(A)ᵀ`: the same
 //! memory, operands swapped, no copy. The bf16 operands come from kernels/cast.cu.
@@ -61,23 +62,31 @@ impl Drop for Pref {
     }
 }
 
-/// `g` on bf16 `a` and `b` (raw bits, kernels/cast.cu's `cast_f32_to_bf16`) into f32 `c`, on the
-/// device's stream, with its cuBLASLt workspace.
-pub fn gemm_bf16(
-    dev: &CudaDevice,
-    g: Gemm,
-    a: &CudaSlice<u16>,
-    b: &CudaSlice<u16>,
-    c: &mut CudaSlice<f32>,
-) -> Result<(), String> {
+/// The operands of one product on the device: bf16 bits (kernels/cast.cu's `cast_f32_to_bf16`)
+/// or f32.
+#[derive(Clone, Copy)]
+pub enum Data<'a> {
+    Bf16(&'a CudaSlice<u16>, &'a CudaSlice<u16>),
+    F32(&'a CudaSlice<f32>, &'a CudaSlice<f32>),
+}
+
+/// `g` on `data` into f32 `c`, on the device's stream, with its cuBLASLt workspace.
+pub fn gemm(dev: &CudaDevice, g: Gemm, data: Data<'_>, c: &mut CudaSlice<f32>) -> Result<(), String> {
     let Gemm { m, n, k, a_trans, b_trans, alpha, beta } = g;
-    if a.len() < m * k || b.len() < k * n || c.len() < m * n {
-        return Err(format!("gemm_bf16 [{m}, {k}] x [{k}, {n}]: operand too small"));
+    let (la, lb) = match data {
+        Data::Bf16(a, b) => (a.len(), b.len()),
+        Data::F32(a, b) => (a.len(), b.len()),
+    };
+    if la < m * k || lb < k * n || c.len() < m * n {
+        return Err(format!("gemm [{m}, {k}] x [{k}, {n}]: operand too small"));
     }
-    let bf16 = sys::cudaDataType_t::CUDA_R_16BF;
+    let ty = match data {
+        Data::Bf16(..) => sys::cudaDataType_t::CUDA_R_16BF,
+        Data::F32(..) => sys::cudaDataType_t::CUDA_R_32F,
+    };
     // Column-major: first operand op(B)ᵀ [n, k], second op(A)ᵀ [k, m], result [n, m] (ld n).
-    let first = if b_trans { Layout::new(bf16, k, n, k)? } else { Layout::new(bf16, n, k, n)? };
-    let second = if a_trans { Layout::new(bf16, m, k, m)? } else { Layout::new(bf16, k, m, k)? };
+    let first = if b_trans { Layout::new(ty, k, n, k)? } else { Layout::new(ty, n, k, n)? };
+    let second = if a_trans { Layout::new(ty, m, k, m)? } else { Layout::new(ty, k, m, k)? };
     let out = Layout::new(sys::cudaDataType_t::CUDA_R_32F, n, m, n)?;
     let desc = Desc(
         result::create_matmul_desc(sys::cublasComputeType_t::CUBLAS_COMPUTE_32F, sys::cudaDataType_t::CUDA_R_32F)
@@ -121,8 +130,10 @@ pub fn gemm_bf16(
         let heur = result::get_matmul_algo_heuristic(handle, desc.0, first.0, second.0, out.0, out.0, pref.0)
             .map_err(|e| format!("cuBLASLt heuristic for [{m}, {k}] x [{k}, {n}]: {e}"))?;
         let stream = &dev.stream;
-        let (pa, _ra) = b.device_ptr(stream);
-        let (pb, _rb) = a.device_ptr(stream);
+        let ((pa, _ra), (pb, _rb)) = match data {
+            Data::Bf16(a, b) => (b.device_ptr(stream), a.device_ptr(stream)),
+            Data::F32(a, b) => (b.device_ptr(stream), a.device_ptr(stream)),
+        };
         let (pc, _rc) = c.device_ptr_mut(stream);
         let (pw, _rw) = dev.workspace.device_ptr(stream);
         ok(

@@ -13,13 +13,18 @@
 //! see each file's shape comments), and every reduction in them runs in an order fixed by the
 //! shape (block trees and fixed row chunks, no float atomics), as on the CPU.
 
-pub mod buffer;
+pub mod emu;
 pub mod gemm;
+pub mod gpu;
 pub mod launch;
 pub mod nccl;
 pub mod nvrtc;
 
-pub use buffer::CudaTensor;
+pub use gpu::{Arg, DevBuf, Gpu};
+pub use launch::{MatmulWork, Precision};
+
+/// f32 values on a GPU.
+pub type CudaTensor = DevBuf<f32>;
 
 use cudarc::cublaslt::CudaBlasLT;
 use cudarc::driver::{CudaContext, CudaFunction, CudaSlice, CudaStream};

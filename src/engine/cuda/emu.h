@@ -1,4 +1,4 @@
-// A CPU stand-in for the CUDA device runtime, so tests/cuda_emulated.rs can run the kernels of
+// A CPU stand-in for the CUDA device runtime, so engine/cuda/emu.rs can run the kernels of
 // src/engine/cuda/kernels/ on the host, compiled by the system C++ compiler: each block runs its
 // threads as real threads (one std::thread per CUDA thread), __syncthreads is a barrier of the
 // block's live threads (a thread that returns drops out, as on the GPU), __shared__ variables are
