@@ -151,6 +151,44 @@ pub fn gemm_rate(n: usize, reps: usize) -> f64 {
     2.0 * (n as f64).powi(3) / times[times.len() / 2] / 1e9
 }
 
+/// The GEMM rate (GFLOP/s, median of `reps` after one untimed) of n×n×n products on `gpu` in
+/// `prec`, operands already on the device (and already bf16 for bf16: the casts are not timed,
+/// so this is the rate the step's MFU is quoted against).
+#[cfg(feature = "cuda")]
+pub fn gemm_rate_cuda(
+    gpu: &crate::engine::cuda::Gpu,
+    n: usize,
+    prec: crate::engine::cuda::Precision,
+    reps: usize,
+) -> Result<f64, String> {
+    use crate::engine::cuda::gemm::Gemm;
+    use crate::engine::cuda::gpu::Operands;
+    use crate::engine::cuda::launch::cast_to_bf16;
+    let mut rng = Rng::new(1);
+    let a: Vec<f32> = (0..n * n).map(|_| rng.normal()).collect();
+    let (ad, bd) = (gpu.upload(&a)?, gpu.upload(&a)?);
+    let (mut a16, mut b16) = (Default::default(), Default::default());
+    cast_to_bf16(gpu, &mut a16, &ad, n * n)?;
+    cast_to_bf16(gpu, &mut b16, &bd, n * n)?;
+    let mut c = gpu.zeros::<f32>(n * n)?;
+    let g = Gemm { m: n, n, k: n, a_trans: false, b_trans: false, alpha: 1.0, beta: 0.0 };
+    let ops = match prec {
+        crate::engine::cuda::Precision::Bf16 => Operands::Bf16(&a16, &b16),
+        crate::engine::cuda::Precision::Fp32 => Operands::F32(&ad, &bd),
+    };
+    let mut times = Vec::new();
+    for _ in 0..reps.max(1) + 1 {
+        gpu.sync()?;
+        let t0 = Instant::now();
+        gpu.gemm(g, ops, &mut c)?;
+        gpu.sync()?;
+        times.push(t0.elapsed().as_secs_f64());
+    }
+    times.remove(0);
+    times.sort_by(|x, y| x.partial_cmp(y).unwrap());
+    Ok(2.0 * (n as f64).powi(3) / times[times.len() / 2] / 1e9)
+}
+
 pub struct BenchResult {
     pub img_per_s: f64,
     pub step_ms_median: f64,

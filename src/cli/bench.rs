@@ -63,7 +63,9 @@ pub enum Cmd {
         #[arg(long, default_value_t = 20)]
         rounds: usize,
     },
-    /// Single-precision GEMM rate (n×n×n) of this machine through the project's GEMM.
+    /// GEMM rate (n×n×n) through the project's GEMM: single precision on the CPU; on a GPU
+    /// (`--device cuda`) cuBLASLt's, bf16 operands with f32 accumulation (the mixed-precision
+    /// path; the rate MFU is quoted against) or f32 (`--precision fp32`).
     Gemm {
         /// Matrix size (n×n times n×n).
         #[arg(long, default_value_t = 2048)]
@@ -71,7 +73,31 @@ pub enum Cmd {
         /// Compute threads (0 = one per core).
         #[arg(long, default_value_t = 0)]
         threads: usize,
+        /// Where: cpu, cuda or cuda:N.
+        #[arg(long, default_value = "cpu", value_parser = super::device::parse)]
+        device: super::device::Device,
+        /// The GPU's operands: bf16 or fp32 (the CPU is always fp32).
+        #[arg(long, default_value = "bf16", value_parser = ["bf16", "fp32"])]
+        precision: String,
     },
+}
+
+#[cfg(feature = "cuda")]
+fn gemm_cuda(n: usize, ordinal: usize, precision: &str) -> Result<()> {
+    use mocov3::engine::cuda::{Gpu, Precision};
+    let prec = if precision == "fp32" { Precision::Fp32 } else { Precision::Bf16 };
+    let gpu = Gpu::new(ordinal).map_err(anyhow::Error::msg)?;
+    let r = mocov3::bench::gemm_rate_cuda(&gpu, n, prec, 20).map_err(anyhow::Error::msg)?;
+    println!(
+        "RESULT framework=mocov3 gemm device=cuda:{ordinal} precision={precision} n={n} gflops={r:.1} ({})",
+        gpu.describe()
+    );
+    Ok(())
+}
+
+#[cfg(not(feature = "cuda"))]
+fn gemm_cuda(_: usize, _: usize, _: &str) -> Result<()> {
+    unreachable!("--device cuda is refused by its parser in a build without CUDA")
 }
 
 pub fn run(what: Cmd) -> Result<()> {
@@ -105,11 +131,14 @@ pub fn run(what: Cmd) -> Result<()> {
                 );
             }
         }
-        Cmd::Gemm { n, threads } => {
-            mocov3::engine::init_threads(threads);
-            let r = mocov3::bench::gemm_rate(n, 5);
-            println!("RESULT framework=mocov3 gemm n={n} gflops={r:.1} threads={}", mocov3::engine::threads());
-        }
+        Cmd::Gemm { n, threads, device, precision } => match device {
+            super::device::Device::Cpu => {
+                mocov3::engine::init_threads(threads);
+                let r = mocov3::bench::gemm_rate(n, 5);
+                println!("RESULT framework=mocov3 gemm n={n} gflops={r:.1} threads={}", mocov3::engine::threads());
+            }
+            super::device::Device::Cuda(ordinal) => gemm_cuda(n, ordinal, &precision)?,
+        },
         Cmd::Step { config, arch, warmup, steps, batch, image, patch, threads } => {
             mocov3::engine::init_threads(threads);
             let world = mocov3::engine::comm::world();
