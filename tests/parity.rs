@@ -167,7 +167,16 @@ fn check_step_tool(name: &str) {
     let dir = std::env::temp_dir().join(format!("mocov3-steptool-{name}-{}", std::process::id()));
     std::fs::create_dir_all(&dir).unwrap();
     let input = dir.join("in.pth.tar");
-    writer::save(&input, &official::to_official_with(&mut model, 1, "vit_test", Some((&opt, get("lr"))))).unwrap();
+    writer::save(
+        &input,
+        &official::to_official_with(
+            &mut model,
+            1,
+            "vit_test",
+            Some((&mocov3::optim::Optimizer::AdamW(opt.clone()), get("lr"))),
+        ),
+    )
+    .unwrap();
     let (x1, x2) = (st.tensor("x1").unwrap(), st.tensor("x2").unwrap());
     let views = dir.join("views.safetensors");
     safetensors::tensor::serialize_to_file(vec![("x1", x1), ("x2", x2)], &None, &views).unwrap();

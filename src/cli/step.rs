@@ -1,23 +1,23 @@
-//! `mocov3 step`: one training step from an official checkpoint, for parity checks.
+//! `mocov3 step`: one training step from an official checkpoint (ViT or ResNet), for parity checks.
 
 use anyhow::Result;
 use std::path::PathBuf;
 
 #[derive(clap::Args)]
 pub struct Args {
-    /// Official checkpoint (.pth.tar) to start from.
+    /// Official checkpoint (.pth.tar) to start from: a ViT (stepped with AdamW) or a ResNet (with LARS, as main_moco.py).
     #[arg(long)]
     checkpoint: PathBuf,
-    /// safetensors file with `x1` and `x2`, f32 [N, C, H, W].
+    /// safetensors file with `x1` and `x2`, f32 [N, C, H, W] (a ResNet takes its image size from them).
     #[arg(long)]
     views: PathBuf,
-    /// Output: the official layout with the AdamW state after the step (.pth.tar).
+    /// Output: the official layout with the optimiser state (AdamW or LARS) after the step (.pth.tar).
     #[arg(long)]
     out: PathBuf,
     /// Learning rate of the step (already scaled; no warm-up or schedule).
     #[arg(long)]
     lr: f64,
-    /// AdamW weight decay.
+    /// Weight decay (AdamW's, or LARS's for a ResNet).
     #[arg(long)]
     wd: f64,
     /// Momentum of the momentum-encoder update.
@@ -26,13 +26,13 @@ pub struct Args {
     /// Temperature τ of the contrastive loss.
     #[arg(long)]
     moco_t: f32,
-    /// Attention heads (not in the weights).
+    /// ViT: attention heads (not in the weights).
     #[arg(long, default_value_t = 12)]
     heads: usize,
-    /// Position embedding (not told apart by the weights).
+    /// ViT: position embedding (not told apart by the weights).
     #[arg(long, value_enum, default_value = "sincos")]
     pos: mocov3::nn::posembed::PosEmbedKind,
-    /// Freeze the patch projection (official main_moco.py: --stop-grad-conv1, off unless given; the ViT recipe turns it on).
+    /// ViT: freeze the patch projection (official main_moco.py: --stop-grad-conv1, off unless given; the ViT recipe turns it on).
     #[arg(long, default_value_t = false, action = clap::ArgAction::Set)]
     stop_grad_conv1: bool,
     /// Compute threads (0 = one per core).

@@ -8,7 +8,7 @@ use super::torchfile::TorchFile;
 use crate::engine::tensor::Tensor;
 use crate::moco::MoCo;
 use crate::nn::Module;
-use crate::optim::{AdamW, Optimizer};
+use crate::optim::Optimizer;
 use anyhow::{bail, Context, Result};
 use std::collections::HashMap;
 use std::path::Path;
@@ -251,10 +251,15 @@ pub fn to_official(model: &mut MoCo, epoch: i64, arch: &str) -> super::writer::O
     to_official_with(model, epoch, arch, None)
 }
 
-/// As [`to_official`], with the AdamW state in `torch.optim.AdamW.state_dict()` form when `opt`
-/// is given (indices over all parameters: base, momentum, predictor; state only for trainable
-/// ones; `step` as a float tensor).
-pub fn to_official_with(model: &mut MoCo, epoch: i64, arch: &str, opt: Option<(&AdamW, f64)>) -> super::writer::Obj {
+/// As [`to_official`], with the optimiser state when `opt` is given, in the form of
+/// `torch.optim.AdamW.state_dict()` (`step` as a float tensor) or of the official LARS's (`mu`):
+/// indices over all parameters (base, momentum, predictor), state only for trainable ones.
+pub fn to_official_with(
+    model: &mut MoCo,
+    epoch: i64,
+    arch: &str,
+    opt: Option<(&Optimizer, f64)>,
+) -> super::writer::Obj {
     use super::writer::Obj;
     let mut sd = Vec::new();
     model.visit_tensors(&mut |key, shape, data| {
@@ -284,37 +289,59 @@ pub fn to_official_with(model: &mut MoCo, epoch: i64, arch: &str, opt: Option<(&
         flags.extend(model.momentum.params_mut().iter().map(|q| q.trainable));
         flags.extend(model.predictor.params_mut().iter().map(|q| q.trainable));
         let shapes: Vec<Vec<usize>> = model.trainable_params().iter().map(|q| q.shape.clone()).collect();
+        let tensor = |k: usize, v: &[f32]| Obj::Float(shapes[k].clone(), v.to_vec());
+        // Per trainable parameter k, its state as the official optimiser keeps it.
+        let per_param = |k: usize| -> Option<Obj> {
+            match opt {
+                Optimizer::AdamW(o) => (k < o.exp_avg.len()).then(|| {
+                    Obj::Dict(vec![
+                        ("step".into(), Obj::Float(vec![], vec![o.step as f32])),
+                        ("exp_avg".into(), tensor(k, &o.exp_avg[k])),
+                        ("exp_avg_sq".into(), tensor(k, &o.exp_avg_sq[k])),
+                    ])
+                }),
+                Optimizer::Lars(o) => (k < o.mu.len()).then(|| Obj::Dict(vec![("mu".into(), tensor(k, &o.mu[k]))])),
+            }
+        };
         let mut state = Vec::new();
         let mut k = 0;
         for (i, &t) in flags.iter().enumerate() {
-            if t && k < opt.exp_avg.len() {
-                state.push((
-                    i as i64,
-                    Obj::Dict(vec![
-                        ("step".into(), Obj::Float(vec![], vec![opt.step as f32])),
-                        ("exp_avg".into(), Obj::Float(shapes[k].clone(), opt.exp_avg[k].to_vec())),
-                        ("exp_avg_sq".into(), Obj::Float(shapes[k].clone(), opt.exp_avg_sq[k].to_vec())),
-                    ]),
-                ));
+            if t {
+                if let Some(st) = per_param(k) {
+                    state.push((i as i64, st));
+                }
                 k += 1;
             }
         }
-        let group = Obj::Dict(vec![
-            ("lr".into(), Obj::F64(lr)),
-            ("betas".into(), Obj::Tuple(vec![Obj::F64(opt.beta1), Obj::F64(opt.beta2)])),
-            ("eps".into(), Obj::F64(opt.eps)),
-            ("weight_decay".into(), Obj::F64(opt.weight_decay)),
-            ("amsgrad".into(), Obj::Bool(false)),
-            ("maximize".into(), Obj::Bool(false)),
-            ("foreach".into(), Obj::None),
-            ("capturable".into(), Obj::Bool(false)),
-            ("differentiable".into(), Obj::Bool(false)),
-            ("fused".into(), Obj::None),
-            ("decoupled_weight_decay".into(), Obj::Bool(true)),
-            ("params".into(), Obj::List((0..flags.len() as i64).map(Obj::Int).collect())),
+        let params = ("params".into(), Obj::List((0..flags.len() as i64).map(Obj::Int).collect()));
+        let group = match opt {
+            Optimizer::AdamW(o) => vec![
+                ("lr".into(), Obj::F64(lr)),
+                ("betas".into(), Obj::Tuple(vec![Obj::F64(o.beta1), Obj::F64(o.beta2)])),
+                ("eps".into(), Obj::F64(o.eps)),
+                ("weight_decay".into(), Obj::F64(o.weight_decay)),
+                ("amsgrad".into(), Obj::Bool(false)),
+                ("maximize".into(), Obj::Bool(false)),
+                ("foreach".into(), Obj::None),
+                ("capturable".into(), Obj::Bool(false)),
+                ("differentiable".into(), Obj::Bool(false)),
+                ("fused".into(), Obj::None),
+                ("decoupled_weight_decay".into(), Obj::Bool(true)),
+                params,
+            ],
+            // The official moco/optimizer.py LARS's defaults.
+            Optimizer::Lars(o) => vec![
+                ("lr".into(), Obj::F64(lr)),
+                ("weight_decay".into(), Obj::F64(o.weight_decay)),
+                ("momentum".into(), Obj::F64(o.momentum)),
+                ("trust_coefficient".into(), Obj::F64(o.trust_coefficient)),
+                params,
+            ],
+        };
+        let optimizer = Obj::Dict(vec![
+            ("state".into(), Obj::IntDict(state)),
+            ("param_groups".into(), Obj::List(vec![Obj::Dict(group)])),
         ]);
-        let optimizer =
-            Obj::Dict(vec![("state".into(), Obj::IntDict(state)), ("param_groups".into(), Obj::List(vec![group]))]);
         top.push(("optimizer".into(), optimizer));
     }
     Obj::Dict(top)

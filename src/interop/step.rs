@@ -1,13 +1,14 @@
 //! `mocov3 step`: exactly one MoCo v3 training step from an official checkpoint on given views,
-//! with explicit hyper-parameters (no schedule, no augmentation, no randomness), the AdamW state
-//! carried, and the result written in the official layout: the tool to check parity with the
-//! official code on any checkpoint.
+//! with explicit hyper-parameters (no schedule, no augmentation, no randomness), the optimiser
+//! state carried (AdamW for a ViT, LARS for a ResNet), and the result written in the official
+//! layout: the tool to check parity with the official code on any checkpoint.
 
 use super::official;
 use crate::moco::{MoCo, MocoConfig};
+use crate::models::backbone::{BackboneConfig, ResNetConfig};
 use crate::models::vit::VitConfig;
 use crate::nn::posembed::PosEmbedKind;
-use crate::optim::AdamW;
+use crate::optim::{Optimizer, OptimizerKind};
 use anyhow::{bail, Context, Result};
 use safetensors::SafeTensors;
 use std::path::Path;
@@ -49,8 +50,16 @@ pub fn read_views(path: &Path, chans: usize, img: usize) -> Result<(Vec<f32>, us
     Ok((x, n.unwrap()))
 }
 
-/// Run the step; writes `out` and returns the loss.
-pub fn run(input: &Path, views: &Path, out: &Path, a: &StepArgs) -> Result<f32> {
+/// The model a checkpoint holds: a ResNet (depth, stem, heads from the weights; the image size
+/// from the views) or a ViT (the weights plus `a`'s heads, position embedding and freezing).
+fn model_config(input: &Path, views: &Path, a: &StepArgs) -> Result<MocoConfig> {
+    if let Some(r) = official::infer_resnet(input)? {
+        let img = views_side(views)?;
+        let rn = ResNetConfig { depth: r.depth, cifar: r.cifar, img, in_chans: r.in_chans };
+        rn.validate().map_err(|e| anyhow::anyhow!("{}: {e}", views.display()))?;
+        let backbone = BackboneConfig::ResNet(rn);
+        return Ok(MocoConfig { backbone, mlp_dim: r.mlp_dim, out_dim: r.out_dim, t: a.t });
+    }
     let s = official::infer_shape(input)?;
     let vit = VitConfig {
         img: s.img,
@@ -67,20 +76,42 @@ pub fn run(input: &Path, views: &Path, out: &Path, a: &StepArgs) -> Result<f32> 
         mlp_bn: false,
     };
     vit.validate().map_err(|e| anyhow::anyhow!("{}: {e} (check --heads)", input.display()))?;
-    let backbone = crate::models::backbone::BackboneConfig::Vit(vit);
-    let cfg = MocoConfig { backbone, mlp_dim: s.mlp_dim, out_dim: s.out_dim, t: a.t };
+    Ok(MocoConfig { backbone: BackboneConfig::Vit(vit), mlp_dim: s.mlp_dim, out_dim: s.out_dim, t: a.t })
+}
+
+/// The side of the square views `x1` in a views file (a ResNet takes any size).
+fn views_side(path: &Path) -> Result<usize> {
+    let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
+    let st = SafeTensors::deserialize(&bytes).map_err(|e| anyhow::anyhow!("{}: {e}", path.display()))?;
+    let t = st.tensor("x1").map_err(|_| anyhow::anyhow!("{}: no tensor named x1", path.display()))?;
+    match t.shape() {
+        [_, _, h, w] if h == w => Ok(*h),
+        s => bail!("{}: x1 has shape {s:?}; the model expects square images [N, C, H, H]", path.display()),
+    }
+}
+
+/// Run the step; writes `out` and returns the loss. The optimiser is the recipe's: LARS for a
+/// ResNet, AdamW for a ViT (as `main_moco.py` chooses them).
+pub fn run(input: &Path, views: &Path, out: &Path, a: &StepArgs) -> Result<f32> {
+    let cfg = model_config(input, views, a)?;
     let mut model = MoCo::new(&cfg, 0);
-    let mut o = crate::optim::Optimizer::AdamW(AdamW::new(a.wd));
-    let info = official::load_into(input, &mut model, &mut o)?;
-    let crate::optim::Optimizer::AdamW(mut opt) = o else { unreachable!() };
-    let (x, n) = read_views(views, s.in_chans, s.img)?;
+    let kind = match cfg.backbone {
+        BackboneConfig::ResNet(_) => OptimizerKind::Lars,
+        BackboneConfig::Vit(_) => OptimizerKind::Adamw,
+    };
+    let mut opt = Optimizer::new(kind, a.wd, false);
+    let info = official::load_into(input, &mut model, &mut opt)?;
+    let (x, n) = read_views(views, cfg.backbone.in_chans(), cfg.backbone.img())?;
     if n < 2 {
         bail!("{}: at least 2 images per view are needed (BatchNorm)", views.display());
     }
     let loss = model.forward_backward(&x, n, a.m);
+    if !loss.is_finite() {
+        bail!("{}: the step's loss is {loss}: the checkpoint or the views hold values out of range", input.display());
+    }
     opt.update(&mut model.trainable_params(), a.lr);
-    let obj =
-        official::to_official_with(&mut model, info.epoch, info.arch.as_deref().unwrap_or("vit"), Some((&opt, a.lr)));
+    let arch = info.arch.unwrap_or_else(|| if kind == OptimizerKind::Lars { "resnet".into() } else { "vit".into() });
+    let obj = official::to_official_with(&mut model, info.epoch, &arch, Some((&opt, a.lr)));
     super::writer::save(out, &obj)?;
     Ok(loss)
 }
