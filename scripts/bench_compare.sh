@@ -8,7 +8,8 @@
 #                                                     one thread each, on the same JPEG files)
 #
 # C1/C2 run the ViT peer (scripts/bench_step_torch.py); resnet18/resnet50 run the official code
-# itself (scripts/bench_resnet_official.py, batch 8 at 224 px; BATCH and IMAGE override).
+# itself (scripts/bench_resnet_official.py, batch 8 at 224 px; resnet18_cifar: the CIFAR stem,
+# batch 32 at 32 px; BATCH and IMAGE override).
 # Needs a release build (cargo build --release) and PyTorch (+ torchvision) in PYTHON's environment.
 set -euo pipefail
 cfg=${1:-C1}
@@ -19,13 +20,14 @@ bin="$here/target/release/mocov3"
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 "$py" -c 'import torch' 2>/dev/null || { echo "PyTorch is not importable by $py (pip install torch)" >&2; exit 1; }
 log=$(mktemp)
+if [ "$cfg" = resnet18_cifar ]; then batch=${BATCH:-32} image=${IMAGE:-32}; else batch=${BATCH:-8} image=${IMAGE:-224}; fi
 for r in $(seq 1 "$rounds"); do
   for who in mocov3 pytorch; do
     case "$who:$cfg" in
-      mocov3:resnet*) cmd=("$bin" bench step --arch "$cfg" --batch "${BATCH:-8}" --image "${IMAGE:-224}") ;;
+      mocov3:resnet*) cmd=("$bin" bench step --arch "$cfg" --batch "$batch" --image "$image") ;;
       pytorch:resnet*)
         [ -n "${OFFICIAL:-}" ] || { echo "set OFFICIAL to a checkout of facebookresearch/moco-v3" >&2; exit 1; }
-        cmd=("$py" "$here/scripts/bench_resnet_official.py" --official "$OFFICIAL" --arch "$cfg" --batch "${BATCH:-8}" --image "${IMAGE:-224}") ;;
+        cmd=("$py" "$here/scripts/bench_resnet_official.py" --official "$OFFICIAL" --arch "$cfg" --batch "$batch" --image "$image") ;;
       mocov3:data)
         "$bin" bench data --dir "$here/runs/bench-data" --images "${IMAGES:-200}" --rounds 1 >/dev/null  # generate the files
         cmd=("$bin" bench data --dir "$here/runs/bench-data" --images "${IMAGES:-200}") ;;

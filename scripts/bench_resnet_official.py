@@ -10,6 +10,9 @@ the loss's `.cuda()` is made a no-op. Random images in [0, 1), one fixed batch.
     python scripts/bench_resnet_official.py --official PATH/TO/moco-v3 [--arch resnet50] [--batch 8]
         [--image 224] [--threads 2] [--warmup 2] [--steps 5]
 
+--arch resnet18_cifar: torchvision's resnet18 with the CIFAR stem (run it with --batch 32 --image 32,
+as `mocov3 bench step --arch resnet18_cifar`).
+
 Prints: RESULT framework=official config=resnet50 img_per_s=... step_ms_median=... loss_first=... loss_last=...
 """
 import argparse
@@ -45,7 +48,17 @@ def main():
     if not torch.distributed.is_initialized():
         torch.distributed.init_process_group("gloo", init_method="tcp://127.0.0.1:29531", rank=0, world_size=1)
     torch.manual_seed(0)
-    model = moco.builder.MoCo_ResNet(partial(tvm.__dict__[a.arch], zero_init_residual=True), 256, 4096, 1.0)
+    if a.arch == "resnet18_cifar":
+        # Not in the official code: torchvision's resnet18 with the CIFAR stem (a 3x3 stride-1
+        # conv1, no max-pool), as mocov3's `cifar` ResNets and the parity fixtures build it.
+        def arch(**kw):
+            net = tvm.resnet18(zero_init_residual=True, **kw)
+            net.conv1 = torch.nn.Conv2d(3, 64, kernel_size=3, stride=1, padding=1, bias=False)
+            net.maxpool = torch.nn.Identity()
+            return net
+    else:
+        arch = partial(tvm.__dict__[a.arch], zero_init_residual=True)
+    model = moco.builder.MoCo_ResNet(arch, 256, 4096, 1.0)
     model.train()
     n = a.batch
     opt = moco.optimizer.LARS(model.parameters(), 0.6 * n / 256, weight_decay=1e-6, momentum=0.9)

@@ -83,16 +83,20 @@ pub fn config(name: &str) -> Result<BenchConfig> {
     Ok(BenchConfig { name: name.into(), model, batch })
 }
 
-/// The official ResNet MoCo v3 step (projector 2048-4096-256, τ 1.0, LARS) at 224 px, batch 8
-/// unless overridden.
+/// The official ResNet MoCo v3 step (projector 2048-4096-256, or 512-4096-256 for a ResNet-18, τ
+/// 1.0, LARS) at 224 px, batch 8 unless overridden; `resnet18_cifar` is the CIFAR ResNet-18 (3×3
+/// stride-1 stem, no max-pool) at 32 px, batch 32.
 pub fn resnet_config(arch: &str) -> Result<BenchConfig> {
-    let depth = match arch {
-        "resnet50" => 50,
-        "resnet18" => 18,
-        other => bail!("unknown --arch '{other}': expected resnet18 or resnet50 (the ViTs are --config C1/C2)"),
+    let (depth, cifar, img, batch) = match arch {
+        "resnet50" => (50, false, 224, 8),
+        "resnet18" => (18, false, 224, 8),
+        "resnet18_cifar" => (18, true, 32, 32),
+        other => bail!(
+            "unknown --arch '{other}': expected resnet18, resnet18_cifar or resnet50 (the ViTs are --config C1/C2)"
+        ),
     };
-    let backbone = BackboneConfig::ResNet(ResNetConfig { depth, cifar: false, img: 224, in_chans: 3 });
-    Ok(BenchConfig { name: arch.into(), model: MocoConfig { backbone, mlp_dim: 4096, out_dim: 256, t: 1.0 }, batch: 8 })
+    let backbone = BackboneConfig::ResNet(ResNetConfig { depth, cifar, img, in_chans: 3 });
+    Ok(BenchConfig { name: arch.into(), model: MocoConfig { backbone, mlp_dim: 4096, out_dim: 256, t: 1.0 }, batch })
 }
 
 /// Multiply-add FLOPs (2 per MAC) of one training step as the official code computes it (every

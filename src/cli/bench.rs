@@ -12,7 +12,8 @@ pub enum Cmd {
         #[arg(long, default_value = "C1")]
         config: String,
         /// A ResNet step instead (resnet18 | resnet50: official heads, τ 1.0, LARS; 224 px,
-        /// batch 8 unless --image / --batch say otherwise).
+        /// batch 8; resnet18_cifar: the CIFAR stem at 32 px, batch 32; unless --image / --batch
+        /// say otherwise).
         #[arg(long)]
         arch: Option<String>,
         /// Untimed steps first.

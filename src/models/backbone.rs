@@ -170,11 +170,12 @@ impl Backbone {
         }
     }
 
-    /// A ViT that is never differentiated (the momentum encoder, frozen probes) can share its
-    /// activation buffers between blocks; the ResNet always keeps them.
+    /// A backbone that is never differentiated (the momentum encoder, frozen probes) can share its
+    /// activation buffers between blocks.
     pub fn set_keep_activations(&mut self, keep: bool) {
-        if let Backbone::Vit(v) = self {
-            v.keep_activations = keep;
+        match self {
+            Backbone::Vit(v) => v.keep_activations = keep,
+            Backbone::ResNet(r) => r.keep_activations = keep,
         }
     }
 

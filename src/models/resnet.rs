@@ -2,6 +2,14 @@
 //! builds them), on NHWC activations, with a CIFAR variant (3×3 stride-1 stem, no max-pool). The
 //! feature is the global average pool (the `fc` input). BatchNorms take a number of row groups,
 //! so the two views of MoCo are normalised separately as in the official two passes.
+//!
+//! What is kept for the backward is what torchvision's autograd keeps: per stage the convolution's
+//! output (the BN's input) and the BN's output after the in-place ReLU (the next convolution's
+//! input and the ReLU's mask). A block's sum `relu(bn3 + identity)` is written in place over its
+//! last BN's output, and the downsample's BN output, needed only for that sum, lives in a scratch
+//! shared by every block. A ResNet that is never differentiated (the momentum encoder, feature
+//! extraction: `keep_activations` false) keeps nothing: each block borrows its buffers from a
+//! shared pool for its forward, and the block outputs alternate between two slots.
 
 use crate::engine::rng::Rng;
 use crate::engine::tensor::Tensor;
@@ -30,11 +38,21 @@ fn stage(
 }
 
 struct Block {
+    /// The last stage's BN output is the block's output: relu(main + identity), in place.
     stages: Vec<ConvBn>,
     down: Option<ConvBn>,
-    /// relu(main + identity): the block's output (the ReLU in place).
-    sum: Tensor,
     dims: (usize, usize, usize, usize, usize),
+}
+
+/// Swap each tensor with the slot of the same index (the slots grow to as many as needed); the
+/// same call again swaps them back.
+fn swap_slots(ts: Vec<&mut Tensor>, slots: &mut Vec<Tensor>) {
+    if slots.len() < ts.len() {
+        slots.resize_with(ts.len(), Tensor::new);
+    }
+    for (t, s) in ts.into_iter().zip(slots.iter_mut()) {
+        std::mem::swap(t, s);
+    }
 }
 
 impl Block {
@@ -61,7 +79,39 @@ impl Block {
         };
         let down = (stride != 1 || cin != cout)
             .then(|| stage(&n("downsample.0"), &n("downsample.1"), cin, cout, 1, stride, false, rng));
-        Block { stages, down, sum: Tensor::new(), dims: (0, 0, 0, 0, 0) }
+        Block { stages, down, dims: (0, 0, 0, 0, 0) }
+    }
+
+    /// The block's output, `[n, oh, ow, cout]`.
+    fn out(&self) -> &[f32] {
+        self.stages.last().unwrap().out()
+    }
+
+    /// The buffer behind [`Block::out`].
+    fn out_tensor(&mut self) -> &mut Tensor {
+        &mut self.stages.last_mut().unwrap().bn.y
+    }
+
+    /// The buffers a forward writes and only the forward reads: the downsample's BN output; with
+    /// `all`, every activation but the output (what a block that is never differentiated borrows).
+    fn scratch(&mut self, all: bool) -> Vec<&mut Tensor> {
+        let mut v = Vec::new();
+        let last = self.stages.len() - 1;
+        if all {
+            for (i, st) in self.stages.iter_mut().enumerate() {
+                v.push(&mut st.conv.proj.y);
+                if i < last {
+                    v.push(&mut st.bn.y);
+                }
+            }
+        }
+        if let Some(d) = &mut self.down {
+            if all {
+                v.push(&mut d.conv.proj.y);
+            }
+            v.push(&mut d.bn.y);
+        }
+        v
     }
 
     fn cout(&self) -> usize {
@@ -87,16 +137,16 @@ impl Block {
             (ch, cw) = rest[0].forward(&input[..n * ch * cw * cin], n, ch, cw, groups, sc);
         }
         let len = n * ch * cw * self.cout();
-        ensure(&mut self.sum, len);
-        let main = &self.stages.last().unwrap().bn.output()[..len];
-        match &mut self.down {
+        let identity = match &mut self.down {
             Some(d) => {
                 d.forward(x, n, h, w, groups, sc);
-                ops::add(&mut self.sum[..len], main, &d.bn.output()[..len]);
+                &d.out()[..len]
             }
-            None => ops::add(&mut self.sum[..len], main, &x[..len]),
-        }
-        ops::relu_inplace(&mut self.sum[..len]);
+            None => &x[..len],
+        };
+        let sum = &mut self.stages.last_mut().unwrap().bn.y[..len];
+        ops::add_assign(sum, identity);
+        ops::relu_inplace(sum);
         self.dims = (n, h, w, ch, cw);
         (ch, cw)
     }
@@ -109,7 +159,7 @@ impl Block {
         let [g, u, t] = s;
         ensure(g, len);
         g[..len].copy_from_slice(&dout[..len]);
-        ops::relu_backward_inplace(&mut g[..len], &self.sum[..len]);
+        ops::relu_backward_inplace(&mut g[..len], &self.out()[..len]);
         // Identity path: the block output's gradient through the final ReLU.
         match &mut self.down {
             Some(d) => {
@@ -176,6 +226,14 @@ pub struct ResNet {
     /// Pooled features `[images, channels]`.
     pub feat: Tensor,
     pub dim: usize,
+    /// Keep what the backward needs (true), or nothing (a ResNet never differentiated: see the
+    /// module doc).
+    pub keep_activations: bool,
+    /// The buffers lent to one block at a time (see [`Block::scratch`]).
+    pool_mid: Vec<Tensor>,
+    /// The slots block outputs alternate between when nothing is kept (slot 1 first holds the
+    /// stem's or the max-pool's output).
+    pool_out: Vec<Tensor>,
     x_nhwc: Tensor,
     scratch: [Tensor; 3],
     dbuf: [Tensor; 2],
@@ -223,6 +281,9 @@ impl ResNet {
             blocks,
             feat: Tensor::new(),
             dim: cin,
+            keep_activations: true,
+            pool_mid: Vec::new(),
+            pool_out: Vec::new(),
             x_nhwc: Tensor::new(),
             scratch: Default::default(),
             dbuf: Default::default(),
@@ -294,33 +355,80 @@ impl ResNet {
         ops::nchw_to_nhwc(&mut self.x_nhwc, x, n, c, h * w);
         self.dims.clear();
         self.dims_in = (h, w);
+        let keep = self.keep_activations;
+        if self.pool_out.len() < 2 {
+            self.pool_out.resize_with(2, Tensor::new);
+        }
+        // Without keeping: the stem's convolution output borrows scratch slot 0, its BN output
+        // scratch slot 1 when the max-pool follows (whose output takes output slot 1), else
+        // output slot 1 (it is the first block's input).
+        let lend_stem = |s: &mut Self| {
+            if s.pool_mid.len() < 2 {
+                s.pool_mid.resize_with(2, Tensor::new);
+            }
+            std::mem::swap(&mut s.stem.conv.proj.y, &mut s.pool_mid[0]);
+            let slot = if s.pool.is_some() { &mut s.pool_mid[1] } else { &mut s.pool_out[1] };
+            std::mem::swap(&mut s.stem.bn.y, slot);
+        };
+        if !keep {
+            lend_stem(self);
+        }
         let sc = &mut self.conv_scratch;
         let (mut ch, mut cw) = self.stem.forward(&self.x_nhwc[..n * h * w * c], n, h, w, groups, sc);
         self.dims.push((ch, cw));
         if let Some(p) = &mut self.pool {
+            if !keep {
+                std::mem::swap(&mut p.y, &mut self.pool_out[1]);
+            }
             p.forward(self.stem.out(), n, ch, cw, self.stem.conv.cout);
             (ch, cw) = p.out_size(ch, cw);
             self.dims.push((ch, cw));
         }
+        if !keep && self.pool.is_some() {
+            lend_stem(self);
+        } else if !keep {
+            // The stem's output is the first block's input; its convolution output goes back now.
+            std::mem::swap(&mut self.stem.conv.proj.y, &mut self.pool_mid[0]);
+        }
         for i in 0..self.blocks.len() {
             let (prev, rest) = self.blocks.split_at_mut(i);
+            let b = &mut rest[0];
+            swap_slots(b.scratch(!keep), &mut self.pool_mid);
+            if !keep {
+                std::mem::swap(b.out_tensor(), &mut self.pool_out[i % 2]);
+            }
             let input: &[f32] = if i > 0 {
-                &prev[i - 1].sum
+                prev[i - 1].out()
             } else if let Some(p) = &self.pool {
-                &p.y
+                p.output()
             } else {
                 self.stem.out()
             };
-            (ch, cw) = rest[0].forward(input, n, ch, cw, groups, sc);
+            (ch, cw) = b.forward(input, n, ch, cw, groups, &mut self.conv_scratch);
+            swap_slots(b.scratch(!keep), &mut self.pool_mid);
+            if !keep {
+                // The input is read for the last time: its buffer goes back to its slot.
+                let slot = &mut self.pool_out[(i + 1) % 2];
+                match (i, &mut self.pool) {
+                    (0, Some(p)) => std::mem::swap(&mut p.y, slot),
+                    (0, None) => std::mem::swap(&mut self.stem.bn.y, slot),
+                    _ => std::mem::swap(prev[i - 1].out_tensor(), slot),
+                }
+            }
         }
         ensure(&mut self.feat, n * self.dim);
-        let last = &self.blocks.last().unwrap().sum;
-        ops::global_avg_forward(&mut self.feat, last, n, ch * cw, self.dim);
+        let nb = self.blocks.len();
+        let last = &mut self.blocks[nb - 1];
+        ops::global_avg_forward(&mut self.feat, last.out(), n, ch * cw, self.dim);
+        if !keep {
+            std::mem::swap(last.out_tensor(), &mut self.pool_out[(nb - 1) % 2]);
+        }
         &self.feat[..n * self.dim]
     }
 
     /// Gradients of every parameter from the gradient of the features.
     pub fn backward(&mut self, dfeat: &[f32]) {
+        assert!(self.keep_activations, "backward through a ResNet that does not keep its activations");
         let nb = self.blocks.len();
         let (n, _, _, oh, ow) = self.blocks[nb - 1].dims;
         let [da, db] = &mut self.dbuf;
@@ -331,9 +439,9 @@ impl ResNet {
             ensure(db, bn * bh * bw * self.blocks[i].stages[0].conv.cin);
             let (prev, rest) = self.blocks.split_at_mut(i);
             let input: &[f32] = if i > 0 {
-                &prev[i - 1].sum
+                prev[i - 1].out()
             } else if let Some(p) = &self.pool {
-                &p.y
+                p.output()
             } else {
                 self.stem.out()
             };
@@ -411,6 +519,48 @@ mod tests {
                     ..Probe::default()
                 },
             );
+        }
+    }
+
+    /// Without keeping, the same features and running statistics bit for bit, at two batch sizes
+    /// in a row, and no layer left holding an activation.
+    #[test]
+    fn forward_without_keeping_is_the_same() {
+        for (bottleneck, cifar) in [(false, true), (true, false)] {
+            let new = || {
+                let mut net = ResNet::new(&[1, 2], bottleneck, 4, 3, cifar, &mut Rng::new(5));
+                net.visit(&mut |p| {
+                    if p.name.contains(".bn") && p.name.ends_with("weight") {
+                        p.w.iter_mut().for_each(|v| *v = 0.7);
+                    }
+                });
+                net
+            };
+            let (mut a, mut b) = (new(), new());
+            b.keep_activations = false;
+            let mut rng = Rng::new(9);
+            for n in [4, 2] {
+                let x: Vec<f32> = (0..n * 3 * 12 * 12).map(|_| rng.normal()).collect();
+                let fa = a.forward(&x, n, 12, 12, 2).to_vec();
+                let fb = b.forward(&x, n, 12, 12, 2).to_vec();
+                assert!(fa.iter().zip(&fb).all(|(p, q)| p.to_bits() == q.to_bits()), "features differ");
+            }
+            let stats = |net: &mut ResNet| {
+                let mut v = net.stem.bn.running_var.to_vec();
+                for bl in net.blocks.iter_mut() {
+                    for bn in bl.bns() {
+                        v.extend(bn.running_mean.iter().chain(bn.running_var.iter()));
+                    }
+                }
+                v
+            };
+            assert_eq!(stats(&mut a), stats(&mut b));
+            let empty = |c: &ConvBn| c.conv.proj.y.is_empty() && c.bn.y.is_empty();
+            assert!(empty(&b.stem) && b.pool.as_ref().is_none_or(|p| p.y.is_empty()));
+            for bl in &b.blocks {
+                assert!(bl.stages.iter().chain(&bl.down).all(empty), "a block kept a buffer");
+            }
+            assert!(!a.blocks.iter().any(|bl| bl.stages.iter().any(empty)), "the kept activations");
         }
     }
 
