@@ -96,6 +96,7 @@ const OPS: &[(&str, &[&str])] = &[
     ("batchnorm_backward_dx", &["batchnorm_backward_dx"]),
     ("im2col", &["im2col"]),
     ("col2im", &["col2im"]),
+    ("swap_inner_axes", &["swap_inner_axes"]),
     ("patchify", &["patchify"]),
     ("nchw_to_nhwc", &["nchw_to_nhwc"]),
     ("maxpool_forward", &["maxpool_forward"]),

@@ -238,6 +238,13 @@ fn convolution_columns_and_layouts() {
         let mut gdx = d.up(&vec![f32::NAN; x.len()]);
         launch::col2im(d.gpu, &mut gdx, &d.up(&dcols), g).unwrap();
         close(&d.down(&gdx), &wdx, d.tol(1e-6), &d.what("col2im"));
+        let (batch, a, b) = (4, 3, 9);
+        let w = values(batch * a * b, 21);
+        let mut want = vec![0.0; w.len()];
+        ops::swap_inner_axes(&mut want, &w, batch, a, b);
+        let mut got = DevBuf::default();
+        launch::swap_inner_axes(d.gpu, &mut got, &d.up(&w), batch, a, b).unwrap();
+        assert_eq!(d.down(&got)[..w.len()], want[..], "{}", d.what("swap_inner_axes"));
 
         let (batch, c, img, p) = (2, 3, 8, 4);
         let imgs = values(batch * c * img * img, 20);

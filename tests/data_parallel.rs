@@ -1,8 +1,8 @@
 //! Data-parallel pre-training over MPI (built with `--features mpi`; needs Open MPI's `mpirun`,
 //! which `scripts/test.sh` installs): two processes with global batch 16 train as one process
-//! with batch 16 (losses and final weights within 1e-5, ViT with BN heads and ResNet-18 with
-//! SyncBN everywhere; the ranks' own check that they hold bit-identical weights after every
-//! epoch passes), a 2-process run killed and resumed ends bit-exactly as an uninterrupted one,
+//! with batch 16 (losses within 1e-5; final weights within 1e-5 for a ViT with BN heads, 1e-4
+//! for a ResNet-18 with SyncBN everywhere; the ranks' own check that they hold bit-identical
+//! weights after every epoch passes), a 2-process run killed and resumed ends bit-exactly as an uninterrupted one,
 //! and ranks that disagree or fail end the job with the failing rank's message instead of
 //! hanging.
 #![cfg(feature = "mpi")]
@@ -104,8 +104,8 @@ fn tensors(out: &Path) -> Vec<(String, Vec<f32>)> {
 }
 
 /// Two ranks against one process: the same losses within 1e-5 relative, and every tensor
-/// (weights, BN buffers, optimiser state) within 1e-5 of its largest magnitude (at least 0.01).
-fn check_parity(name: &str, extra: &[&str]) {
+/// (weights, BN buffers, optimiser state) within `tol` of its largest magnitude (at least 0.01).
+fn check_parity(name: &str, extra: &[&str], tol: f64) {
     let (one, two) = (tmp(&format!("{name}-1")), tmp(&format!("{name}-2")));
     one_process(&pretrain_args(&one, 2, 3, extra));
     let err = two_ranks(&pretrain_args(&two, 2, 3, extra));
@@ -146,14 +146,14 @@ fn check_parity(name: &str, extra: &[&str]) {
         let scale = va.iter().fold(0.0f32, |m, v| m.max(v.abs())).max(1e-2) as f64;
         let diff = va.iter().zip(&vb).fold(0.0f32, |m, (x, y)| m.max((x - y).abs())) as f64;
         worst = worst.max(diff / scale);
-        assert!(diff <= 1e-5 * scale, "{name}: {na} differs by {diff:e} (largest value {scale:e})");
+        assert!(diff <= tol * scale, "{name}: {na} differs by {diff:e} (largest value {scale:e})");
     }
     eprintln!("{name}: {} tensors, largest relative difference {worst:e}", ta.len());
 }
 
 #[test]
 fn two_ranks_train_as_one_process_vit() {
-    check_parity("vit", &[]);
+    check_parity("vit", &[], 1e-5);
 }
 
 #[test]
@@ -168,6 +168,12 @@ fn two_ranks_train_as_one_process_resnet18() {
             "lr=0.3",
             "moco_t=1.0",
         ],
+        // BatchNorms over a few rows amplify rounding: two orders of summation (8 + 8 rows
+        // all-reduced against 16) move the LARS buffer of one BN bias by 5.7e-5 of its scale
+        // after 6 steps (every other tensor stays under 7e-6), and the official float32 ResNet
+        // step sits a median 0.07% from float64 (tests/resnet_parity.rs). A wrong all-reduce or
+        // per-rank BN statistics differ by percents.
+        1e-4,
     );
 }
 

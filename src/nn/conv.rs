@@ -1,7 +1,8 @@
-//! 2D convolution on NHWC activations (`[images, h, w, chans]` row-major), as im2col + a
-//! Linear layer over the columns. The weight keeps PyTorch's layout `[out, in, kh, kw]` (the
-//! im2col columns are ordered (in, kh, kw) to match), so checkpoints map one to one. Zero padding,
-//! any stride.
+//! 2D convolution on NHWC activations (`[images, h, w, chans]` row-major), as im2col + a GEMM
+//! over the columns. The weight keeps PyTorch's layout `[out, in, kh, kw]`, so checkpoints map one
+//! to one; the im2col columns are ordered (kh, kw, in) (contiguous runs of channels), so a k×k
+//! convolution multiplies by a copy of the weight in that order and turns its gradient back.
+//! Zero padding, any stride.
 
 use super::linear::Linear;
 use super::param::{Module, Param};
@@ -9,12 +10,14 @@ use crate::engine::ensure;
 use crate::engine::ops::{self, ConvShape};
 use crate::engine::tensor::Tensor;
 
-/// Scratch of the im2col columns and their gradient, shared by every convolution of a network
-/// (the columns are rebuilt from the input in backward, so no layer keeps its own).
+/// Scratch of the im2col columns and their gradient, and of a weight gradient in the columns'
+/// order, shared by every convolution of a network (the columns are rebuilt from the input in
+/// backward, so no layer keeps its own).
 #[derive(Default)]
 pub struct ConvScratch {
     cols: Tensor,
     dcols: Tensor,
+    dw: Tensor,
 }
 
 pub struct Conv2d {
@@ -27,6 +30,8 @@ pub struct Conv2d {
     pub stride: usize,
     pub pad: usize,
     dims: (usize, usize, usize),
+    /// The weight in the im2col columns' order `[out, kh·kw, in]` (k > 1), made by each forward.
+    w_cols: Tensor,
 }
 
 impl Conv2d {
@@ -34,7 +39,7 @@ impl Conv2d {
     pub fn new(name: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Conv2d {
         let mut proj = Linear::new(name, cin * k * k, cout, bias);
         proj.w.shape = vec![cout, cin, k, k];
-        Conv2d { proj, cin, cout, k, stride, pad, dims: (0, 0, 0) }
+        Conv2d { proj, cin, cout, k, stride, pad, dims: (0, 0, 0), w_cols: Tensor::new() }
     }
 
     /// Output height and width for an input of `h` × `w`.
@@ -58,11 +63,28 @@ impl Conv2d {
         let (oh, ow) = self.out_size(h, w);
         self.dims = (images, h, w);
         let rows = images * oh * ow;
+        let kk = self.cin * self.k * self.k;
         if self.pointwise() {
             self.proj.forward(x, rows);
+        } else if self.k == 1 {
+            ops::im2col(&mut sc.cols, x, self.shape());
+            self.proj.forward(&sc.cols[..rows * kk], rows);
         } else {
             ops::im2col(&mut sc.cols, x, self.shape());
-            self.proj.forward(&sc.cols[..rows * self.cin * self.k * self.k], rows);
+            ensure(&mut self.w_cols, self.cout * kk);
+            ops::swap_inner_axes(&mut self.w_cols, &self.proj.w.w, self.cout, self.cin, self.k * self.k);
+            let p = &mut self.proj;
+            ensure(&mut p.y, rows * self.cout);
+            let bias = p.b.as_ref().map(|b| &b.w[..]);
+            ops::matmul_forward(
+                &mut p.y,
+                &sc.cols[..rows * kk],
+                &self.w_cols[..self.cout * kk],
+                bias,
+                rows,
+                kk,
+                self.cout,
+            );
         }
     }
 
@@ -82,13 +104,32 @@ impl Conv2d {
         }
         ops::im2col(&mut sc.cols, x, self.shape());
         let cols = &sc.cols[..rows * kk];
-        let Some(dx) = dx else {
-            self.proj.backward(cols, dy, rows, None);
-            return;
+        let dcols = match dx.is_some() {
+            true => {
+                ensure(&mut sc.dcols, rows * kk);
+                Some(&mut sc.dcols[..rows * kk])
+            }
+            false => None,
         };
-        ensure(&mut sc.dcols, rows * kk);
-        self.proj.backward(cols, dy, rows, Some(&mut sc.dcols[..rows * kk]));
-        ops::col2im(dx, &sc.dcols[..rows * kk], self.shape());
+        if k == 1 {
+            self.proj.backward(cols, dy, rows, dcols);
+        } else {
+            // The GEMM's weight is the (kh, kw, in) copy; its gradient goes back to (in, kh, kw).
+            let p = &mut self.proj;
+            let trainable = p.w.trainable;
+            if trainable {
+                ensure(&mut sc.dw, self.cout * kk);
+            }
+            let dw = trainable.then_some(&mut sc.dw[..self.cout * kk]);
+            let db = p.b.as_mut().filter(|b| b.trainable).map(|b| &mut b.g[..]);
+            ops::matmul_backward(dcols, dw, db, dy, cols, &self.w_cols[..self.cout * kk], rows, kk, self.cout);
+            if trainable {
+                ops::swap_inner_axes(&mut p.w.g, &sc.dw, self.cout, k * k, c);
+            }
+        }
+        if let Some(dx) = dx {
+            ops::col2im(dx, &sc.dcols[..rows * kk], self.shape());
+        }
     }
 }
 

@@ -1,7 +1,8 @@
 //! Convolution as im2col + GEMM on NHWC activations (`[images, h, w, chans]` row-major), the
 //! layout change from the data pipeline's NCHW, and the patch embedding's im2col (kernel =
-//! stride = patch, on NCHW images). Column order (in, kh, kw) matches PyTorch's weight layout
-//! `[out, in, kh, kw]`, so checkpoints map one to one.
+//! stride = patch, on NCHW images). The convolution's columns are ordered (kh, kw, in), each
+//! kernel position one contiguous run of channels; the convolution turns PyTorch's weight layout
+//! `[out, in, kh, kw]` (which checkpoints keep) into that order with [`swap_inner_axes`].
 
 use crate::engine::tensor::Tensor;
 use crate::engine::{ensure, par};
@@ -39,38 +40,28 @@ pub fn nchw_to_nhwc(out: &mut Tensor, inp: &[f32], n: usize, c: usize, hw: usize
     }
 }
 
-/// The im2col columns of `inp` (NHWC, shape `g`) into `cols` `[images·oh·ow, c·k·k]` (grown as
-/// needed): one row per output pixel, ordered (in, kh, kw).
+/// The im2col columns of `inp` (NHWC, shape `g`) into `cols` `[images·oh·ow, k·k·c]` (grown as
+/// needed): one row per output pixel, ordered (kh, kw, in), so that each kernel position is one
+/// contiguous run of an input pixel's channels. (PyTorch's weight `[out, in, kh, kw]` is ordered
+/// (in, kh, kw): [`swap_inner_axes`] turns it into this order.)
 pub fn im2col(cols: &mut Tensor, inp: &[f32], g: ConvShape) {
     let ConvShape { h, w, c, k, s, p, .. } = g;
     let (oh, ow) = g.out_hw();
-    let (rows, kk, kk2) = (g.images * oh * ow, c * k * k, k * k);
+    let (rows, kk) = (g.images * oh * ow, c * k * k);
     let x = inp;
     ensure(cols, rows * kk);
     par::for_rows(&mut cols[..rows * kk], kk, |r, col| {
         let (n, rem) = (r / (oh * ow), r % (oh * ow));
         let (oy, ox) = (rem / ow, rem % ow);
-        if k == 1 {
-            let (iy, ix) = (oy * s, ox * s);
-            col.copy_from_slice(&x[((n * h + iy) * w + ix) * c..][..c]);
-            return;
-        }
-        // Kernel position outer, channels inner: each input pixel is read as one contiguous
-        // run of channels; the bounds are checked once per kernel position.
         for ki in 0..k {
             let iy = (oy * s + ki) as isize - p as isize;
             for kj in 0..k {
                 let ix = (ox * s + kj) as isize - p as isize;
-                let off = ki * k + kj;
+                let dst = &mut col[(ki * k + kj) * c..][..c];
                 if iy >= 0 && ix >= 0 && (iy as usize) < h && (ix as usize) < w {
-                    let src = &x[((n * h + iy as usize) * w + ix as usize) * c..][..c];
-                    for (ci, &v) in src.iter().enumerate() {
-                        col[ci * kk2 + off] = v;
-                    }
+                    dst.copy_from_slice(&x[((n * h + iy as usize) * w + ix as usize) * c..][..c]);
                 } else {
-                    for ci in 0..c {
-                        col[ci * kk2 + off] = 0.0;
-                    }
+                    dst.fill(0.0);
                 }
             }
         }
@@ -84,7 +75,6 @@ pub fn col2im(dinp: &mut [f32], dcols: &[f32], g: ConvShape) {
     let ConvShape { images, h, w, c, k, s, p } = g;
     let (oh, ow) = g.out_hw();
     let kk = c * k * k;
-    let kk2 = k * k;
     let dc = &dcols[..images * oh * ow * kk];
     dinp[..images * h * w * c].par_chunks_mut(h * w * c).enumerate().for_each(|(n, img)| {
         img.fill(0.0);
@@ -102,15 +92,27 @@ pub fn col2im(dinp: &mut [f32], dcols: &[f32], g: ConvShape) {
                             continue;
                         }
                         let dst = &mut img[(iy as usize * w + ix as usize) * c..][..c];
-                        let off = ki * k + kj;
-                        for (ci, d) in dst.iter_mut().enumerate() {
-                            *d += col[ci * kk2 + off];
-                        }
+                        crate::engine::vec::add_assign_serial(dst, &col[(ki * k + kj) * c..][..c]);
                     }
                 }
             }
         }
     });
+}
+
+/// `out` `[batch, b, a]` = `inp` `[batch, a, b]` with the two inner axes swapped, written: a
+/// convolution weight `[out, in, kh·kw]` (PyTorch's order) into the im2col order `[out, kh·kw,
+/// in]`, and its gradient back.
+pub fn swap_inner_axes(out: &mut [f32], inp: &[f32], batch: usize, a: usize, b: usize) {
+    let n = batch * a * b;
+    assert!(inp.len() >= n && out.len() >= n, "swap_inner_axes: buffers shorter than {batch}x{a}x{b}");
+    for (o, i) in out[..n].chunks_exact_mut(a * b).zip(inp[..n].chunks_exact(a * b)) {
+        for (x, row) in i.chunks_exact(b).enumerate() {
+            for (y, &v) in row.iter().enumerate() {
+                o[y * a + x] = v;
+            }
+        }
+    }
 }
 
 /// Patches of NCHW images `inp` `[batch, c, img, img]` into `cols` `[batch·g², c·p·p]` (g = img /

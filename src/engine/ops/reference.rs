@@ -347,7 +347,7 @@ fn conv_layout_ops_match_direct_indexing() {
                             for kj in 0..k {
                                 let (y, xx) =
                                     ((oy * s + ki) as isize - p as isize, (ox * s + kj) as isize - p as isize);
-                                want[((n * oh + oy) * ow + ox) * kk + (ch * k + ki) * k + kj] = pixel(n, y, xx, ch);
+                                want[((n * oh + oy) * ow + ox) * kk + (ki * k + kj) * c + ch] = pixel(n, y, xx, ch);
                             }
                         }
                     }
@@ -366,6 +366,21 @@ fn conv_layout_ops_match_direct_indexing() {
         let rhs: f64 = x.iter().zip(&dx).map(|(&a, &b)| a as f64 * b as f64).sum();
         assert!((lhs - rhs).abs() < 1e-3 * lhs.abs().max(1.0), "col2im adjoint {g:?}: {lhs} vs {rhs}");
     }
+
+    // The weight's axis swap, and back.
+    let (batch, a, b) = (3, 4, 9);
+    let wt = randn(&mut rng, batch * a * b);
+    let (mut sw, mut back) = (vec![0.0; wt.len()], vec![0.0; wt.len()]);
+    swap_inner_axes(&mut sw, &wt, batch, a, b);
+    for t in 0..batch {
+        for x in 0..a {
+            for y in 0..b {
+                assert_eq!(sw[(t * b + y) * a + x].to_bits(), wt[(t * a + x) * b + y].to_bits(), "swap_inner_axes");
+            }
+        }
+    }
+    swap_inner_axes(&mut back, &sw, batch, b, a);
+    assert_eq!(back, wt, "swap_inner_axes twice");
 
     // NCHW → NHWC, and the patch embedding's columns.
     let (n, c, side, pp) = (2, 3, 8, 4);

@@ -1,5 +1,5 @@
 //! Convolution columns and layouts (kernels/conv.cu; engine/ops/conv.rs): NCHW → NHWC, im2col
-//! and col2im on NHWC activations, and the patch embedding's im2col. One thread per written
+//! and col2im on NHWC activations, the weight's axis swap, and the patch embedding's im2col. One thread per written
 //! element.
 
 use super::{ensure, fits_i32, flat, int, need, DevBuf, Gpu};
@@ -31,8 +31,8 @@ fn geometry(g: ConvShape) -> Result<[Arg; 9], String> {
     Ok([g.images, g.h, g.w, g.c, g.k, g.s, g.p, oh, ow].map(int))
 }
 
-/// The im2col columns of `inp` (NHWC, shape `g`) into `cols` `[images·oh·ow, c·k·k]` (grown as
-/// needed).
+/// The im2col columns of `inp` (NHWC, shape `g`) into `cols` `[images·oh·ow, k·k·c]`, ordered
+/// (kh, kw, in) (grown as needed).
 pub fn im2col(gpu: &Gpu, cols: &mut DevBuf<f32>, inp: &DevBuf<f32>, g: ConvShape) -> Result<(), String> {
     let (oh, ow) = g.out_hw();
     let n = g.images * oh * ow * g.c * g.k * g.k;
@@ -55,6 +55,25 @@ pub fn col2im(gpu: &Gpu, dinp: &mut DevBuf<f32>, dcols: &DevBuf<f32>, g: ConvSha
     args.extend(geometry(g)?);
     // SAFETY: (float* [n], const float*, int ×9), sizes checked.
     unsafe { gpu.launch("col2im", flat(gpu, n), 0, &args) }
+}
+
+/// `out` `[batch, b, a]` = `inp` `[batch, a, b]` with the two inner axes swapped, written (grown
+/// as needed).
+pub fn swap_inner_axes(
+    gpu: &Gpu,
+    out: &mut DevBuf<f32>,
+    inp: &DevBuf<f32>,
+    batch: usize,
+    a: usize,
+    b: usize,
+) -> Result<(), String> {
+    let n = batch * a * b;
+    need(inp, n, "swap_inner_axes: inp")?;
+    fits_i32(&[n], "swap_inner_axes")?;
+    ensure(gpu, out, n)?;
+    let args = [out.arg_mut(gpu), inp.arg(gpu), int(batch), int(a), int(b)];
+    // SAFETY: (float* [n], const float* [n], int ×3).
+    unsafe { gpu.launch("swap_inner_axes", flat(gpu, n), 0, &args) }
 }
 
 /// Patches of NCHW images `inp` `[batch, c, img, img]` into `cols` `[batch·g², c·p·p]` (g =
