@@ -40,14 +40,15 @@ error anywhere shows in the projection), and `<what>.err.<key>` = [max_i |x32_i 
 norms' difference, the projections' difference].
 """
 import argparse
-import json
 import os
-import struct
 import sys
 
 import numpy as np
 import torch
 import torch.nn as nn
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from make_parity_fixtures import write_safetensors  # noqa: E402
 
 SAMPLES = 48
 # The step: LARS lr and weight decay, momentum-encoder m, τ, MoCo dim and MLP width.
@@ -139,24 +140,6 @@ def sample(what, key, t, t64):
         f"{what}.stat.{key}": torch.from_numpy(s32.astype(np.float32)),
         f"{what}.err.{key}": torch.tensor(err, dtype=torch.float32),
     }
-
-
-def write_safetensors(path, tensors, meta):
-    header, blobs, off = {}, [], 0
-    for k in sorted(tensors):
-        t = tensors[k].detach().to(torch.float32).contiguous().cpu()
-        b = t.numpy().tobytes()
-        header[k] = {"dtype": "F32", "shape": list(t.shape), "data_offsets": [off, off + len(b)]}
-        blobs.append(b)
-        off += len(b)
-    header["__metadata__"] = {k: str(v) for k, v in meta.items()}
-    h = json.dumps(header, separators=(",", ":")).encode()
-    h += b" " * ((8 - len(h) % 8) % 8)
-    with open(path, "wb") as f:
-        f.write(struct.pack("<Q", len(h)))
-        f.write(h)
-        for b in blobs:
-            f.write(b)
 
 
 def step(arch, dtype, img, n, last_bn):
