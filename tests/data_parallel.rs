@@ -90,13 +90,7 @@ fn two_ranks(args: &[String]) -> String {
 }
 
 fn logged_losses(out: &Path) -> Vec<f64> {
-    let text = std::fs::read_to_string(out.join("metrics.jsonl")).unwrap();
-    // The step lines (not the instability events).
-    text.lines()
-        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-        .filter(|v| v.get("event").is_none())
-        .map(|v| v["loss"].as_f64().unwrap())
-        .collect()
+    common::logged_steps(out).into_iter().map(|(_, loss)| loss).collect()
 }
 
 fn tensors(out: &Path) -> Vec<(String, Vec<f32>)> {

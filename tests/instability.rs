@@ -45,8 +45,7 @@ fn quiet() -> RunOptions {
 
 /// The event lines of a run's metrics.jsonl.
 fn events(r: &RunSummary) -> Vec<Value> {
-    let text = std::fs::read_to_string(r.checkpoint.with_file_name("metrics.jsonl")).unwrap();
-    text.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()).filter(|v| v.get("event").is_some()).collect()
+    common::metrics_lines(r.checkpoint.parent().unwrap(), true)
 }
 
 fn kept(r: &RunSummary, step: u64) -> PathBuf {

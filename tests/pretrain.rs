@@ -1,6 +1,8 @@
 //! End-to-end pre-training on the synthetic set: bit-exact resume, divergence handling, and the
 //! errors a user meets with bad input.
 
+mod common;
+
 use mocov3::train::checkpoint;
 use mocov3::train::config::{merge_sets, preset, PretrainConfig};
 use mocov3::train::pretrain::{run, RunOptions};
@@ -48,14 +50,7 @@ fn check_resume(name: &str, extra: &[&str]) {
     assert_eq!(resumed, want, "losses differ after resume");
     // The resumed run's log reads as the straight run's: same steps, same losses (the step
     // lines; event lines from the kNN curve may differ, as the monitor's queue refills).
-    let logged = |r: &mocov3::train::pretrain::RunSummary| -> Vec<(u64, f64)> {
-        let text = std::fs::read_to_string(r.checkpoint.parent().unwrap().join("metrics.jsonl")).unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v.get("event").is_none())
-            .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
-            .collect()
-    };
+    let logged = |r: &mocov3::train::pretrain::RunSummary| common::logged_steps(r.checkpoint.parent().unwrap());
     assert!(!logged(&straight).is_empty());
     assert_eq!(logged(&second), logged(&straight), "metrics.jsonl after resume");
 

@@ -85,15 +85,7 @@ fn killed_at_random_and_resumed_it_ends_bit_exactly() {
         common::checkpoint_bits(&ckpt) == common::checkpoint_bits(&straight.join("checkpoint.safetensors")),
         "weights differ after {kills} kills"
     );
-    let log = |d: &Path| -> Vec<(u64, f64)> {
-        let text = std::fs::read_to_string(d.join("metrics.jsonl")).unwrap();
-        text.lines()
-            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
-            .filter(|v| v.get("event").is_none())
-            .map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap()))
-            .collect()
-    };
-    assert_eq!(log(&soak), log(&straight), "the log reads as one run");
+    assert_eq!(common::logged_steps(&soak), common::logged_steps(&straight), "the log reads as one run");
     eprintln!("kill soak: {kills} SIGKILLs, {resumes} resumes, final weights bit-identical");
 }
 

@@ -48,6 +48,21 @@ pub fn checkpoint_tensors(path: &Path) -> Vec<(String, Vec<f32>)> {
     v
 }
 
+/// The lines of a run directory's `metrics.jsonl`, parsed: the step lines, or with `events` the
+/// event lines (instability detections and actions, the kNN monitor).
+pub fn metrics_lines(dir: &Path, events: bool) -> Vec<serde_json::Value> {
+    let text = std::fs::read_to_string(dir.join("metrics.jsonl")).unwrap();
+    text.lines()
+        .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+        .filter(|v| v.get("event").is_some() == events)
+        .collect()
+}
+
+/// (step, loss) of every step line of a run directory's `metrics.jsonl`.
+pub fn logged_steps(dir: &Path) -> Vec<(u64, f64)> {
+    metrics_lines(dir, false).iter().map(|v| (v["step"].as_u64().unwrap(), v["loss"].as_f64().unwrap())).collect()
+}
+
 /// [`checkpoint_tensors`] as bits, for bit-exact comparisons.
 pub fn checkpoint_bits(path: &Path) -> Vec<(String, Vec<u32>)> {
     checkpoint_tensors(path).into_iter().map(|(n, d)| (n, d.iter().map(|x| x.to_bits()).collect())).collect()
