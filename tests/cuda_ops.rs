@@ -109,22 +109,46 @@ fn batchnorm_pieces() {
         close(&d.down(&got), &want, d.tol(1e-5), &d.what("batchnorm_sq_dev"));
         let rstd: Vec<f32> = want.iter().map(|q| 1.0 / (q / range.len() as f32 + 1e-5).sqrt()).collect();
         let (mut wsdy, mut wsdyx) = (vec![0.0; c], vec![0.0; c]);
-        ops::batchnorm_grad_sums(&mut partials, &mut wsdy, &mut wsdyx, &dy, &x, &mean, &rstd, range.clone(), c);
-        let (mut gsdy, mut gsdyx) = (d.zeros(c), d.zeros(c));
+        // A ReLU's output as the mask: about half the values are 0.
+        let mask: Vec<f32> = values(rows * c, 11).iter().map(|v| v.max(0.0)).collect();
+        let maskd = d.up(&mask);
         let (md, rd) = (d.up(&mean), d.up(&rstd));
-        launch::batchnorm_grad_sums(d.gpu, &mut part, &mut gsdy, &mut gsdyx, &dyd, &xd, &md, &rd, range.clone(), c)
+        for m in [None, Some(&mask[..])] {
+            let (mut wsdy, mut wsdyx) = (vec![0.0; c], vec![0.0; c]);
+            ops::batchnorm_grad_sums(&mut partials, &mut wsdy, &mut wsdyx, &dy, &x, &mean, &rstd, range.clone(), c, m);
+            let (mut gsdy, mut gsdyx) = (d.zeros(c), d.zeros(c));
+            let gm = m.map(|_| &maskd);
+            launch::batchnorm_grad_sums(
+                d.gpu,
+                &mut part,
+                &mut gsdy,
+                &mut gsdyx,
+                &dyd,
+                &xd,
+                &md,
+                &rd,
+                range.clone(),
+                c,
+                gm,
+            )
             .unwrap();
-        close(&d.down(&gsdy), &wsdy, d.tol(1e-5), &d.what("batchnorm_grad_sums sdy"));
-        close(&d.down(&gsdyx), &wsdyx, d.tol(1e-5), &d.what("batchnorm_grad_sums sdyx"));
+            close(&d.down(&gsdy), &wsdy, d.tol(1e-5), &d.what("batchnorm_grad_sums sdy"));
+            close(&d.down(&gsdyx), &wsdyx, d.tol(1e-5), &d.what("batchnorm_grad_sums sdyx"));
+        }
         let mut want = vec![0.0; rows * c];
         let (ad, sd) = (d.up(&alpha), d.up(&shift));
-        ops::batchnorm_affine(&mut want, &x, &alpha, &shift, rows, c);
         let mut got = d.zeros(rows * c);
-        launch::batchnorm_affine(d.gpu, &mut got, &xd, &ad, &sd, rows, c).unwrap();
-        close(&d.down(&got), &want, d.tol(1e-6), &d.what("batchnorm_affine"));
-        ops::batchnorm_backward_dx(&mut want, &dy, &x, &alpha, &shift, &mean, rows, c);
-        launch::batchnorm_backward_dx(d.gpu, &mut got, &dyd, &xd, &ad, &sd, &md, rows, c).unwrap();
-        close(&d.down(&got), &want, d.tol(1e-6), &d.what("batchnorm_backward_dx"));
+        for relu in [false, true] {
+            ops::batchnorm_affine(&mut want, &x, &alpha, &shift, rows, c, relu);
+            launch::batchnorm_affine(d.gpu, &mut got, &xd, &ad, &sd, rows, c, relu).unwrap();
+            close(&d.down(&got), &want, d.tol(1e-6), &d.what("batchnorm_affine"));
+        }
+        for m in [None, Some(&mask[..])] {
+            ops::batchnorm_backward_dx(&mut want, &dy, &x, &alpha, &shift, &mean, rows, c, m);
+            let gm = m.map(|_| &maskd);
+            launch::batchnorm_backward_dx(d.gpu, &mut got, &dyd, &xd, &ad, &sd, &md, rows, c, gm).unwrap();
+            close(&d.down(&got), &want, d.tol(1e-6), &d.what("batchnorm_backward_dx"));
+        }
         // Rows past the input are refused.
         let e = launch::batchnorm_sum(d.gpu, &mut part, &mut d.zeros(c), &xd, 0..rows + 1, c).unwrap_err();
         assert!(e.contains("batchnorm_sum"), "{e}");
@@ -224,7 +248,8 @@ fn l2norm_and_the_loss() {
 #[test]
 fn convolution_columns_and_layouts() {
     for d in gpus("convolution_columns_and_layouts") {
-        let g = ConvShape { images: 2, h: 5, w: 6, c: 3, k: 3, s: 2, p: 1 };
+        // c ≠ k, so that swapped channel and kernel indices show.
+        let g = ConvShape { images: 2, h: 5, w: 6, c: 4, k: 3, s: 2, p: 1 };
         let x = values(g.images * g.h * g.w * g.c, 18);
         let mut want = Tensor::new();
         ops::im2col(&mut want, &x, g);

@@ -234,6 +234,8 @@ pub struct ResNet {
     /// The slots block outputs alternate between when nothing is kept (slot 1 first holds the
     /// stem's or the max-pool's output).
     pool_out: Vec<Tensor>,
+    /// Whether the last forward kept its activations.
+    kept: bool,
     x_nhwc: Tensor,
     scratch: [Tensor; 3],
     dbuf: [Tensor; 2],
@@ -284,6 +286,7 @@ impl ResNet {
             keep_activations: true,
             pool_mid: Vec::new(),
             pool_out: Vec::new(),
+            kept: false,
             x_nhwc: Tensor::new(),
             scratch: Default::default(),
             dbuf: Default::default(),
@@ -356,6 +359,7 @@ impl ResNet {
         self.dims.clear();
         self.dims_in = (h, w);
         let keep = self.keep_activations;
+        self.kept = keep;
         if self.pool_out.len() < 2 {
             self.pool_out.resize_with(2, Tensor::new);
         }
@@ -428,7 +432,7 @@ impl ResNet {
 
     /// Gradients of every parameter from the gradient of the features.
     pub fn backward(&mut self, dfeat: &[f32]) {
-        assert!(self.keep_activations, "backward through a ResNet that does not keep its activations");
+        assert!(self.kept, "backward through a ResNet whose last forward did not keep its activations");
         let nb = self.blocks.len();
         let (n, _, _, oh, ow) = self.blocks[nb - 1].dims;
         let [da, db] = &mut self.dbuf;

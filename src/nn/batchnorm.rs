@@ -27,6 +27,9 @@ pub struct BatchNorm1d {
     pub eps: f32,
     pub momentum: f32,
     pub training: bool,
+    /// A ReLU follows in place (a ResNet stage): the forward writes max(0, BN(x)) in the same
+    /// pass, and the backward takes the ReLU's mask from the output.
+    pub relu: bool,
     pub y: Tensor,
     name: String,
     /// Per group and channel: mean, 1/std (training) of the last forward.
@@ -57,6 +60,7 @@ impl BatchNorm1d {
             eps: 1e-5,
             momentum: 0.1,
             training: true,
+            relu: false,
             y: Tensor::new(),
             name: name.to_string(),
             mean: Tensor::new(),
@@ -97,7 +101,7 @@ impl BatchNorm1d {
             for j in 0..c {
                 (self.alpha[j], self.shift[j]) = self.eval_affine(j);
             }
-            ops::batchnorm_affine(&mut self.y, x, &self.alpha[..c], &self.shift[..c], rows, c);
+            ops::batchnorm_affine(&mut self.y, x, &self.alpha[..c], &self.shift[..c], rows, c, self.relu);
             return;
         }
         for v in [&mut self.mean, &mut self.rstd, &mut self.var_unbiased] {
@@ -133,6 +137,7 @@ impl BatchNorm1d {
                 sh,
                 n,
                 c,
+                self.relu,
             );
         }
         let mom = self.momentum;
@@ -150,19 +155,24 @@ impl BatchNorm1d {
         std::mem::swap(&mut self.y, &mut o.y);
     }
 
-    /// Input gradient into `dx`; γ and β gradients (overwritten) when affine.
+    /// Input gradient into `dx`; γ and β gradients (overwritten) when affine. `dy` is the
+    /// gradient of the output (after the ReLU when one follows).
     pub fn backward(&mut self, x: &[f32], dy: &[f32], rows: usize, dx: &mut [f32]) {
         let c = self.c;
+        let mask = self.relu.then(|| &self.y[..rows * c]);
         let (mut sdy, mut sdyx) = (vec![0.0f32; c], vec![0.0f32; c]);
         let (mut tg, mut tb) = (vec![0.0f32; c], vec![0.0f32; c]);
         if !self.training {
             // dx = dy·α; dγ = Σ dy·x̂, dβ = Σ dy with x̂ = (x − μ_run)/σ_run.
             let zero = vec![0.0f32; c];
-            ops::batchnorm_affine(dx, &dy[..rows * c], &self.alpha[..c], &zero, rows, c);
+            match mask {
+                None => ops::batchnorm_affine(dx, &dy[..rows * c], &self.alpha[..c], &zero, rows, c, false),
+                Some(_) => ops::batchnorm_backward_dx(dx, dy, x, &self.alpha[..c], &zero, &zero, rows, c, mask),
+            }
             if self.gamma.is_some() {
                 let (rm, eps) = (&self.running_mean, self.eps);
                 let inv: Vec<f32> = self.running_var.iter().map(|v| 1.0 / (v + eps).sqrt()).collect();
-                ops::batchnorm_grad_sums(&mut self.partials, &mut tb, &mut tg, dy, x, rm, &inv, 0..rows, c);
+                ops::batchnorm_grad_sums(&mut self.partials, &mut tb, &mut tg, dy, x, rm, &inv, 0..rows, c, mask);
             }
             self.set_param_grads(&tg, &tb);
             return;
@@ -174,7 +184,8 @@ impl BatchNorm1d {
         let (mut coef_a, mut coef_b, mut coef_c) = (vec![0.0f32; c], vec![0.0f32; c], vec![0.0f32; c]);
         for gi in 0..groups {
             let (m, s) = (&self.mean[gi * c..(gi + 1) * c], &self.rstd[gi * c..(gi + 1) * c]);
-            ops::batchnorm_grad_sums(&mut self.partials, &mut sdy, &mut sdyx, dy, x, m, s, gi * n..(gi + 1) * n, c);
+            let r = gi * n..(gi + 1) * n;
+            ops::batchnorm_grad_sums(&mut self.partials, &mut sdy, &mut sdyx, dy, x, m, s, r, c, mask);
             // dγ and dβ from this process's rows (the data-parallel trainer averages parameter
             // gradients over the processes afterwards, as for every other parameter); dx needs
             // the sums over every process.
@@ -193,8 +204,8 @@ impl BatchNorm1d {
                 coef_c[j] = g * sj * (mj * sj * sdyx[j] * inv_n - sdy[j] * inv_n);
             }
             let o = gi * n * c..(gi + 1) * n * c;
-            let (xg, dyg) = (&x[o.clone()], &dy[o.clone()]);
-            ops::batchnorm_backward_dx(&mut dx[o], dyg, xg, &coef_a, &coef_b, &coef_c, n, c);
+            let (xg, dyg, mg) = (&x[o.clone()], &dy[o.clone()], mask.map(|m| &m[o.clone()]));
+            ops::batchnorm_backward_dx(&mut dx[o], dyg, xg, &coef_a, &coef_b, &coef_c, n, c, mg);
         }
         self.set_param_grads(&tg, &tb);
     }

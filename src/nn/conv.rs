@@ -10,13 +10,14 @@ use crate::engine::ensure;
 use crate::engine::ops::{self, ConvShape};
 use crate::engine::tensor::Tensor;
 
-/// Scratch of the im2col columns and their gradient, and of a weight gradient in the columns'
-/// order, shared by every convolution of a network (the columns are rebuilt from the input in
-/// backward, so no layer keeps its own).
+/// Scratch of the im2col columns and their gradient, and of a weight and its gradient in the
+/// columns' order, shared by every convolution of a network (the columns and the weight copy are
+/// rebuilt in backward, so no layer keeps its own).
 #[derive(Default)]
 pub struct ConvScratch {
     cols: Tensor,
     dcols: Tensor,
+    w: Tensor,
     dw: Tensor,
 }
 
@@ -30,8 +31,6 @@ pub struct Conv2d {
     pub stride: usize,
     pub pad: usize,
     dims: (usize, usize, usize),
-    /// The weight in the im2col columns' order `[out, kh·kw, in]` (k > 1), made by each forward.
-    w_cols: Tensor,
 }
 
 impl Conv2d {
@@ -39,7 +38,14 @@ impl Conv2d {
     pub fn new(name: &str, cin: usize, cout: usize, k: usize, stride: usize, pad: usize, bias: bool) -> Conv2d {
         let mut proj = Linear::new(name, cin * k * k, cout, bias);
         proj.w.shape = vec![cout, cin, k, k];
-        Conv2d { proj, cin, cout, k, stride, pad, dims: (0, 0, 0), w_cols: Tensor::new() }
+        Conv2d { proj, cin, cout, k, stride, pad, dims: (0, 0, 0) }
+    }
+
+    /// The weight `[out, in, kh, kw]` into `w` in the im2col columns' order `[out, kh·kw, in]`.
+    fn weight_in_column_order(&self, w: &mut Tensor) {
+        let (kk2, n) = (self.k * self.k, self.proj.w.len());
+        ensure(w, n);
+        ops::swap_inner_axes(&mut w[..n], &self.proj.w.w, self.cout, self.cin, kk2);
     }
 
     /// Output height and width for an input of `h` × `w`.
@@ -71,20 +77,11 @@ impl Conv2d {
             self.proj.forward(&sc.cols[..rows * kk], rows);
         } else {
             ops::im2col(&mut sc.cols, x, self.shape());
-            ensure(&mut self.w_cols, self.cout * kk);
-            ops::swap_inner_axes(&mut self.w_cols, &self.proj.w.w, self.cout, self.cin, self.k * self.k);
+            self.weight_in_column_order(&mut sc.w);
             let p = &mut self.proj;
             ensure(&mut p.y, rows * self.cout);
             let bias = p.b.as_ref().map(|b| &b.w[..]);
-            ops::matmul_forward(
-                &mut p.y,
-                &sc.cols[..rows * kk],
-                &self.w_cols[..self.cout * kk],
-                bias,
-                rows,
-                kk,
-                self.cout,
-            );
+            ops::matmul_forward(&mut p.y, &sc.cols[..rows * kk], &sc.w[..self.cout * kk], bias, rows, kk, self.cout);
         }
     }
 
@@ -114,15 +111,20 @@ impl Conv2d {
         if k == 1 {
             self.proj.backward(cols, dy, rows, dcols);
         } else {
-            // The GEMM's weight is the (kh, kw, in) copy; its gradient goes back to (in, kh, kw).
+            // The GEMM's weight is the (kh, kw, in) copy (made again: the scratch is shared); its
+            // gradient goes back to (in, kh, kw).
+            self.weight_in_column_order(&mut sc.w);
             let p = &mut self.proj;
             let trainable = p.w.trainable;
-            if trainable {
-                ensure(&mut sc.dw, self.cout * kk);
-            }
-            let dw = trainable.then_some(&mut sc.dw[..self.cout * kk]);
+            let dw = match trainable {
+                true => {
+                    ensure(&mut sc.dw, self.cout * kk);
+                    Some(&mut sc.dw[..self.cout * kk])
+                }
+                false => None,
+            };
             let db = p.b.as_mut().filter(|b| b.trainable).map(|b| &mut b.g[..]);
-            ops::matmul_backward(dcols, dw, db, dy, cols, &self.w_cols[..self.cout * kk], rows, kk, self.cout);
+            ops::matmul_backward(dcols, dw, db, dy, cols, &sc.w[..self.cout * kk], rows, kk, self.cout);
             if trainable {
                 ops::swap_inner_axes(&mut p.w.g, &sc.dw, self.cout, k * k, c);
             }
@@ -146,7 +148,8 @@ mod tests {
 
     #[test]
     fn finite_differences() {
-        for (k, s, p, bias) in [(3, 1, 1, false), (3, 2, 1, true), (1, 1, 0, false), (2, 2, 0, true)] {
+        for (k, s, p, bias) in [(3, 1, 1, false), (3, 2, 1, true), (1, 1, 0, false), (1, 2, 0, false), (2, 2, 0, true)]
+        {
             let (n, h, w, cin, cout) = (2, 5, 4, 3, 4);
             let mut conv = Conv2d::new("conv", cin, cout, k, s, p, bias);
             let mut rng = crate::engine::rng::Rng::new(7);

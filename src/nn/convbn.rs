@@ -1,29 +1,28 @@
 //! conv → BatchNorm (→ ReLU) on NHWC activations: a stage of a ResNet block or stem, and of the
 //! ViT's convolutional stem. The ReLU runs in place on the BN's output (as torchvision's
-//! `inplace=True`): the BN's backward needs only its input. The convolution has no bias (the BN
+//! `inplace=True`), fused into the BN's passes both ways (the BN's backward needs only its input,
+//! and the ReLU's only its output). The convolution has no bias (the BN
 //! follows) and keeps the zero init of [`Conv2d::new`]: the model initialises it.
 
 use super::conv::{Conv2d, ConvScratch};
 use super::param::{Buffer, Module, Param};
 use super::BatchNorm1d;
+use crate::engine::ensure;
 use crate::engine::tensor::Tensor;
-use crate::engine::{ensure, ops};
 
 pub struct ConvBn {
     pub conv: Conv2d,
+    /// With `relu` set when a ReLU follows.
     pub bn: BatchNorm1d,
-    pub relu: bool,
 }
 
 impl ConvBn {
     /// A `k`×`k` convolution of stride `stride` and padding `k / 2`, named `name`, then a BN named
     /// `bn_name`.
     pub fn new(name: &str, bn_name: &str, cin: usize, cout: usize, k: usize, stride: usize, relu: bool) -> ConvBn {
-        ConvBn {
-            conv: Conv2d::new(name, cin, cout, k, stride, k / 2, false),
-            bn: BatchNorm1d::new(bn_name, cout, true),
-            relu,
-        }
+        let mut bn = BatchNorm1d::new(bn_name, cout, true);
+        bn.relu = relu;
+        ConvBn { conv: Conv2d::new(name, cin, cout, k, stride, k / 2, false), bn }
     }
 
     /// The stage's output, `[images, oh, ow, cout]`.
@@ -47,13 +46,10 @@ impl ConvBn {
         let rows = n * oh * ow;
         let c = self.conv.cout;
         self.bn.forward(&self.conv.proj.y[..rows * c], rows, groups);
-        if self.relu {
-            ops::relu_inplace(&mut self.bn.y[..rows * c]);
-        }
         (oh, ow)
     }
 
-    /// `d` holds the gradient of the stage's output (consumed); `x` is the stage's input; writes
+    /// `d` holds the gradient of the stage's output (not changed); `x` is the stage's input; writes
     /// the input gradient when `dx` is given.
     pub fn backward(
         &mut self,
@@ -64,9 +60,6 @@ impl ConvBn {
         sc: &mut ConvScratch,
     ) {
         let n = d.len();
-        if self.relu {
-            ops::relu_backward_inplace(d, &self.bn.y[..n]);
-        }
         ensure(tmp, n);
         let rows = n / self.conv.cout;
         self.bn.backward(&self.conv.proj.y[..n], d, rows, &mut tmp[..n]);

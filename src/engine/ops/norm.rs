@@ -94,13 +94,28 @@ pub fn layernorm_backward(
 }
 
 /// `out[r] = inp[r]·alpha + shift` per channel, `[rows, c]` (BatchNorm's transform, and its
-/// eval-mode input gradient with a zero shift).
-pub fn batchnorm_affine(out: &mut [f32], inp: &[f32], alpha: &[f32], shift: &[f32], rows: usize, c: usize) {
+/// eval-mode input gradient with a zero shift); with `relu`, max(0, ·) of it (a ReLU in place
+/// after the BatchNorm, in the same pass).
+#[allow(clippy::too_many_arguments)]
+pub fn batchnorm_affine(out: &mut [f32], inp: &[f32], alpha: &[f32], shift: &[f32], rows: usize, c: usize, relu: bool) {
     par::for_rows(&mut out[..rows * c], c, |r, o| {
         for ((o, v), (a, b)) in o.iter_mut().zip(&inp[r * c..(r + 1) * c]).zip(alpha.iter().zip(shift)) {
             *o = v * a + b;
         }
+        if relu {
+            o.iter_mut().for_each(|v| *v = v.max(0.0));
+        }
     });
+}
+
+/// The output gradient a BatchNorm sees when a ReLU follows it in place: `dout` where the ReLU's
+/// output `mask` is positive, else 0 (`relu_backward_inplace`'s rule).
+#[inline]
+fn relu_masked(d: f32, mask: Option<&[f32]>, i: usize) -> f32 {
+    match mask {
+        Some(y) if y[i] <= 0.0 => 0.0,
+        _ => d,
+    }
 }
 
 /// Σ_r inp[r] per channel over the rows `range` of `inp` `[rows, c]`, written to `sum` `[c]`.
@@ -132,7 +147,8 @@ pub fn batchnorm_sq_dev(
 }
 
 /// The two sums of BatchNorm's backward over the rows `range`, per channel: `sdy = Σ dout` and
-/// `sdyx = Σ dout·(inp − mean)·rstd`, written.
+/// `sdyx = Σ dout·(inp − mean)·rstd`, written. With `mask` (the output of a ReLU that followed
+/// in place, `[rows, c]`), `dout` is taken as 0 where the mask is not positive.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_grad_sums(
     partials: &mut Tensor,
@@ -144,17 +160,21 @@ pub fn batchnorm_grad_sums(
     rstd: &[f32],
     range: std::ops::Range<usize>,
     c: usize,
+    mask: Option<&[f32]>,
 ) {
     channel_sums(partials, range, c, sdyx, sdy, |r, c0, a, b| {
         let (d, xr) = (&dout[r * c + c0..][..a.len()], &inp[r * c + c0..]);
+        let m = mask.map(|m| &m[r * c + c0..][..a.len()]);
         for k in 0..a.len() {
-            a[k] += d[k] * (xr[k] - mean[c0 + k]) * rstd[c0 + k];
-            b[k] += d[k];
+            let d = relu_masked(d[k], m, k);
+            a[k] += d * (xr[k] - mean[c0 + k]) * rstd[c0 + k];
+            b[k] += d;
         }
     });
 }
 
-/// BatchNorm's training-mode input gradient, per channel `dinp = dout·A + inp·B + C`, `[rows, c]`.
+/// BatchNorm's training-mode input gradient, per channel `dinp = dout·A + inp·B + C`, `[rows, c]`;
+/// with `mask`, `dout` masked as in [`batchnorm_grad_sums`].
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward_dx(
     dinp: &mut [f32],
@@ -165,11 +185,13 @@ pub fn batchnorm_backward_dx(
     cc: &[f32],
     rows: usize,
     c: usize,
+    mask: Option<&[f32]>,
 ) {
     par::for_rows(&mut dinp[..rows * c], c, |r, out| {
         let (d, xr) = (&dout[r * c..(r + 1) * c], &inp[r * c..(r + 1) * c]);
+        let m = mask.map(|m| &m[r * c..(r + 1) * c]);
         for k in 0..c {
-            out[k] = d[k] * ca[k] + xr[k] * cb[k] + cc[k];
+            out[k] = relu_masked(d[k], m, k) * ca[k] + xr[k] * cb[k] + cc[k];
         }
     });
 }

@@ -219,17 +219,31 @@ fn batchnorm_pieces_match_per_channel_loops() {
     batchnorm_sq_dev(&mut partials, &mut got, &x, &mean, range.clone(), c);
     close("bn sq dev", &got, &per_channel(&|r, k| (x[r * c + k] as f64 - mean[k] as f64).powi(2)), 1e-4);
     let (mut sdy, mut sdyx) = (vec![9.0; c], vec![9.0; c]);
-    batchnorm_grad_sums(&mut partials, &mut sdy, &mut sdyx, &dy, &x, &mean, &rstd, range.clone(), c);
+    batchnorm_grad_sums(&mut partials, &mut sdy, &mut sdyx, &dy, &x, &mean, &rstd, range.clone(), c, None);
     close("bn sum dy", &sdy, &per_channel(&|r, k| dy[r * c + k] as f64), 1e-4);
     let want = per_channel(&|r, k| dy[r * c + k] as f64 * (x[r * c + k] as f64 - mean[k] as f64) * rstd[k] as f64);
     close("bn sum dy·xhat", &sdyx, &want, 1e-4);
+    // With a ReLU's output as the mask: dout taken as 0 where it is not positive (about half).
+    let mask: Vec<f32> = randn(&mut rng, rows * c).iter().map(|v| v.max(0.0)).collect();
+    let dm: Vec<f32> = dy.iter().zip(&mask).map(|(&d, &m)| if m > 0.0 { d } else { 0.0 }).collect();
+    batchnorm_grad_sums(&mut partials, &mut sdy, &mut sdyx, &dy, &x, &mean, &rstd, range.clone(), c, Some(&mask));
+    close("bn sum dy (masked)", &sdy, &per_channel(&|r, k| dm[r * c + k] as f64), 1e-4);
+    let want = per_channel(&|r, k| dm[r * c + k] as f64 * (x[r * c + k] as f64 - mean[k] as f64) * rstd[k] as f64);
+    close("bn sum dy·xhat (masked)", &sdyx, &want, 1e-4);
 
     let (a, s, cc) = (randn(&mut rng, c), randn(&mut rng, c), randn(&mut rng, c));
     let mut y = vec![0.0; rows * c];
-    batchnorm_affine(&mut y, &x, &a, &s, rows, c);
+    batchnorm_affine(&mut y, &x, &a, &s, rows, c, false);
     let want: Vec<f64> = (0..rows * c).map(|i| x[i] as f64 * a[i % c] as f64 + s[i % c] as f64).collect();
     close("bn affine", &y, &want, 1e-5);
-    batchnorm_backward_dx(&mut y, &dy, &x, &a, &s, &cc, rows, c);
+    let mut yr = vec![0.0; rows * c];
+    batchnorm_affine(&mut yr, &x, &a, &s, rows, c, true);
+    exact("bn affine + relu", &yr, &y.iter().map(|v| v.max(0.0)).collect::<Vec<_>>());
+    batchnorm_backward_dx(&mut y, &dm, &x, &a, &s, &cc, rows, c, None);
+    let mut ym = vec![0.0; rows * c];
+    batchnorm_backward_dx(&mut ym, &dy, &x, &a, &s, &cc, rows, c, Some(&mask));
+    exact("bn dx (masked)", &ym, &y);
+    batchnorm_backward_dx(&mut y, &dy, &x, &a, &s, &cc, rows, c, None);
     let want: Vec<f64> = (0..rows * c)
         .map(|i| dy[i] as f64 * a[i % c] as f64 + x[i] as f64 * s[i % c] as f64 + cc[i % c] as f64)
         .collect();
@@ -467,7 +481,7 @@ fn reductions_do_not_depend_on_the_thread_count() {
             let (mut dx, mut dw, mut db) = (vec![0.0; rows * c], vec![0.0; c], vec![0.0; c]);
             layernorm_backward(&mut dx, Some(&mut dw), Some(&mut db), &dy, &x, &w, &stats, rows, c);
             let (mut part, mut sdy, mut sdyx) = (Tensor::new(), vec![0.0; c], vec![0.0; c]);
-            batchnorm_grad_sums(&mut part, &mut sdy, &mut sdyx, &dy, &x, &w, &w, 0..rows, c);
+            batchnorm_grad_sums(&mut part, &mut sdy, &mut sdyx, &dy, &x, &w, &w, 0..rows, c, None);
             let mut wg = vec![0.0; c * c];
             matmul_backward(None, Some(&mut wg), None, &dy, &x, &w, rows, c, c);
             let (mut o, mut p) = (vec![0.0; b * t * d], vec![0.0; b * h * t * t]);

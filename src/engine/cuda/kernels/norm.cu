@@ -70,12 +70,14 @@ extern "C" __global__ void layernorm_dweight_partial(float* partials, const floa
     partials[(u64)ch * c + col] = a;
 }
 
-// out[r] = inp[r]·alpha + shift per channel, [rows, c] (BatchNorm's transform).
+// out[r] = inp[r]·alpha + shift per channel, [rows, c] (BatchNorm's transform); max(0, ·) of it
+// when relu (a ReLU in place after the BatchNorm).
 extern "C" __global__ void batchnorm_affine(float* out, const float* inp, const float* alpha, const float* shift,
-                                            int rows, int c) {
+                                            int rows, int c, int relu) {
     FOR_N(i, (u64)rows * c) {
         int k = (int)(i % c);
-        out[i] = inp[i] * alpha[k] + shift[k];
+        float v = inp[i] * alpha[k] + shift[k];
+        out[i] = relu ? fmaxf(v, 0.0f) : v;
     }
 }
 
@@ -105,28 +107,33 @@ extern "C" __global__ void batchnorm_sq_dev_partial(float* partials, const float
 }
 
 // BatchNorm's two backward sums over rows [row0, row1), partials [chunks, 2c]: columns 0..c
-// Σ dout·(inp − mean)·rstd (sdyx), columns c..2c Σ dout (sdy). Grid as above.
+// Σ dout·(inp − mean)·rstd (sdyx), columns c..2c Σ dout (sdy); with has_mask, dout is 0 where
+// mask (a following ReLU's output) is not positive. Grid as above.
 extern "C" __global__ void batchnorm_grad_sums_partial(float* partials, const float* dout, const float* inp,
                                                        const float* mean, const float* rstd, int row0, int row1,
-                                                       int c) {
+                                                       int c, const float* mask, int has_mask) {
     int col = blockIdx.x * blockDim.x + threadIdx.x, ch = blockIdx.y;
     if (col >= c) return;
     int r0 = row0 + ch * CHUNK_ROWS, r1 = min(row1, r0 + CHUNK_ROWS);
     float m = mean[col], s = rstd[col], a = 0.0f, b = 0.0f;
     for (int r = r0; r < r1; r++) {
         u64 i = (u64)r * c + col;
-        a += dout[i] * (inp[i] - m) * s;
-        b += dout[i];
+        float d = has_mask && mask[i] <= 0.0f ? 0.0f : dout[i];
+        a += d * (inp[i] - m) * s;
+        b += d;
     }
     partials[(u64)ch * 2 * c + col] = a;
     partials[(u64)ch * 2 * c + c + col] = b;
 }
 
-// BatchNorm's training-mode input gradient, per channel dinp = dout·A + inp·B + C, [rows, c].
+// BatchNorm's training-mode input gradient, per channel dinp = dout·A + inp·B + C, [rows, c];
+// dout masked as in batchnorm_grad_sums_partial.
 extern "C" __global__ void batchnorm_backward_dx(float* dinp, const float* dout, const float* inp, const float* ca,
-                                                 const float* cb, const float* cc, int rows, int c) {
+                                                 const float* cb, const float* cc, int rows, int c,
+                                                 const float* mask, int has_mask) {
     FOR_N(i, (u64)rows * c) {
         int k = (int)(i % c);
-        dinp[i] = dout[i] * ca[k] + inp[i] * cb[k] + cc[k];
+        float d = has_mask && mask[i] <= 0.0f ? 0.0f : dout[i];
+        dinp[i] = d * ca[k] + inp[i] * cb[k] + cc[k];
     }
 }

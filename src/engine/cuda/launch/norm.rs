@@ -84,7 +84,8 @@ pub fn layernorm_backward(
     Ok(())
 }
 
-/// `out[r] = inp[r]·alpha + shift` per channel, `[rows, c]`.
+/// `out[r] = inp[r]·alpha + shift` per channel, `[rows, c]`; max(0, ·) of it with `relu`.
+#[allow(clippy::too_many_arguments)]
 pub fn batchnorm_affine(
     gpu: &Gpu,
     out: &mut DevBuf<f32>,
@@ -93,14 +94,15 @@ pub fn batchnorm_affine(
     shift: &DevBuf<f32>,
     rows: usize,
     c: usize,
+    relu: bool,
 ) -> Result<(), String> {
     need(out, rows * c, "batchnorm_affine: out")?;
     need(inp, rows * c, "batchnorm_affine: inp")?;
     need(alpha, c, "batchnorm_affine: alpha")?;
     need(shift, c, "batchnorm_affine: shift")?;
     fits_i32(&[rows * c], "batchnorm_affine")?;
-    let args = [out.arg_mut(gpu), inp.arg(gpu), alpha.arg(gpu), shift.arg(gpu), int(rows), int(c)];
-    // SAFETY: (float*, const float* ×3, int, int), sizes checked.
+    let args = [out.arg_mut(gpu), inp.arg(gpu), alpha.arg(gpu), shift.arg(gpu), int(rows), int(c), int(relu as usize)];
+    // SAFETY: (float*, const float* ×3, int ×3), sizes checked.
     unsafe { gpu.launch("batchnorm_affine", flat(gpu, rows * c), 0, &args) }
 }
 
@@ -154,7 +156,8 @@ pub fn batchnorm_sq_dev(
 }
 
 /// BatchNorm's two backward sums over the rows `range`, per channel: `sdy = Σ dout` and
-/// `sdyx = Σ dout·(inp − mean)·rstd`, written.
+/// `sdyx = Σ dout·(inp − mean)·rstd`, written; `dout` taken as 0 where `mask` (a following
+/// ReLU's output) is not positive.
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_grad_sums(
     gpu: &Gpu,
@@ -167,9 +170,13 @@ pub fn batchnorm_grad_sums(
     rstd: &DevBuf<f32>,
     range: Range<usize>,
     c: usize,
+    mask: Option<&DevBuf<f32>>,
 ) -> Result<(), String> {
     let ch = range_sums(inp, &range, c, "batchnorm_grad_sums")?;
     need(dout, range.end * c, "batchnorm_grad_sums: dout")?;
+    if let Some(m) = mask {
+        need(m, range.end * c, "batchnorm_grad_sums: mask")?;
+    }
     for (b, what) in [(&*sdy, "sdy"), (&*sdyx, "sdyx"), (mean, "mean"), (rstd, "rstd")] {
         need(b, c, &format!("batchnorm_grad_sums: {what}"))?;
     }
@@ -183,15 +190,18 @@ pub fn batchnorm_grad_sums(
         int(range.start),
         int(range.end),
         int(c),
+        mask.unwrap_or(dout).arg(gpu),
+        int(mask.is_some() as usize),
     ];
-    // SAFETY: (float* [chunks·2c], const float* ×4, int ×3), sizes checked.
+    // SAFETY: (float* [chunks·2c], const float* ×4, int ×3, const float*, int), sizes checked
+    // (the mask is read only when present; dout stands in for it otherwise).
     unsafe { gpu.launch("batchnorm_grad_sums_partial", columns(gpu, c, ch), 0, &args)? };
     finish_columns(gpu, sdyx, partials, ch, 2 * c, 0, c, false)?;
     finish_columns(gpu, sdy, partials, ch, 2 * c, c, c, false)
 }
 
 /// BatchNorm's training-mode input gradient, per channel `dinp = dout·A + inp·B + C`,
-/// `[rows, c]`.
+/// `[rows, c]`, with `dout` masked as in [`batchnorm_grad_sums`].
 #[allow(clippy::too_many_arguments)]
 pub fn batchnorm_backward_dx(
     gpu: &Gpu,
@@ -203,16 +213,28 @@ pub fn batchnorm_backward_dx(
     cc: &DevBuf<f32>,
     rows: usize,
     c: usize,
+    mask: Option<&DevBuf<f32>>,
 ) -> Result<(), String> {
-    for (b, what) in [(&*dinp, "dinp"), (dout, "dout"), (inp, "inp")] {
+    for (b, what) in [(&*dinp, "dinp"), (dout, "dout"), (inp, "inp"), (mask.unwrap_or(dout), "mask")] {
         need(b, rows * c, &format!("batchnorm_backward_dx: {what}"))?;
     }
     for (b, what) in [(ca, "A"), (cb, "B"), (cc, "C")] {
         need(b, c, &format!("batchnorm_backward_dx: {what}"))?;
     }
     fits_i32(&[rows * c], "batchnorm_backward_dx")?;
-    let args =
-        [dinp.arg_mut(gpu), dout.arg(gpu), inp.arg(gpu), ca.arg(gpu), cb.arg(gpu), cc.arg(gpu), int(rows), int(c)];
-    // SAFETY: (float*, const float* ×5, int, int), sizes checked.
+    let args = [
+        dinp.arg_mut(gpu),
+        dout.arg(gpu),
+        inp.arg(gpu),
+        ca.arg(gpu),
+        cb.arg(gpu),
+        cc.arg(gpu),
+        int(rows),
+        int(c),
+        mask.unwrap_or(dout).arg(gpu),
+        int(mask.is_some() as usize),
+    ];
+    // SAFETY: (float*, const float* ×5, int, int, const float*, int), sizes checked (dout stands
+    // in for an absent mask, which is then not read).
     unsafe { gpu.launch("batchnorm_backward_dx", flat(gpu, rows * c), 0, &args) }
 }
