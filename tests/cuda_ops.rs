@@ -108,7 +108,6 @@ fn batchnorm_pieces() {
         launch::batchnorm_sq_dev(d.gpu, &mut part, &mut got, &xd, &d.up(&mean), range.clone(), c).unwrap();
         close(&d.down(&got), &want, d.tol(1e-5), &d.what("batchnorm_sq_dev"));
         let rstd: Vec<f32> = want.iter().map(|q| 1.0 / (q / range.len() as f32 + 1e-5).sqrt()).collect();
-        let (mut wsdy, mut wsdyx) = (vec![0.0; c], vec![0.0; c]);
         // A ReLU's output as the mask: about half the values are 0.
         let mask: Vec<f32> = values(rows * c, 11).iter().map(|v| v.max(0.0)).collect();
         let maskd = d.up(&mask);
