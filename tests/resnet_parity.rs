@@ -73,7 +73,8 @@ fn hashed(key: &str, shape: &[usize], last_bn: &str) -> Vec<f32> {
 }
 
 struct Fixture {
-    bytes: Vec<u8>,
+    /// Every tensor of the file, read once.
+    tensors: HashMap<String, Vec<f32>>,
     meta: HashMap<String, String>,
 }
 
@@ -83,17 +84,23 @@ impl Fixture {
         let bytes = std::fs::read(&path).unwrap_or_else(|e| panic!("{path}: {e}"));
         let (_, meta) = SafeTensors::read_metadata(&bytes).unwrap();
         let meta = meta.metadata().clone().unwrap();
-        Fixture { bytes, meta }
+        let st = SafeTensors::deserialize(&bytes).unwrap();
+        let floats = |d: &[u8]| d.chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect();
+        let tensors = st.tensors().into_iter().map(|(k, t)| (k, floats(t.data()))).collect();
+        Fixture { tensors, meta }
     }
 
     fn get(&self, k: &str) -> f64 {
         self.meta[k].parse().unwrap_or_else(|_| panic!("metadata {k}"))
     }
 
-    fn floats(&self, key: &str) -> Vec<f32> {
-        let st = SafeTensors::deserialize(&self.bytes).unwrap();
-        let t = st.tensor(key).unwrap_or_else(|_| panic!("fixture lacks {key}"));
-        t.data().chunks_exact(4).map(|b| f32::from_le_bytes(b.try_into().unwrap())).collect()
+    fn floats(&self, key: &str) -> &[f32] {
+        self.tensors.get(key).unwrap_or_else(|| panic!("fixture lacks {key}"))
+    }
+
+    /// How many tensors' names start with `prefix`.
+    fn count(&self, prefix: &str) -> usize {
+        self.tensors.keys().filter(|k| k.starts_with(prefix)).count()
     }
 
     fn cfg(&self) -> MocoConfig {
@@ -150,7 +157,7 @@ impl Fixture {
         let (idx, val) = (self.floats(&format!("{what}.idx.{key}")), self.floats(&format!("{what}.val.{key}")));
         let [l2, proj, max] = self.stat(what, key);
         let err = self.err(what, key).map(|e| ROUNDING * e);
-        for (&i, &b) in idx.iter().zip(&val) {
+        for (&i, &b) in idx.iter().zip(val) {
             let (a, b) = (data[i as usize] as f64, b as f64);
             let t = if key.ends_with("num_batches_tracked") {
                 0.0
@@ -237,11 +244,8 @@ fn compare_final(fx: &Fixture, model: &mut MoCo, mu: Option<&[Vec<f32>]>, name: 
             fx.compare("mu", key, mu, GRAD_TOL, true, (0.0, 0.0), &mut bad);
         }
     }
-    let official = SafeTensors::deserialize(&fx.bytes).unwrap();
-    let n_final = official.names().iter().filter(|k| k.starts_with("final.idx.")).count();
-    assert_eq!(seen, n_final, "{name}: every official tensor has a counterpart");
-    let n_grad = official.names().iter().filter(|k| k.starts_with("grad.idx.")).count();
-    assert_eq!(keys.len(), n_grad, "{name}: the same parameters are trainable");
+    assert_eq!(seen, fx.count("final.idx."), "{name}: every official tensor has a counterpart");
+    assert_eq!(keys.len(), fx.count("grad.idx."), "{name}: the same parameters are trainable");
     assert!(bad.is_empty(), "{name}: {} differences:\n{}", bad.len(), bad.join("\n"));
 }
 

@@ -233,7 +233,7 @@ pub struct ResNet {
     pool_mid: Vec<Tensor>,
     /// The slots block outputs alternate between when nothing is kept (slot 1 first holds the
     /// stem's or the max-pool's output).
-    pool_out: Vec<Tensor>,
+    pool_out: [Tensor; 2],
     /// Whether the last forward kept its activations.
     kept: bool,
     x_nhwc: Tensor,
@@ -285,7 +285,7 @@ impl ResNet {
             dim: cin,
             keep_activations: true,
             pool_mid: Vec::new(),
-            pool_out: Vec::new(),
+            pool_out: Default::default(),
             kept: false,
             x_nhwc: Tensor::new(),
             scratch: Default::default(),
@@ -360,9 +360,6 @@ impl ResNet {
         self.dims_in = (h, w);
         let keep = self.keep_activations;
         self.kept = keep;
-        if self.pool_out.len() < 2 {
-            self.pool_out.resize_with(2, Tensor::new);
-        }
         // Without keeping: the stem's convolution output borrows scratch slot 0, its BN output
         // scratch slot 1 when the max-pool follows (whose output takes output slot 1), else
         // output slot 1 (it is the first block's input).
